@@ -1,0 +1,41 @@
+"""POST /api/memory/{vectorstore_name}/store_raw: queue one chat session (one Redis round trip).
+
+Imports nothing that the processor needs (no openai), so this function starts fast.
+"""
+
+
+from typing import Annotated, Any
+
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.openapi.params import Body
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from memproc import queue
+from memproc.api import json_response, logger, make_resolver, metrics, tracer
+from memproc.connection import get_redis
+from memproc.models import StoreRawRequest
+from memproc.settings import get_settings
+
+app = make_resolver()
+
+
+@app.post("/api/memory/<vectorstore_name>/store_raw")
+@tracer.capture_method
+def store_raw(vectorstore_name: str, request: Annotated[StoreRawRequest, Body()]) -> Response[Any]:
+    result = queue.submit(get_redis(), get_settings(), vectorstore_name, request)
+    logger.info(
+        "stored raw memory",
+        extra={"raw_memory_id": result.raw_memory_id, "duplicate": result.duplicate,
+               "queue_position": result.queue_position},
+    )
+    metrics.add_metric("RawMemoryDuplicate" if result.duplicate else "RawMemoryQueued", MetricUnit.Count, 1)
+    return json_response(202, result)
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return app.resolve(event, context)

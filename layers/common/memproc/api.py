@@ -1,0 +1,83 @@
+"""What every HTTP handler shares: the resolver with validation, error mapping, observability."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from pydantic import BaseModel
+
+from memproc.errors import ApiError
+from memproc.models import ErrorBody, ErrorResponse
+from memproc.settings import get_settings
+
+os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "memproc")
+os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Memproc")
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+
+
+def error_response(
+    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+) -> Response[Any]:
+    body = ErrorResponse(error=ErrorBody(code=code, message=message, details=details))
+    return Response(
+        status_code=status,
+        content_type=content_types.APPLICATION_JSON,
+        body=body.model_dump_json(exclude_none=True),
+        headers=headers,
+    )
+
+
+def json_response(status: int, model: BaseModel) -> Response[Any]:
+    return Response(
+        status_code=status, content_type=content_types.APPLICATION_JSON, body=model.model_dump_json()
+    )
+
+
+def make_resolver() -> APIGatewayRestResolver:
+    """A REST resolver whose every error is JSON with a stable code and a human message."""
+    app = APIGatewayRestResolver(enable_validation=True)
+
+    def limit_body(app: APIGatewayRestResolver, next_middleware: Any) -> Response[Any]:
+        # Checked before the body is parsed, so an oversized body costs nothing and stores nothing.
+        body = app.current_event.body or ""
+        limit = get_settings().max_body_bytes
+        size = len(body.encode()) if isinstance(body, str) else len(body)
+        if app.current_event.is_base64_encoded:
+            size = size * 3 // 4
+        if size > limit:
+            return error_response(
+                413, "payload_too_large", f"request body is {size} bytes; the limit is {limit} bytes"
+            )
+        return next_middleware(app)
+
+    app.use(middlewares=[limit_body])
+
+    @app.exception_handler(ApiError)
+    def _api_error(exc: ApiError) -> Response[Any]:
+        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    def _invalid(exc: RequestValidationError) -> Response[Any]:
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return error_response(400, "malformed_json", "the request body is not valid JSON")
+        details = [
+            {"location": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")}
+            for e in errors
+        ]
+        summary = "; ".join(f"{d['location']}: {d['message']}" for d in details)
+        return error_response(422, "validation_error", f"invalid request: {summary}", details)
+
+    @app.not_found
+    def _not_found(exc: Exception) -> Response[Any]:
+        return error_response(404, "not_found", f"no route for {app.current_event.http_method} "
+                              f"{app.current_event.path}")
+
+    return app

@@ -1,0 +1,94 @@
+"""All configuration in one validated model, read from the environment once per process."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigurationError(RuntimeError):
+    """A configuration value is invalid; the message names the environment variable."""
+
+
+class Settings(BaseSettings):
+    """Environment variables are the field names in upper case (``REDIS_URL``, ``MAX_ATTEMPTS``...)."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    # Redis: REDIS_URL wins; otherwise host/port/db. On AWS the URL may come from Secrets Manager.
+    redis_url: str | None = None
+    redis_host: str = "localhost"
+    redis_port: int = Field(6379, ge=1, le=65535)
+    redis_db: int = Field(0, ge=0)
+    redis_secret_arn: str | None = None
+    redis_socket_timeout_seconds: float = Field(5.0, gt=0)
+
+    # LLM: without a key (or secret) the offline provider is used.
+    openai_api_key: SecretStr | None = None
+    openai_secret_arn: str | None = None
+    openai_base_url: str | None = None
+    llm_model: str = "gpt-4o-mini"
+    embedding_model: str = "text-embedding-3-small"
+    embedding_dimensions: int = Field(1536, ge=2, le=4096)
+    llm_timeout_seconds: float = Field(60.0, gt=0)
+    llm_max_retries: int = Field(2, ge=0, le=10)
+    llm_chunk_chars: int = Field(48_000, ge=1_000)
+    merge_similarity_threshold: float = Field(0.92, ge=0.0, le=1.0)
+
+    # Retention.
+    raw_retention_days: int = Field(30, ge=1)
+    session_retention_days: int = Field(365, ge=1)
+
+    # Queue.
+    max_attempts: int = Field(5, ge=1, le=100)
+    lease_seconds: int = Field(300, ge=5)
+    retry_base_seconds: float = Field(5.0, ge=0)
+    retry_max_seconds: float = Field(900.0, ge=0)
+    max_queue_size: int = Field(1_000_000, ge=1)
+    max_pending_per_vectorstore: int = Field(100_000, ge=1)
+
+    # Processor.
+    batch_size: int = Field(16, ge=1, le=1000)
+    concurrency: int = Field(8, ge=1, le=256)
+    processing_interval_seconds: int = Field(60, ge=1)
+    default_rate_per_second: float = Field(1.0, gt=0)
+
+    # Request limits.
+    max_body_bytes: int = Field(1_048_576, ge=1_024)
+    max_metadata_bytes: int = Field(16_384, ge=2)
+    compress_min_bytes: int = Field(2_048, ge=0)
+
+    @model_validator(mode="after")
+    def _retry_bounds(self) -> Settings:
+        if self.retry_max_seconds < self.retry_base_seconds:
+            raise ValueError("RETRY_MAX_SECONDS must be >= RETRY_BASE_SECONDS")
+        return self
+
+    @property
+    def raw_retention_seconds(self) -> int:
+        return self.raw_retention_days * 86_400
+
+    @property
+    def session_retention_seconds(self) -> int:
+        return self.session_retention_days * 86_400
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings, turning pydantic's error into one that names the environment variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']).upper() or 'SETTINGS'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigurationError(f"invalid configuration: {problems}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (cached: Lambda reuses them across warm invocations)."""
+    return load_settings()

@@ -1,0 +1,44 @@
+"""Fixtures: a real Redis 8 server per test session (flushed per test) and settings pointing at it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from memproc import connection, settings as settings_module
+from memproc.settings import Settings
+from tests.redis_server import RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, redis_server: RedisServer) -> pytest.MonkeyPatch:
+    """Process environment for handlers: this test's Redis, offline LLM, fresh caches."""
+    redis_server.client().flushall()
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+    monkeypatch.setenv("EMBEDDING_DIMENSIONS", "64")
+    settings_module.get_settings.cache_clear()
+    connection._clients.cache_clear()
+    yield monkeypatch
+    settings_module.get_settings.cache_clear()
+    connection._clients.cache_clear()
+
+
+@pytest.fixture
+def settings(env: pytest.MonkeyPatch) -> Settings:
+    return settings_module.get_settings()
+
+
+@pytest.fixture
+def r(env: pytest.MonkeyPatch, redis_server: RedisServer) -> redis.Redis:
+    return redis_server.client()
