@@ -63,7 +63,7 @@ build: $(TOOLS_STAMP) ## sam build (functions + CommonLayer with memproc and its
 	@test -d .aws-sam/build/CommonLayer/python/memproc || { echo "build: memproc missing from CommonLayer" >&2; exit 1; }
 	@echo "CommonLayer: $$(ls .aws-sam/build/CommonLayer/python | wc -l) entries in .aws-sam/build/CommonLayer/python"
 
-deploy: build ## sam deploy (first time: $(TOOLS)/bin/sam deploy --guided)
+deploy: build ## sam deploy with samconfig.toml (first time: .tools/bin/sam deploy --guided)
 	$(SAM) deploy
 
 .PHONY: tools lint build deploy
