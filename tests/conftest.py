@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -42,3 +43,24 @@ def settings(env: pytest.MonkeyPatch) -> Settings:
 @pytest.fixture
 def r(env: pytest.MonkeyPatch, redis_server: RedisServer) -> redis.Redis:
     return redis_server.client()
+
+
+@pytest.fixture(scope="session")
+def fake_llm_server() -> Iterator[Any]:
+    from tests.fake_openai import FakeOpenAI
+
+    with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake_llm(env: pytest.MonkeyPatch, fake_llm_server: Any) -> Any:
+    """The fake OpenAI-compatible server, reset, with the environment pointing the real client at it."""
+    fake_llm_server.clear_failures()
+    fake_llm_server.latency = 0.0
+    fake_llm_server.extraction_for = None
+    env.setenv("OPENAI_API_KEY", "test-key")
+    env.setenv("OPENAI_BASE_URL", fake_llm_server.base_url)
+    env.setenv("LLM_TIMEOUT_SECONDS", "2")
+    settings_module.get_settings.cache_clear()
+    return fake_llm_server

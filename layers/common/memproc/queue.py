@@ -200,7 +200,7 @@ def fail(
     min_delay: float = 0.0,
 ) -> tuple[str, float]:
     """Back to the queue with exponential backoff and jitter, or into the dead set."""
-    outcome, delay = fcall(
+    res = fcall(
         r,
         "fail",
         [],
@@ -217,7 +217,7 @@ def fail(
             min_delay,
         ],
     )
-    return _s(outcome), float(delay)
+    return _s(res[0]), float(res[1]) if len(res) > 1 else 0.0
 
 
 def redrive(r: redis.Redis, vectorstore: str, raw_id: str) -> tuple[str, str]:
@@ -225,7 +225,11 @@ def redrive(r: redis.Redis, vectorstore: str, raw_id: str) -> tuple[str, str]:
     return _s(outcome), _s(detail)
 
 
-def heartbeat(r: redis.Redis, settings: Settings, version: str, rate: float | None, starting: bool) -> None:
+def heartbeat(
+    r: redis.Redis, settings: Settings, version: str, *, rate: float | None = None, weight: float = 1.0,
+    starting: bool = False,
+) -> None:
+    """Stamp background_processor:status; a measured rate is blended in with `weight`."""
     fcall(
         r,
         "heartbeat",
@@ -234,6 +238,7 @@ def heartbeat(r: redis.Redis, settings: Settings, version: str, rate: float | No
             settings.processing_interval_seconds,
             version,
             f"{rate:.4f}" if rate is not None else "",
+            f"{weight:.4f}",
             "1" if starting else "",
         ],
     )

@@ -106,10 +106,12 @@ end)
 
 -- Claim up to N items round-robin across vectorstores, after re-queueing expired leases.
 -- The attempt is counted at claim; the attempt number is the lease token that fences the
--- worker's later writes.  ARGV: max items, lease seconds, max attempts, max leases to reap.
+-- worker's later writes. Claiming is also the processor's heartbeat.
+-- ARGV: max items, lease seconds, max attempts, max leases to reap.
 redis.register_function('claim___VERSION__', function(keys, argv)
   local now = now_s()
   local n, lease, max_attempts = tonumber(argv[1]), tonumber(argv[2]), tonumber(argv[3])
+  redis.call('HSET', STATUS, 'last_heartbeat', string.format('%.6f', now))
   local reaped, buried = 0, 0
   for _, key in ipairs(redis.call('ZRANGE', INFLIGHT, '-inf', now, 'BYSCORE', 'LIMIT', 0, tonumber(argv[4]))) do
     local vs, id = split(key)
@@ -355,13 +357,19 @@ redis.register_function('redrive___VERSION__', function(keys, argv)
   return {'queued', redis.call('ZCARD', tag(vs) .. ':pending')}
 end)
 
--- The processor's heartbeat, stamped with server time.  ARGV: interval s, version, rate/s
--- (empty: unchanged), start time (empty: unchanged).
+-- The processor's heartbeat, stamped with server time.  ARGV: interval s, version, measured
+-- rate/s (empty: none), weight of the new measurement in [0,1], starting (1/empty).
 redis.register_function('heartbeat___VERSION__', function(keys, argv)
   local now = string.format('%.6f', now_s())
   redis.call('HSET', STATUS, 'last_heartbeat', now, 'interval_seconds', argv[1], 'version', argv[2])
-  if argv[3] ~= '' then redis.call('HSET', STATUS, 'rate_per_second', argv[3]) end
-  if argv[4] ~= '' then redis.call('HSETNX', STATUS, 'start_time', now) end
+  if argv[3] ~= '' then
+    -- Blend with the previous measurement so one small drain cannot swing the estimate.
+    local rate, w = tonumber(argv[3]), tonumber(argv[4])
+    local prev = tonumber(redis.call('HGET', STATUS, 'rate_per_second') or '')
+    if prev then rate = prev * (1 - w) + rate * w end
+    redis.call('HSET', STATUS, 'rate_per_second', string.format('%.4f', rate))
+  end
+  if argv[5] ~= '' then redis.call('HSET', STATUS, 'start_time', now) end
   return now
 end)
 

@@ -1,0 +1,200 @@
+"""`memproc`: the local API server, the queue processor and cleanup from a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from memproc.settings import ConfigurationError, get_settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _progress_printer() -> Any:
+    """A one-line live progress display on a terminal; nothing when output is redirected."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(report: Any) -> None:
+        rate = f"{report.processed / report.seconds:.1f}/s" if report.seconds else "-"
+        sys.stderr.write(
+            f"\r  processed {report.processed}  retried {report.retried}  dead {report.dead}  "
+            f"memories +{report.memories_created} (merged {report.memories_merged})  {rate}   "
+        )
+        sys.stderr.flush()
+
+    return show
+
+
+def cmd_process(args: argparse.Namespace) -> int:
+    from memproc.processor import build_processor
+
+    overrides: dict[str, Any] = {"processing_interval_seconds": args.interval, "raw_retention_days": args.retention_days}
+    if args.batch_size:
+        overrides["batch_size"] = args.batch_size
+    if args.concurrency:
+        overrides["concurrency"] = args.concurrency
+    settings = load_settings(**overrides)
+    processor = build_processor(settings)
+    stop = threading.Event()
+    progress = _progress_printer()
+    print(
+        f"memproc process: provider={processor.provider.name} model={processor.provider.chat_model} "
+        f"concurrency={settings.concurrency} batch={settings.batch_size} interval={settings.processing_interval_seconds}s "
+        f"retention={settings.raw_retention_days}d",
+        file=sys.stderr,
+    )
+    try:
+        while True:
+            report = processor.drain(stop=stop, progress=progress, max_items=args.max_items)
+            if progress:
+                sys.stderr.write("\n")
+            print(
+                json.dumps({"processed": report.processed, "retried": report.retried, "dead": report.dead,
+                            "reaped": report.reaped, "memories_created": report.memories_created,
+                            "memories_merged": report.memories_merged, "seconds": round(report.seconds, 3),
+                            "rate_per_second": round(report.rate, 3) if report.rate else None}),
+                flush=True,
+            )
+            if args.run_once or stop.wait(settings.processing_interval_seconds):
+                return 0
+    except KeyboardInterrupt:
+        stop.set()
+        return 130
+
+
+def _dev_redis() -> tuple[str, subprocess.Popen[bytes] | None]:
+    """REDIS_URL if set; else start the provisioned redis-server for development."""
+    if os.environ.get("REDIS_URL"):
+        return os.environ["REDIS_URL"], None
+    binary = os.environ.get("MEMPROC_REDIS_SERVER") or shutil.which("redis-server")
+    if not binary:
+        raise SystemExit("memproc serve: set REDIS_URL or MEMPROC_REDIS_SERVER (make dev does)")
+    import socket
+
+    port = int(os.environ.get("MEMPROC_DEV_REDIS_PORT", "6379"))
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", port)) == 0:  # taken: use a free port instead
+            s2 = socket.socket()
+            s2.bind(("127.0.0.1", 0))
+            port = s2.getsockname()[1]
+            s2.close()
+    data = Path(os.environ.get("MEMPROC_CACHE", Path.home() / ".cache/memproc")) / "dev-data"
+    data.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data), "--appendonly", "yes",
+         "--save", "", "--logfile", str(data / "redis.log")],
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    import redis
+
+    client = redis.Redis.from_url(url)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    return url, proc
+
+
+def _scheduled(function: str, code_uri: str, every: float, stop: threading.Event) -> threading.Thread:
+    """Invoke a scheduled function's real handler on an interval, as EventBridge Scheduler would."""
+    from memproc.localapi import LambdaContext, Route, load_handler
+
+    route = Route(method="", resource="", function=function, code_uri=Path(code_uri), handler="app.lambda_handler")
+
+    def loop() -> None:
+        handler = load_handler(route, ROOT)
+        while not stop.is_set():
+            event = {"source": "aws.scheduler", "detail-type": "Scheduled Event", "detail": {},
+                     "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            try:
+                result = handler(event, LambdaContext(function, timeout_seconds=300))
+                if isinstance(result, dict) and result.get("processed"):
+                    print(f"{function}: processed {result['processed']} sessions", file=sys.stderr)
+            except Exception as exc:  # keep the dev loop alive, loudly
+                logging.getLogger("memproc.dev").exception("%s failed: %s", function, exc)
+            stop.wait(every)
+
+    thread = threading.Thread(target=loop, name=function, daemon=True)
+    thread.start()
+    return thread
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from memproc.localapi import LocalApiServer
+
+    url, redis_proc = _dev_redis()
+    os.environ["REDIS_URL"] = url
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+    get_settings.cache_clear()
+    try:
+        settings = get_settings()
+    except ConfigurationError as exc:
+        raise SystemExit(str(exc)) from None
+    server = LocalApiServer(ROOT / "template.yaml", ROOT, args.host, args.port)
+    stop = threading.Event()
+    interval = args.process_interval
+    print(f"memproc dev: Redis at {url}" + (" (started here)" if redis_proc else ""), file=sys.stderr)
+    print(f"memproc dev: API on {server.url}\n{server.describe()}", file=sys.stderr)
+    print(f"memproc dev: queue processor every {interval}s "
+          f"({'OpenAI' if settings.openai_api_key else 'offline LLM provider: set OPENAI_API_KEY for real extraction'}); "
+          f"cleanup every {args.cleanup_interval}s", file=sys.stderr)
+    print(f"memproc dev: debug with  redis-cli -u {url} ZCARD RAW_MEMORY_QUEUE", file=sys.stderr)
+    _scheduled("ProcessQueueFunction", "functions/process_queue", interval, stop)
+    _scheduled("CleanupFunction", "functions/cleanup", args.cleanup_interval, stop)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        server.shutdown()
+        if redis_proc:
+            redis_proc.terminate()
+            redis_proc.wait(10)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="memproc", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="serve the API locally (routes from template.yaml) with the processor running")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5001)
+    p.add_argument("--process-interval", type=float, default=5.0, help="seconds between processor runs (default 5)")
+    p.add_argument("--cleanup-interval", type=float, default=86_400.0, help="seconds between cleanup runs (default daily)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("process", help="drain the queue: once, or every --interval seconds")
+    p.add_argument("--run-once", action="store_true", help="drain once and exit")
+    p.add_argument("--interval", type=int, default=60, metavar="SECONDS", help="seconds between runs (default 60)")
+    p.add_argument("--retention-days", type=int, default=30, metavar="N", help="raw transcript retention (default 30)")
+    p.add_argument("--batch-size", type=int, default=None, help="items claimed per Redis call (default BATCH_SIZE)")
+    p.add_argument("--concurrency", type=int, default=None, help="sessions in flight (default CONCURRENCY)")
+    p.add_argument("--max-items", type=int, default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_process)
+
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigurationError as exc:
+        print(f"memproc: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""Turns queued raw memories into the memory hierarchy: claim, extract, embed, commit.
+
+Per session: one load (pipelined), one LLM call, one embeddings call, one commit (an atomic
+Lua call that writes everything and acks). Claims and heartbeats are shared by a batch, so
+Redis round trips per session stay constant however large the vectorstore grows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from array import array
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from memproc import __version__, keys
+from memproc import queue as q
+from memproc.connection import LIBRARY_VERSION
+from memproc.llm import Extraction, LLMError, LLMProvider, Usage
+from memproc.settings import Settings
+
+log = logging.getLogger("memproc.processor")
+
+# Test hook: SIGKILL this process at a named stage, to prove the protocol survives it.
+CRASH_AT = os.environ.get("MEMPROC_CRASH_AT", "")
+
+
+def _crash_point(stage: str) -> None:
+    if CRASH_AT == stage:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass
+class Outcome:
+    item: q.Claim
+    result: str  # processed | retry | dead | stale
+    memories_created: int = 0
+    memories_merged: int = 0
+    usage: Usage = field(default_factory=Usage)
+    error: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class DrainReport:
+    processed: int = 0
+    retried: int = 0
+    dead: int = 0
+    stale: int = 0
+    reaped: int = 0
+    memories_created: int = 0
+    memories_merged: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    seconds: float = 0.0
+
+    @property
+    def handled(self) -> int:
+        return self.processed + self.retried + self.dead + self.stale
+
+    @property
+    def rate(self) -> float | None:
+        return self.processed / self.seconds if self.processed and self.seconds > 0 else None
+
+    def add(self, o: Outcome) -> None:
+        if o.result == "processed":
+            self.processed += 1
+        elif o.result == "retry":
+            self.retried += 1
+        elif o.result == "dead":
+            self.dead += 1
+        else:
+            self.stale += 1
+        self.memories_created += o.memories_created
+        self.memories_merged += o.memories_merged
+        self.tokens_in += o.usage.tokens_in
+        self.tokens_out += o.usage.tokens_out
+
+
+def session_timestamp(metadata: dict[str, Any], created_at: float) -> datetime:
+    """When the conversation happened: metadata's timestamp if it parses, else when it was stored."""
+    for name in ("session_timestamp", "timestamp", "session_date"):
+        value = metadata.get(name)
+        if isinstance(value, str):
+            try:
+                ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
+                return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+            except ValueError:
+                continue
+    return datetime.fromtimestamp(created_at, UTC)
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _fp32(vector: list[float]) -> bytes:
+    blob = array("f", vector)
+    if blob.itemsize != 4:  # pragma: no cover - every supported platform has 32-bit floats
+        raise RuntimeError("float32 arrays are required")
+    return blob.tobytes()
+
+
+class Processor:
+    """Processes claimed items; thread-safe, so one instance serves a worker pool."""
+
+    def __init__(self, r: redis.Redis, rb: redis.Redis, settings: Settings, provider: LLMProvider) -> None:
+        self.r = r
+        self.rb = rb
+        self.settings = settings
+        self.provider = provider
+
+    def _load(self, item: q.Claim) -> tuple[dict[str, bytes | None], dict[str, Any] | None]:
+        vk = keys.VectorstoreKeys(item.vectorstore)
+        fields = ("session_data", "session_data_encoding", "created_at", "metadata")
+        pipe = self.rb.pipeline(transaction=False)
+        pipe.hmget(vk.raw(item.raw_id), fields)
+        pipe.get(vk.session_summary(item.session_id))
+        values, summary = pipe.execute()
+        return dict(zip(fields, values, strict=True)), json.loads(summary) if summary else None
+
+    def process(self, item: q.Claim) -> Outcome:
+        started = time.monotonic()
+        try:
+            outcome = self._process(item, started)
+        except LLMError as exc:
+            result, _ = q.fail(
+                self.r, self.settings, item, f"{type(exc).__name__}: {exc}",
+                retryable=exc.retryable, min_delay=exc.retry_after or 0.0,
+            )
+            outcome = Outcome(item, result, error=str(exc))
+        except Exception as exc:  # a bug or an outage: retried, and dead after the last attempt
+            log.exception("processing %s/%s failed", item.vectorstore, item.raw_id)
+            try:
+                result, _ = q.fail(self.r, self.settings, item, f"{type(exc).__name__}: {exc}", retryable=True)
+            except redis.RedisError:
+                result = "stale"  # the lease will expire and the reaper re-queues the item
+            outcome = Outcome(item, result, error=str(exc))
+        outcome.seconds = time.monotonic() - started
+        return outcome
+
+    def _process(self, item: q.Claim, started: float) -> Outcome:
+        raw, summary = self._load(item)
+        if raw["session_data"] is None:
+            return Outcome(item, "stale")  # erased while we held it; nothing to write
+        transcript = q.decode_transcript(raw["session_data"], (raw["session_data_encoding"] or b"").decode())
+        metadata = json.loads(raw["metadata"] or b"{}")
+        when = session_timestamp(metadata if isinstance(metadata, dict) else {}, float(raw["created_at"] or 0))
+
+        # A re-posted, longer version of a processed session: extract only the new suffix.
+        mode, previous, text = "full", None, transcript
+        if summary and summary.get("processed_length"):
+            done = int(summary["processed_length"])
+            if done <= len(transcript) and _sha256(transcript[:done]) == summary.get("processed_sha256"):
+                mode, previous, text = "delta", summary.get("summary"), transcript[done:]
+        _crash_point("after_claim")
+
+        if text.strip():
+            extraction, usage = self.provider.extract(text, session_timestamp=when, previous_summary=previous)
+            vectors, embed_usage = self.provider.embed([m.text for m in extraction.memories])
+            usage = usage + embed_usage
+        else:
+            mode, extraction, usage, vectors = "unchanged", Extraction.model_construct(memories=[], summary="", topics=[]), Usage(), []
+        _crash_point("after_llm")
+
+        payload = {
+            "memories": [m.model_dump() for m in extraction.memories],
+            "summary": extraction.summary if extraction.summary else (previous or ""),
+            "topics": extraction.topics,
+            "tokens_in": usage.tokens_in,
+            "tokens_out": usage.tokens_out,
+            "processed_length": len(transcript),
+            "processed_sha256": _sha256(transcript),
+            "raw_retention": self.settings.raw_retention_seconds,
+            "session_retention": self.settings.session_retention_seconds,
+            "threshold": self.settings.merge_similarity_threshold,
+            "embedding_model": self.provider.embedding_model,
+            "dimensions": self.provider.dimensions,
+            "processing_ms": int((time.monotonic() - started) * 1000),
+            "mode": mode,
+        }
+        blobs = [_fp32(v) for v in vectors]
+        if CRASH_AT == "mid_commit":
+            self._send_commit_and_die(item, payload, blobs)
+        result = q.commit(self.r, item, payload, blobs)
+        _crash_point("after_commit")
+        if result.outcome == "mismatch":
+            failed, _ = q.fail(
+                self.r, self.settings, item,
+                f"embedding mismatch: this processor embeds with {self.provider.embedding_model!r} "
+                f"({self.provider.dimensions} dimensions) but the {result.detail}",
+                retryable=False,
+            )
+            return Outcome(item, failed, usage=usage, error=result.detail)
+        if result.outcome != "ok":
+            return Outcome(item, "stale", usage=usage)
+        return Outcome(item, "processed", result.created, result.merged, usage)
+
+    def _send_commit_and_die(self, item: q.Claim, payload: dict[str, Any], blobs: list[bytes]) -> None:
+        """Test hook: the commit leaves this process, then the process dies before the reply."""
+        conn = self.r.connection_pool.get_connection()
+        fn = f"commit_{LIBRARY_VERSION}"
+        conn.send_command("FCALL", fn, 0, item.vectorstore, item.raw_id, item.token,
+                          json.dumps(payload, ensure_ascii=False), *blobs)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def drain(
+        self,
+        *,
+        concurrency: int | None = None,
+        batch_size: int | None = None,
+        remaining_seconds: Callable[[], float] | None = None,
+        max_items: int | None = None,
+        stop: threading.Event | None = None,
+        progress: Callable[[DrainReport], None] | None = None,
+    ) -> DrainReport:
+        """Process until the queue has nothing eligible, time runs short, or `stop` is set."""
+        concurrency = concurrency or self.settings.concurrency
+        batch_size = batch_size or self.settings.batch_size
+        report = DrainReport()
+        started = time.monotonic()
+        q.heartbeat(self.r, self.settings, __version__, starting=True)
+        running: set[Future[Outcome]] = set()
+        mean_seconds = 0.0
+
+        def may_claim() -> bool:
+            if stop is not None and stop.is_set():
+                return False
+            if max_items is not None and report.handled + len(running) >= max_items:
+                return False
+            # Leave time for the slowest item we expect, and never less than 10 s.
+            return remaining_seconds is None or remaining_seconds() > max(10.0, 3 * mean_seconds)
+
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="memproc") as pool:
+            # handled-count when a claim last came back short: the queue looked empty then.
+            empty_at: int | None = None
+            while True:
+                free = concurrency - len(running)
+                if free > 0 and may_claim() and (empty_at is None or (not running and report.handled > empty_at)):
+                    # Claim while the queue has work; once it looked empty, look again only when
+                    # every item is done (new work may have arrived meanwhile).
+                    want = min(free, batch_size)
+                    if max_items is not None:
+                        want = min(want, max_items - report.handled - len(running))
+                    batch = q.claim(self.r, self.settings, want)
+                    report.reaped += batch.reaped
+                    running.update(pool.submit(self.process, item) for item in batch.items)
+                    empty_at = report.handled if len(batch.items) < want else None
+                if not running:
+                    if empty_at is None and may_claim():
+                        continue
+                    break
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    outcome = fut.result()
+                    report.add(outcome)
+                    n = report.handled
+                    mean_seconds += (outcome.seconds - mean_seconds) / n
+                report.seconds = time.monotonic() - started
+                if progress:
+                    progress(report)
+        report.seconds = time.monotonic() - started
+        # A drain of 50+ sessions replaces the measured rate; smaller ones nudge it.
+        q.heartbeat(self.r, self.settings, __version__, rate=report.rate, weight=min(1.0, report.processed / 50))
+        return report
+
+
+
+def build_processor(settings: Settings) -> Processor:
+    """The processor with this process's Redis clients and the configured LLM provider."""
+    from memproc.connection import get_binary_redis, get_redis
+    from memproc.llm import make_provider
+
+    if settings.openai_secret_arn and settings.openai_api_key is None:
+        from aws_lambda_powertools.utilities.parameters import get_secret
+        from pydantic import SecretStr
+
+        secret = get_secret(settings.openai_secret_arn, max_age=300)
+        key = secret if isinstance(secret, str) else secret.decode()
+        settings = settings.model_copy(update={"openai_api_key": SecretStr(key.strip())})
+    return Processor(get_redis(settings), get_binary_redis(settings), settings, make_provider(settings))
