@@ -41,9 +41,15 @@ def call(
     match = _table().match(method, path)
     if match.route is None:
         raise AssertionError(f"no route for {method} {path} in template.yaml")
-    body = raw_body if raw_body is not None else (json.dumps(json_body).encode() if json_body is not None else None)
+    body = (
+        raw_body
+        if raw_body is not None
+        else (json.dumps(json_body).encode() if json_body is not None else None)
+    )
     hdrs = {"content-type": "application/json", **(headers or {})}
-    event = build_event(match.route, method, path, urlencode(query or {}, doseq=True), hdrs, body, match.path_params)
+    event = build_event(
+        match.route, method, path, urlencode(query or {}, doseq=True), hdrs, body, match.path_params
+    )
     handler = load_handler(match.route, ROOT)
     result = handler(event, LambdaContext(match.route.function))
     text = result.get("body") or ""

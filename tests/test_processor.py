@@ -14,6 +14,7 @@ from memproc import keys, queue
 from memproc.processor import build_processor
 from memproc.settings import get_settings, load_settings
 from tests.api_client import call, mem_path
+from tests.chats import WORDS
 
 CHAT = (
     "user: Hi! I'm Dana and I live in Porto.\n"
@@ -62,12 +63,16 @@ def test_a_stored_session_becomes_the_memory_hierarchy(fake_llm: Any, r: redis.R
     created = int(raw["memories_created"])
     assert created >= 2
     assert int(raw["tokens_in"]) > 0 and int(raw["tokens_out"]) > 0
-    assert r.expiretime(vk.raw(res["raw_memory_id"])) == pytest.approx(float(raw["created_at"]) + 30 * 86400, abs=2)
+    assert r.expiretime(vk.raw(res["raw_memory_id"])) == pytest.approx(
+        float(raw["created_at"]) + 30 * 86400, abs=2
+    )
 
     memories = vector_elements(r, "user123")
     assert len(memories) == created == r.execute_command("VCARD", "user123")
     assert all(isinstance(m["created_at"], float | int) for m in memories.values())
-    assert all(m["session_id"] == "s-1" and m["raw_memory_id"] == res["raw_memory_id"] for m in memories.values())
+    assert all(
+        m["session_id"] == "s-1" and m["raw_memory_id"] == res["raw_memory_id"] for m in memories.values()
+    )
     texts = " ".join(m["text"] for m in memories.values())
     assert "2026-03-09" in texts  # "yesterday" resolved against the session timestamp
     assert r.zcard(vk.memory_index) == created
@@ -92,14 +97,22 @@ def test_a_stored_session_becomes_the_memory_hierarchy(fake_llm: Any, r: redis.R
     ps = call("GET", mem_path("user123", "/processing_status")).body
     assert ps["processor_running"] is True and ps["processed_today"] == 1 and ps["queue_size"] == 0
     assert ps["last_processed_at"] and ps["vectorstore"] == {
-        "pending": 0, "in_flight": 0, "dead": 0, "oldest_pending_age_seconds": None}
+        "pending": 0,
+        "in_flight": 0,
+        "dead": 0,
+        "oldest_pending_age_seconds": None,
+    }
     rs = call("GET", mem_path("user123", f"/raw/{res['raw_memory_id']}")).body
     assert rs["status"] == "processed" and rs["memories_created"] == created and "session_data" not in rs
 
 
 def test_one_llm_call_and_one_embeddings_call_per_session(fake_llm: Any) -> None:
     for i in range(3):
-        store("user123", f"user: I collect stamps from country {i}.\nuser: My sister lives in town {i}.", f"s-{i}")
+        store(
+            "user123",
+            f"user: I collect stamps from country {i}.\nuser: My sister lives in town {i}.",
+            f"s-{i}",
+        )
     before_chat, before_embed = fake_llm.chat_calls, fake_llm.embedding_calls
     assert drain().processed == 3
     assert fake_llm.chat_calls - before_chat == 3
@@ -132,14 +145,16 @@ def test_reposting_a_longer_session_extracts_only_the_new_part(fake_llm: Any, r:
     drain()
     chat_request = [q for q in fake_llm.requests if q.path.endswith("/chat/completions")][-1]
     sent = chat_request.body["messages"][-1]["content"]
-    block = sent[sent.index("<transcript>"):]
+    block = sent[sent.index("<transcript>") :]
     assert "Tomas" in block and "green tea" not in block  # only the suffix, with the summary as context
     vk = keys.VectorstoreKeys("user123")
     summary = json.loads(r.get(vk.session_summary("s-1")))
     assert summary["processed_length"] == len(longer)
     assert summary["raw_memory_ids"] == [first["raw_memory_id"], second["raw_memory_id"]]
     assert raw_hash(r, "user123", second["raw_memory_id"])["extraction_mode"] == "delta"
-    assert len(summary["memory_ids"]) == len(set(summary["memory_ids"])) == r.scard(vk.session_memories("s-1"))
+    assert (
+        len(summary["memory_ids"]) == len(set(summary["memory_ids"])) == r.scard(vk.session_memories("s-1"))
+    )
 
 
 def test_near_duplicate_memories_merge_and_record_the_extra_session(fake_llm: Any, r: redis.Redis) -> None:
@@ -180,8 +195,9 @@ def test_a_server_error_is_retried_with_backoff(fake_llm: Any, r: redis.Redis) -
     now = float(r.time()[0])
     delay = float(raw["next_attempt_at"]) - now
     assert 14 <= delay <= 30.5  # base 30 s for the first retry, jitter halves at most
-    assert r.zscore("RAW_MEMORY_QUEUE", keys.VectorstoreKeys("user123").raw(res["raw_memory_id"])) == pytest.approx(
-        float(raw["next_attempt_at"]), abs=0.01)
+    assert r.zscore(
+        "RAW_MEMORY_QUEUE", keys.VectorstoreKeys("user123").raw(res["raw_memory_id"])
+    ) == pytest.approx(float(raw["next_attempt_at"]), abs=0.01)
     assert drain().processed == 0  # not eligible before its time
 
 
@@ -206,7 +222,9 @@ def test_429_honours_retry_after(fake_llm: Any, r: redis.Redis) -> None:
 
 # Malformed output is asked again once inside the same attempt, so 4 bad answers cost 2 attempts.
 @pytest.mark.parametrize(("kind", "failures", "retried"), [("malformed", 4, 2), ("500", 2, 2)])
-def test_failures_retry_until_success(fake_llm: Any, r: redis.Redis, kind: str, failures: int, retried: int) -> None:
+def test_failures_retry_until_success(
+    fake_llm: Any, r: redis.Redis, kind: str, failures: int, retried: int
+) -> None:
     res = store("user123", CHAT, "s-1")
     fake_llm.fail_next(kind, count=failures)
     report = drain(llm_max_retries=0, retry_base_seconds=0, retry_max_seconds=0)
@@ -280,10 +298,14 @@ def test_a_flooding_vectorstore_does_not_starve_the_others(env: Any, r: redis.Re
     assert late["raw_memory_id"] in seen
 
 
-def test_round_trips_per_session_do_not_grow_with_the_vectorstore(fake_llm: Any, redis_server: Any, r: redis.Redis) -> None:
+def test_round_trips_per_session_do_not_grow_with_the_vectorstore(
+    fake_llm: Any, redis_server: Any, r: redis.Redis
+) -> None:
     def requests_per_session(n: int) -> float:
         for i in range(n):
-            store("big", f"user: I visited city number {i} and I liked museum {i * 7}.", f"s-{i}-{r.dbsize()}")
+            store(
+                "big", f"user: I visited city number {i} and I liked museum {i * 7}.", f"s-{i}-{r.dbsize()}"
+            )
         with redis_server.requests() as seen:
             assert drain(concurrency=1, batch_size=4).processed == n
         return len(seen) / n
@@ -304,21 +326,19 @@ def test_round_trips_per_session_do_not_grow_with_the_vectorstore(fake_llm: Any,
     assert small == (8 * 4 + 3) / 8
 
 
-WORDS = (
-    "amber basil cobalt dune ember fjord garnet harbor iris juniper kelp lantern meadow nectar onyx pepper "
-    "quartz raven saffron tundra umber velvet willow xenon yarrow zephyr anchor bramble cedar delta falcon "
-    "glacier hazel indigo jasper kestrel lotus maple nimbus orchid pebble quill ripple sparrow thistle"
-).split()
-
-
 def test_lambda_handler_stops_claiming_when_time_runs_short(fake_llm: Any, r: redis.Redis) -> None:
-    from memproc.localapi import LambdaContext, Route, load_handler
     from pathlib import Path
+
+    from memproc.localapi import LambdaContext, Route, load_handler
     from tests.redis_server import ROOT
 
     store("user123", CHAT, "s-1")
-    handler = load_handler(Route("", "", "ProcessQueueFunction", Path("functions/process_queue"), "app.lambda_handler"), ROOT)
+    handler = load_handler(
+        Route("", "", "ProcessQueueFunction", Path("functions/process_queue"), "app.lambda_handler"), ROOT
+    )
     short = handler({"source": "memproc.schedule"}, LambdaContext("ProcessQueueFunction", timeout_seconds=5))
     assert short["processed"] == 0 and r.zcard("RAW_MEMORY_QUEUE") == 1
-    result = handler({"source": "memproc.schedule"}, LambdaContext("ProcessQueueFunction", timeout_seconds=120))
+    result = handler(
+        {"source": "memproc.schedule"}, LambdaContext("ProcessQueueFunction", timeout_seconds=120)
+    )
     assert result["processed"] == 1 and r.zcard("RAW_MEMORY_QUEUE") == 0

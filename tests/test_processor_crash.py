@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -18,21 +17,8 @@ import redis
 from memproc import keys, queue
 from memproc.models import StoreRawRequest
 from memproc.settings import get_settings
+from tests.chats import sessions
 from tests.redis_server import ROOT, RedisServer
-
-WORDS = (
-    "amber basil cobalt dune ember fjord garnet harbor iris juniper kelp lantern meadow nectar onyx pepper "
-    "quartz raven saffron tundra umber velvet willow xenon yarrow zephyr anchor bramble cedar delta falcon"
-).split()
-
-
-def sessions(n: int, seed: int = 1) -> list[str]:
-    rng = random.Random(seed)
-    return [
-        f"user: I keep a {' '.join(rng.sample(WORDS, 5))} journal.\n"
-        f"user: I prefer {' '.join(rng.sample(WORDS, 4))} tea.\n"
-        for _ in range(n)
-    ]
 
 
 def submit_all(r: redis.Redis, texts: list[str], vs: str = "crash") -> list[str]:
@@ -43,7 +29,9 @@ def submit_all(r: redis.Redis, texts: list[str], vs: str = "crash") -> list[str]
     ]
 
 
-def run_processor(redis_server: RedisServer, fake: Any, *args: str, crash_at: str = "") -> subprocess.Popen[str]:
+def run_processor(
+    redis_server: RedisServer, fake: Any, *args: str, crash_at: str = ""
+) -> subprocess.Popen[str]:
     env = {
         **os.environ,
         "REDIS_URL": redis_server.url,
@@ -55,7 +43,11 @@ def run_processor(redis_server: RedisServer, fake: Any, *args: str, crash_at: st
     }
     return subprocess.Popen(
         [sys.executable, "-m", "memproc.cli", "process", "--run-once", *args],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -88,7 +80,9 @@ def assert_exactly_once(r: redis.Redis, vs: str, raw_ids: list[str]) -> dict[str
         created_total += created
         assert per_raw[raw_id] == created  # this session's memories were written once
         ids = [m for m in mems if mems[m]["raw_memory_id"] == raw_id]
-        assert sorted(int(m.rsplit("-", 1)[1]) for m in ids) == sorted(set(int(m.rsplit("-", 1)[1]) for m in ids))
+        assert sorted(int(m.rsplit("-", 1)[1]) for m in ids) == sorted(
+            set(int(m.rsplit("-", 1)[1]) for m in ids)
+        )
         summary = json.loads(r.get(vk.session_summary(h["session_id"])))
         assert summary["raw_memory_ids"] == [raw_id]
         assert len(summary["memory_ids"]) == len(set(summary["memory_ids"]))
@@ -106,7 +100,7 @@ def test_sigkill_at_each_stage_loses_nothing_and_duplicates_nothing(
 ) -> None:
     raw_ids = submit_all(r, sessions(5))
     crashed = run_processor(redis_server, fake_llm, "--concurrency", "1", "--batch-size", "1", crash_at=stage)
-    out, err = crashed.communicate(timeout=120)
+    _, err = crashed.communicate(timeout=120)
     assert crashed.returncode == -signal.SIGKILL, err
 
     statuses = Counter(r.hget(keys.VectorstoreKeys("crash").raw(i), "status") for i in raw_ids)
@@ -119,7 +113,7 @@ def test_sigkill_at_each_stage_loses_nothing_and_duplicates_nothing(
     expire_all_leases(r)
 
     survivor = run_processor(redis_server, fake_llm, "--concurrency", "2")
-    out, err = survivor.communicate(timeout=120)
+    _, err = survivor.communicate(timeout=120)
     assert survivor.returncode == 0, err
     attempts = assert_exactly_once(r, "crash", raw_ids)
     first = raw_ids[0]
@@ -137,7 +131,9 @@ def test_four_processors_over_500_sessions_write_each_session_once(
     fake_llm: Any, r: redis.Redis, redis_server: RedisServer
 ) -> None:
     raw_ids = submit_all(r, sessions(500, seed=2), vs="busy")
-    procs = [run_processor(redis_server, fake_llm, "--concurrency", "4", "--batch-size", "8") for _ in range(4)]
+    procs = [
+        run_processor(redis_server, fake_llm, "--concurrency", "4", "--batch-size", "8") for _ in range(4)
+    ]
     outputs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], [e for _, e in outputs]
     processed = [json.loads(out.strip().splitlines()[-1])["processed"] for out, _ in outputs]

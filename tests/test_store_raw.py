@@ -31,7 +31,11 @@ def test_store_raw_queues_the_session(env, r: redis.Redis) -> None:
     raw_key = f"{{user123}}:raw_memory:{b['raw_memory_id']}"
     assert r.zscore("RAW_MEMORY_QUEUE", raw_key) is not None
     h = r.hgetall(raw_key)
-    assert h["session_data"] == SESSION and h["status"] == "queued" and json.loads(h["metadata"]) == {"app": "chat"}
+    assert (
+        h["session_data"] == SESSION
+        and h["status"] == "queued"
+        and json.loads(h["metadata"]) == {"app": "chat"}
+    )
     assert r.zcard("{user123}:raw_index") == 1
 
 

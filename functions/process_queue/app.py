@@ -1,6 +1,5 @@
 """Scheduled (EventBridge Scheduler): drain the queue within this invocation's time budget."""
 
-
 from dataclasses import asdict
 from typing import Any
 

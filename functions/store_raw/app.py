@@ -3,7 +3,6 @@
 Imports nothing that the processor needs (no openai), so this function starts fast.
 """
 
-
 from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler import Response
@@ -27,8 +26,11 @@ def store_raw(vectorstore_name: str, request: Annotated[StoreRawRequest, Body()]
     result = queue.submit(get_redis(), get_settings(), vectorstore_name, request)
     logger.info(
         "stored raw memory",
-        extra={"raw_memory_id": result.raw_memory_id, "duplicate": result.duplicate,
-               "queue_position": result.queue_position},
+        extra={
+            "raw_memory_id": result.raw_memory_id,
+            "duplicate": result.duplicate,
+            "queue_position": result.queue_position,
+        },
     )
     metrics.add_metric("RawMemoryDuplicate" if result.duplicate else "RawMemoryQueued", MetricUnit.Count, 1)
     return json_response(202, result)

@@ -36,7 +36,7 @@ CRASH_AT = os.environ.get("MEMPROC_CRASH_AT", "")
 
 
 def _crash_point(stage: str) -> None:
-    if CRASH_AT == stage:
+    if stage == CRASH_AT:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -135,14 +135,20 @@ class Processor:
             outcome = self._process(item, started)
         except LLMError as exc:
             result, _ = q.fail(
-                self.r, self.settings, item, f"{type(exc).__name__}: {exc}",
-                retryable=exc.retryable, min_delay=exc.retry_after or 0.0,
+                self.r,
+                self.settings,
+                item,
+                f"{type(exc).__name__}: {exc}",
+                retryable=exc.retryable,
+                min_delay=exc.retry_after or 0.0,
             )
             outcome = Outcome(item, result, error=str(exc))
         except Exception as exc:  # a bug or an outage: retried, and dead after the last attempt
             log.exception("processing %s/%s failed", item.vectorstore, item.raw_id)
             try:
-                result, _ = q.fail(self.r, self.settings, item, f"{type(exc).__name__}: {exc}", retryable=True)
+                result, _ = q.fail(
+                    self.r, self.settings, item, f"{type(exc).__name__}: {exc}", retryable=True
+                )
             except redis.RedisError:
                 result = "stale"  # the lease will expire and the reaper re-queues the item
             outcome = Outcome(item, result, error=str(exc))
@@ -155,7 +161,9 @@ class Processor:
             return Outcome(item, "stale")  # erased while we held it; nothing to write
         transcript = q.decode_transcript(raw["session_data"], (raw["session_data_encoding"] or b"").decode())
         metadata = json.loads(raw["metadata"] or b"{}")
-        when = session_timestamp(metadata if isinstance(metadata, dict) else {}, float(raw["created_at"] or 0))
+        when = session_timestamp(
+            metadata if isinstance(metadata, dict) else {}, float(raw["created_at"] or 0)
+        )
 
         # A re-posted, longer version of a processed session: extract only the new suffix.
         mode, previous, text = "full", None, transcript
@@ -170,7 +178,12 @@ class Processor:
             vectors, embed_usage = self.provider.embed([m.text for m in extraction.memories])
             usage = usage + embed_usage
         else:
-            mode, extraction, usage, vectors = "unchanged", Extraction.model_construct(memories=[], summary="", topics=[]), Usage(), []
+            mode, extraction, usage, vectors = (
+                "unchanged",
+                Extraction.model_construct(memories=[], summary="", topics=[]),
+                Usage(),
+                [],
+            )
         _crash_point("after_llm")
 
         payload = {
@@ -196,7 +209,9 @@ class Processor:
         _crash_point("after_commit")
         if result.outcome == "mismatch":
             failed, _ = q.fail(
-                self.r, self.settings, item,
+                self.r,
+                self.settings,
+                item,
                 f"embedding mismatch: this processor embeds with {self.provider.embedding_model!r} "
                 f"({self.provider.dimensions} dimensions) but the {result.detail}",
                 retryable=False,
@@ -210,8 +225,16 @@ class Processor:
         """Test hook: the commit leaves this process, then the process dies before the reply."""
         conn = self.r.connection_pool.get_connection()
         fn = f"commit_{LIBRARY_VERSION}"
-        conn.send_command("FCALL", fn, 0, item.vectorstore, item.raw_id, item.token,
-                          json.dumps(payload, ensure_ascii=False), *blobs)
+        conn.send_command(
+            "FCALL",
+            fn,
+            0,
+            item.vectorstore,
+            item.raw_id,
+            item.token,
+            json.dumps(payload, ensure_ascii=False),
+            *blobs,
+        )
         os.kill(os.getpid(), signal.SIGKILL)
 
     def drain(
@@ -246,7 +269,11 @@ class Processor:
             empty_at: int | None = None
             while True:
                 free = concurrency - len(running)
-                if free > 0 and may_claim() and (empty_at is None or (not running and report.handled > empty_at)):
+                if (
+                    free > 0
+                    and may_claim()
+                    and (empty_at is None or (not running and report.handled > empty_at))
+                ):
                     # Claim while the queue has work; once it looked empty, look again only when
                     # every item is done (new work may have arrived meanwhile).
                     want = min(free, batch_size)
@@ -271,9 +298,10 @@ class Processor:
                     progress(report)
         report.seconds = time.monotonic() - started
         # A drain of 50+ sessions replaces the measured rate; smaller ones nudge it.
-        q.heartbeat(self.r, self.settings, __version__, rate=report.rate, weight=min(1.0, report.processed / 50))
+        q.heartbeat(
+            self.r, self.settings, __version__, rate=report.rate, weight=min(1.0, report.processed / 50)
+        )
         return report
-
 
 
 def build_processor(settings: Settings) -> Processor:

@@ -20,7 +20,13 @@ import redis
 from memproc import keys
 from memproc.connection import fcall, fcall_ro
 from memproc.errors import InvalidInput, PayloadTooLarge, Unavailable
-from memproc.models import ProcessingStatus, RetentionPolicy, StoreRawRequest, StoreRawResponse, VectorstoreQueue
+from memproc.models import (
+    ProcessingStatus,
+    RetentionPolicy,
+    StoreRawRequest,
+    StoreRawResponse,
+    VectorstoreQueue,
+)
 from memproc.settings import Settings
 
 ENCODING_ZLIB = "zlib"
@@ -57,9 +63,7 @@ def require_vectorstore(name: str) -> keys.VectorstoreKeys:
 
 def require_session_id(session_id: str) -> str:
     if not keys.SESSION_ID_RE.fullmatch(session_id):
-        raise InvalidInput(
-            "session_id must match ^[A-Za-z0-9._:@+=-]{1,256}$", code="invalid_session_id"
-        )
+        raise InvalidInput("session_id must match ^[A-Za-z0-9._:@+=-]{1,256}$", code="invalid_session_id")
     return session_id
 
 
@@ -226,7 +230,12 @@ def redrive(r: redis.Redis, vectorstore: str, raw_id: str) -> tuple[str, str]:
 
 
 def heartbeat(
-    r: redis.Redis, settings: Settings, version: str, *, rate: float | None = None, weight: float = 1.0,
+    r: redis.Redis,
+    settings: Settings,
+    version: str,
+    *,
+    rate: float | None = None,
+    weight: float = 1.0,
     starting: bool = False,
 ) -> None:
     """Stamp background_processor:status; a measured rate is blended in with `weight`."""
@@ -246,14 +255,25 @@ def heartbeat(
 
 def processing_status(r: redis.Redis, settings: Settings, vectorstore: str) -> ProcessingStatus:
     require_vectorstore(vectorstore)
-    (now, queue_size, status_flat, today, last_processed, pending, inflight, dead, oldest, all_inflight,
-     all_dead) = fcall_ro(r, "status", [], [vectorstore])
+    (
+        now,
+        queue_size,
+        status_flat,
+        today,
+        last_processed,
+        pending,
+        inflight,
+        dead,
+        oldest,
+        all_inflight,
+        all_dead,
+    ) = fcall_ro(r, "status", [], [vectorstore])
     status = dict(zip(status_flat[::2], status_flat[1::2], strict=True))
     now_f = float(now)
     beat = status.get("last_heartbeat")
     interval = int(status.get("interval_seconds") or settings.processing_interval_seconds)
     # A scheduled processor beats at least once an interval; allow one missed beat.
-    running = bool(beat) and now_f - float(beat) <= 2 * interval + 5
+    running = beat is not None and now_f - float(beat) <= 2 * interval + 5
     rate = status.get("rate_per_second")
     return ProcessingStatus(
         vectorstore_name=vectorstore,
