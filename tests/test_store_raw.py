@@ -81,14 +81,24 @@ def test_store_raw_function_does_not_import_openai() -> None:
 
 
 def test_estimate_uses_the_measured_rate(env, r: redis.Redis) -> None:
-    r.hset(keys.PROCESSOR_STATUS, "rate_per_second", "4")
+    # A processor draining right now (fresh heartbeat): position over the measured rate.
+    r.hset(keys.PROCESSOR_STATUS, mapping={"rate_per_second": "4", "last_heartbeat": r.time()[0]})
     for i in range(7):
         res = store("user123", {"session_data": f"user: message {i}"})
     assert res.body["queue_position"] == 7
-    assert res.body["estimated_processing_time"] == pytest.approx(7 / 4)
-    r.hset(keys.PROCESSOR_STATUS, "rate_per_second", "0.5")
+    assert res.body["estimated_processing_time"] == pytest.approx(7 / 4, abs=0.01)
+    r.hset(keys.PROCESSOR_STATUS, mapping={"rate_per_second": "0.5", "last_heartbeat": r.time()[0]})
     res = store("user123", {"session_data": "user: one more"})
-    assert res.body["estimated_processing_time"] == pytest.approx(8 / 0.5)
+    assert res.body["estimated_processing_time"] == pytest.approx(8 / 0.5, abs=0.01)
+
+
+def test_estimate_adds_the_wait_for_the_next_scheduled_run(env, r: redis.Redis) -> None:
+    r.hset(
+        keys.PROCESSOR_STATUS,
+        mapping={"rate_per_second": "2", "last_heartbeat": int(r.time()[0]) - 40, "interval_seconds": "60"},
+    )
+    res = store("user123", {"session_data": "user: hello"})
+    assert res.body["estimated_processing_time"] == pytest.approx(30 + 1 / 2, abs=0.01)
 
 
 def test_position_reflects_round_robin_across_vectorstores(env) -> None:

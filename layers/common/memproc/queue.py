@@ -73,11 +73,15 @@ def require_raw_id(raw_id: str) -> str:
     return raw_id
 
 
-def estimated_seconds(position: int, rate: str, settings: Settings) -> float:
-    """Position over the processor's measured rate (sessions/s); the configured default before
-    the first measurement."""
+def estimated_seconds(position: int, rate: str, idle: str, interval: str, settings: Settings) -> float:
+    """When the item should be processed: the wait for the next scheduled run (none while the
+    processor is draining, half an interval on average otherwise) plus the position over the
+    processor's measured rate (sessions/s; the configured default before the first measurement)."""
     per_second = float(rate) if rate else settings.default_rate_per_second
-    return round(position / max(per_second, 1e-6), 2)
+    period = float(interval) if interval else float(settings.processing_interval_seconds)
+    draining = idle != "" and float(idle) < 2.0
+    wait = 0.0 if draining or position == 0 else period / 2
+    return round(wait + position / max(per_second, 1e-6), 2)
 
 
 def submit(
@@ -94,7 +98,7 @@ def submit(
     digest = hashlib.sha256(f"{session_id}\0{request.session_data}".encode()).hexdigest()
     data, encoding = encode_transcript(request.session_data, settings)
     raw_id = uuid.uuid4().hex
-    outcome, raw_id, created, pending_rank, queue_size, rate, status, active = fcall(
+    outcome, raw_id, created, pending_rank, queue_size, rate, status, active, idle, interval = fcall(
         r,
         "enqueue",
         [vk.raw(raw_id), vk.dedupe(digest)],
@@ -112,7 +116,8 @@ def submit(
         ],
     )
     if outcome in ("queue_full", "vectorstore_full"):
-        retry_after = max(1, int(estimated_seconds(1000, rate, settings)))
+        # Suggest coming back when about 1% of the queue has drained.
+        retry_after = max(1, int(estimated_seconds(max(1, int(queue_size) // 100), rate, idle, interval, settings)))
         which = "the processing queue" if outcome == "queue_full" else f"vectorstore {vectorstore!r}'s queue"
         raise Unavailable(
             f"{which} is full ({queue_size} items waiting); retry later",
@@ -131,7 +136,7 @@ def submit(
         queued_at=iso(created) or "",
         queue_position=position,
         queue_size=int(queue_size),
-        estimated_processing_time=estimated_seconds(position, rate, settings),
+        estimated_processing_time=estimated_seconds(position, rate, idle, interval, settings),
     )
 
 

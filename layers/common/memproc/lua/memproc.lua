@@ -72,7 +72,11 @@ redis.register_function('enqueue___VERSION__', function(keys, argv)
   local now = now_s()
   local vs, id, sid = argv[1], argv[2], argv[3]
   local t = tag(vs)
-  local rate = redis.call('HGET', STATUS, 'rate_per_second') or ''
+  -- The processor's measured rate and whether it is draining now, for the time estimate.
+  local p = redis.call('HMGET', STATUS, 'rate_per_second', 'last_heartbeat', 'interval_seconds')
+  local rate = p[1] or ''
+  local idle = p[2] and string.format('%.3f', now - tonumber(p[2])) or ''
+  local interval = p[3] or ''
   local existing = redis.call('GET', keys[2])
   if existing then
     local e = redis.call('HMGET', rawkey(vs, existing), 'status', 'created_at')
@@ -83,13 +87,15 @@ redis.register_function('enqueue___VERSION__', function(keys, argv)
         if rank then pos = rank + 1 end
       end
       return {'duplicate', existing, e[2], pos, redis.call('ZCARD', QUEUE), rate, e[1],
-              redis.call('ZCARD', READY)}
+              redis.call('ZCARD', READY), idle, interval}
     end
   end
   local qsize = redis.call('ZCARD', QUEUE)
-  if qsize >= tonumber(argv[7]) then return {'queue_full', '', '', 0, qsize, rate, '', 0} end
+  if qsize >= tonumber(argv[7]) then return {'queue_full', '', '', 0, qsize, rate, '', 0, idle, interval} end
   local pending = redis.call('ZCARD', t .. ':pending')
-  if pending >= tonumber(argv[8]) then return {'vectorstore_full', '', '', 0, qsize, rate, '', 0} end
+  if pending >= tonumber(argv[8]) then
+    return {'vectorstore_full', '', '', 0, qsize, rate, '', 0, idle, interval}
+  end
   local created = string.format('%.6f', now)
   redis.call('HSET', keys[1], 'raw_memory_id', id, 'session_id', sid, 'session_data', argv[4],
     'session_data_encoding', argv[5], 'metadata', argv[6], 'vectorstore_name', vs,
@@ -101,7 +107,8 @@ redis.register_function('enqueue___VERSION__', function(keys, argv)
   redis.call('ZADD', t .. ':session_raws:' .. sid, now, id)
   redis.call('ZADD', 'memproc:vectorstores', now, vs)
   redis.call('HINCRBY', t .. ':counters', 'received', 1)
-  return {'queued', id, created, pending + 1, qsize + 1, rate, 'queued', redis.call('ZCARD', READY)}
+  return {'queued', id, created, pending + 1, qsize + 1, rate, 'queued', redis.call('ZCARD', READY),
+          idle, interval}
 end)
 
 -- Claim up to N items round-robin across vectorstores, after re-queueing expired leases.
