@@ -1363,8 +1363,16 @@ class OpenAIProvider:
 
 
 def make_provider(settings: Settings) -> LLMProvider:
-    """OpenAI when an API key is configured; otherwise the offline provider, with a loud warning."""
+    """OpenAI when an API key is configured (directly, or as a Secrets Manager secret on AWS);
+    otherwise the offline provider, with a loud warning."""
     key = settings.openai_api_key.get_secret_value().strip() if settings.openai_api_key else ""
+    if not key and settings.openai_secret_arn:
+        from aws_lambda_powertools.utilities.parameters import get_secret
+        from pydantic import SecretStr
+
+        secret = get_secret(settings.openai_secret_arn, max_age=300)
+        key = (secret if isinstance(secret, str) else secret.decode()).strip()
+        settings = settings.model_copy(update={"openai_api_key": SecretStr(key)})
     if key:
         return OpenAIProvider(settings)
     logger.warning(

@@ -309,11 +309,4 @@ def build_processor(settings: Settings) -> Processor:
     from memproc.connection import get_binary_redis, get_redis
     from memproc.llm import make_provider
 
-    if settings.openai_secret_arn and settings.openai_api_key is None:
-        from aws_lambda_powertools.utilities.parameters import get_secret
-        from pydantic import SecretStr
-
-        secret = get_secret(settings.openai_secret_arn, max_age=300)
-        key = secret if isinstance(secret, str) else secret.decode()
-        settings = settings.model_copy(update={"openai_api_key": SecretStr(key.strip())})
     return Processor(get_redis(settings), get_binary_redis(settings), settings, make_provider(settings))
