@@ -1066,7 +1066,29 @@ def _estimate_tokens(text: str) -> int:
     return len(text) // 4
 
 
-class OfflineProvider:
+class _ChunkedExtractor:
+    """What both providers share: one extraction call per chunk, merged by `_extract_chunked`."""
+
+    chunk_chars: int
+
+    def _extract_one(
+        self, chunk: str, session_timestamp: datetime, previous_summary: str | None
+    ) -> tuple[Extraction, Usage]:
+        raise NotImplementedError
+
+    def extract(
+        self, transcript: str, *, session_timestamp: datetime, previous_summary: str | None = None
+    ) -> tuple[Extraction, Usage]:
+        return _extract_chunked(
+            self._extract_one,
+            transcript,
+            session_timestamp=session_timestamp,
+            previous_summary=previous_summary,
+            max_chars=self.chunk_chars,
+        )
+
+
+class OfflineProvider(_ChunkedExtractor):
     """Deterministic provider without network: heuristic memories, hashing embeddings, estimated tokens."""
 
     name = "offline"
@@ -1100,17 +1122,6 @@ class OfflineProvider:
             tokens_out=_estimate_tokens(extraction.model_dump_json()),
         )
         return extraction, usage
-
-    def extract(
-        self, transcript: str, *, session_timestamp: datetime, previous_summary: str | None = None
-    ) -> tuple[Extraction, Usage]:
-        return _extract_chunked(
-            self._extract_one,
-            transcript,
-            session_timestamp=session_timestamp,
-            previous_summary=previous_summary,
-            max_chars=self.chunk_chars,
-        )
 
     def embed(self, texts: list[str]) -> tuple[list[list[float]], Usage]:
         vectors = [hashing_embedding(text, self.dimensions) for text in texts]
@@ -1154,7 +1165,7 @@ def _retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
-class OpenAIProvider:
+class OpenAIProvider(_ChunkedExtractor):
     """OpenAI (or any compatible server) through the official SDK, with our own retry policy.
 
     The SDK's retries are off (``max_retries=0``): within one call we retry 5xx, 408/409, 429,
@@ -1313,17 +1324,6 @@ class OpenAIProvider:
                     continue
                 raise RetryableLLMError(reason) from exc
             return extraction, usage
-
-    def extract(
-        self, transcript: str, *, session_timestamp: datetime, previous_summary: str | None = None
-    ) -> tuple[Extraction, Usage]:
-        return _extract_chunked(
-            self._extract_one,
-            transcript,
-            session_timestamp=session_timestamp,
-            previous_summary=previous_summary,
-            max_chars=self.chunk_chars,
-        )
 
     # -- embeddings -----------------------------------------------------------------------------
 
