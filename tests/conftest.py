@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 import redis
 
-from memproc import connection, settings as settings_module
+from memproc import connection
+from memproc import settings as settings_module
 from memproc.settings import Settings
 from tests.redis_server import RedisServer
 

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
+
 from memproc import llm
 from memproc.llm import (
     EXTRACTION_JSON_SCHEMA,
@@ -36,7 +38,6 @@ from memproc.llm import (
     sanitize,
 )
 from memproc.settings import load_settings
-from pydantic import ValidationError
 
 try:
     from fake_openai import FakeOpenAI
@@ -351,7 +352,7 @@ def test_server_errors_back_off_exponentially_then_give_up(
 
 
 def test_timeout_is_retryable(fake: FakeOpenAI, provider_factory: Callable[..., OpenAIProvider]) -> None:
-    provider = provider_factory(llm_timeout_seconds=0.5, llm_max_retries=0)
+    provider = provider_factory(llm_timeout_seconds=2.0, llm_max_retries=0)
     fake.fail_next("timeout")
     with pytest.raises(RetryableLLMError, match="timed out"):
         provider.extract(TRANSCRIPT, session_timestamp=SESSION_TS)
@@ -364,7 +365,7 @@ def test_timeout_is_retryable(fake: FakeOpenAI, provider_factory: Callable[..., 
 def test_timeout_then_success_within_one_call(
     fake: FakeOpenAI, provider_factory: Callable[..., OpenAIProvider], sleeps: list[float]
 ) -> None:
-    provider = provider_factory(llm_timeout_seconds=0.5, llm_max_retries=1)
+    provider = provider_factory(llm_timeout_seconds=2.0, llm_max_retries=1)
     fake.fail_next("timeout")
     extraction, _ = provider.extract(TRANSCRIPT, session_timestamp=SESSION_TS)
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from memproc.localapi import (
     DEFAULT_MAX_BODY_BYTES,
     LambdaContext,

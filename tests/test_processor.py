@@ -206,7 +206,7 @@ def test_retries_within_the_provider_recover_from_500_and_timeout(fake_llm: Any,
     fake_llm.fail_next("500", count=1)
     fake_llm.fail_next("timeout", count=1)
     n = len(fake_llm.requests)
-    report = drain(llm_max_retries=2, llm_timeout_seconds=0.5)
+    report = drain(llm_max_retries=2, llm_timeout_seconds=2.0)
     assert report.processed == 1
     assert len([q for q in fake_llm.requests[n:] if q.path.endswith("/chat/completions")]) == 3
 
@@ -342,3 +342,14 @@ def test_lambda_handler_stops_claiming_when_time_runs_short(fake_llm: Any, r: re
         {"source": "memproc.schedule"}, LambdaContext("ProcessQueueFunction", timeout_seconds=120)
     )
     assert result["processed"] == 1 and r.zcard("RAW_MEMORY_QUEUE") == 0
+
+
+def test_a_queued_submission_keeps_its_session_index_alive(fake_llm: Any, r: redis.Redis) -> None:
+    store("user123", CHAT, "s-1")
+    drain()
+    vk = keys.VectorstoreKeys("user123")
+    assert r.ttl(vk.session_raws("s-1")) > 0  # a processed session expires with its retention
+    store("user123", CHAT + "user: I also run marathons.\n", "s-1")
+    assert r.ttl(vk.session_raws("s-1")) == -1  # until this one is processed, nothing may expire it
+    drain()
+    assert r.ttl(vk.session_raws("s-1")) > 364 * 86400

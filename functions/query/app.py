@@ -1,5 +1,5 @@
-"""Read routes: processing status, submission status, hierarchy, sessions, stats, search."""
-
+"""Read routes: processing status, submission status, hierarchy, sessions, stats, search, dead
+letters (and redriving one)."""
 
 from typing import Any
 
@@ -8,11 +8,16 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from memproc import queue, store
-from memproc.api import json_response, logger, make_resolver, metrics, tracer
-from memproc.connection import get_redis
+from memproc.api import json_response, logger, make_resolver, metrics, parse_query, path_arg, tracer
+from memproc.connection import get_binary_redis, get_redis
+from memproc.models import DeadLettersQuery, HierarchyQuery, NoParams, SearchQuery, SessionQuery
 from memproc.settings import get_settings
 
 app = make_resolver()
+
+
+def query_params() -> dict[str, str] | None:
+    return app.current_event.query_string_parameters
 
 
 @app.get("/api/memory/<vectorstore_name>/processing_status")
@@ -24,7 +29,58 @@ def processing_status(vectorstore_name: str) -> Response[Any]:
 @app.get("/api/memory/<vectorstore_name>/raw/<raw_memory_id>")
 @tracer.capture_method
 def raw_status(vectorstore_name: str, raw_memory_id: str) -> Response[Any]:
-    return json_response(200, store.raw_status(get_redis(), vectorstore_name, raw_memory_id))
+    return json_response(200, store.raw_status(get_redis(), vectorstore_name, path_arg(raw_memory_id)))
+
+
+@app.get("/api/memory/<vectorstore_name>/hierarchy")
+@tracer.capture_method
+def hierarchy(vectorstore_name: str) -> Response[Any]:
+    q = parse_query(HierarchyQuery, query_params())
+    return json_response(200, store.hierarchy(get_redis(), vectorstore_name, q))
+
+
+@app.get("/api/memory/<vectorstore_name>/session/<session_id>")
+@tracer.capture_method
+def session(vectorstore_name: str, session_id: str) -> Response[Any]:
+    q = parse_query(SessionQuery, query_params())
+    details = store.session_details(
+        get_redis(),
+        get_binary_redis(),
+        vectorstore_name,
+        path_arg(session_id),
+        include_transcript=q.include_transcript,
+    )
+    return json_response(200, details)
+
+
+@app.get("/api/memory/<vectorstore_name>/stats")
+@tracer.capture_method
+def stats(vectorstore_name: str) -> Response[Any]:
+    parse_query(NoParams, query_params())
+    return json_response(200, store.stats(get_redis(), vectorstore_name))
+
+
+@app.get("/api/memory/<vectorstore_name>/search")
+@tracer.capture_method
+def search(vectorstore_name: str) -> Response[Any]:
+    q = parse_query(SearchQuery, query_params())
+    return json_response(200, store.search(get_redis(), get_settings(), vectorstore_name, q))
+
+
+@app.get("/api/memory/<vectorstore_name>/dead_letters")
+@tracer.capture_method
+def dead_letters(vectorstore_name: str) -> Response[Any]:
+    q = parse_query(DeadLettersQuery, query_params())
+    return json_response(200, store.dead_letters(get_redis(), vectorstore_name, q.limit))
+
+
+@app.post("/api/memory/<vectorstore_name>/raw/<raw_memory_id>/retry")
+@tracer.capture_method
+def retry(vectorstore_name: str, raw_memory_id: str) -> Response[Any]:
+    parse_query(NoParams, query_params())
+    result = store.retry_dead_letter(get_redis(), vectorstore_name, path_arg(raw_memory_id))
+    logger.info("dead letter redriven", extra={"raw_memory_id": result.raw_memory_id})
+    return json_response(200, result)
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)

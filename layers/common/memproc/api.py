@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import unquote
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from memproc.errors import ApiError
+from memproc.errors import ApiError, InvalidInput
 from memproc.models import ErrorBody, ErrorResponse
 from memproc.settings import get_settings
 
 os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "memproc")
 os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Memproc")
+
+Q = TypeVar("Q", bound=BaseModel)
 
 logger = Logger()
 tracer = Tracer()
@@ -77,7 +80,37 @@ def make_resolver() -> APIGatewayRestResolver:
 
     @app.not_found
     def _not_found(exc: Exception) -> Response[Any]:
-        return error_response(404, "not_found", f"no route for {app.current_event.http_method} "
-                              f"{app.current_event.path}")
+        return error_response(
+            404, "not_found", f"no route for {app.current_event.http_method} {app.current_event.path}"
+        )
 
     return app
+
+
+def path_arg(value: str) -> str:
+    """A route argument as the client meant it: Powertools reads route arguments from the raw
+    ``path``, which API Gateway (REST) delivers percent-encoded."""
+    return unquote(value)
+
+
+def parse_query(model: type[Q], params: dict[str, str] | None) -> Q:
+    """Validate query-string parameters into ``model``; any problem is a 400 that names the
+    parameter (code ``invalid_<name>``, or the validator's own code for cross-field rules)."""
+    try:
+        return model.model_validate(params or {})
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        details = [
+            {"parameter": ".".join(str(p) for p in e["loc"]) or None, "message": e["msg"]} for e in errors
+        ]
+        first = errors[0]
+        if first["type"] == "extra_forbidden":
+            code = "unknown_query_parameter"
+            expected = ", ".join(model.model_fields) or "none"
+            message = f"unknown query parameter {first['loc'][0]!r} (expected: {expected})"
+        else:
+            code = f"invalid_{first['loc'][0]}" if first["loc"] else first["type"]
+            message = "; ".join(
+                f"{d['parameter']}: {d['message']}" if d["parameter"] else str(d["message"]) for d in details
+            )
+        raise InvalidInput(message, code=code, details=details) from None

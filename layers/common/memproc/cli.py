@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -38,7 +39,10 @@ def _progress_printer() -> Any:
 def cmd_process(args: argparse.Namespace) -> int:
     from memproc.processor import build_processor
 
-    overrides: dict[str, Any] = {"processing_interval_seconds": args.interval, "raw_retention_days": args.retention_days}
+    overrides: dict[str, Any] = {
+        "processing_interval_seconds": args.interval,
+        "raw_retention_days": args.retention_days,
+    }
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
     if args.concurrency:
@@ -49,7 +53,8 @@ def cmd_process(args: argparse.Namespace) -> int:
     progress = _progress_printer()
     print(
         f"memproc process: provider={processor.provider.name} model={processor.provider.chat_model} "
-        f"concurrency={settings.concurrency} batch={settings.batch_size} interval={settings.processing_interval_seconds}s "
+        f"concurrency={settings.concurrency} batch={settings.batch_size} "
+        f"interval={settings.processing_interval_seconds}s "
         f"retention={settings.raw_retention_days}d",
         file=sys.stderr,
     )
@@ -59,10 +64,18 @@ def cmd_process(args: argparse.Namespace) -> int:
             if progress:
                 sys.stderr.write("\n")
             print(
-                json.dumps({"processed": report.processed, "retried": report.retried, "dead": report.dead,
-                            "reaped": report.reaped, "memories_created": report.memories_created,
-                            "memories_merged": report.memories_merged, "seconds": round(report.seconds, 3),
-                            "rate_per_second": round(report.rate, 3) if report.rate else None}),
+                json.dumps(
+                    {
+                        "processed": report.processed,
+                        "retried": report.retried,
+                        "dead": report.dead,
+                        "reaped": report.reaped,
+                        "memories_created": report.memories_created,
+                        "memories_merged": report.memories_merged,
+                        "seconds": round(report.seconds, 3),
+                        "rate_per_second": round(report.rate, 3) if report.rate else None,
+                    }
+                ),
                 flush=True,
             )
             if args.run_once or stop.wait(settings.processing_interval_seconds):
@@ -91,8 +104,21 @@ def _dev_redis() -> tuple[str, subprocess.Popen[bytes] | None]:
     data = Path(os.environ.get("MEMPROC_CACHE", Path.home() / ".cache/memproc")) / "dev-data"
     data.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data), "--appendonly", "yes",
-         "--save", "", "--logfile", str(data / "redis.log")],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--logfile",
+            str(data / "redis.log"),
+        ],
     )
     url = f"redis://127.0.0.1:{port}/0"
     import redis
@@ -111,13 +137,19 @@ def _scheduled(function: str, code_uri: str, every: float, stop: threading.Event
     """Invoke a scheduled function's real handler on an interval, as EventBridge Scheduler would."""
     from memproc.localapi import LambdaContext, Route, load_handler
 
-    route = Route(method="", resource="", function=function, code_uri=Path(code_uri), handler="app.lambda_handler")
+    route = Route(
+        method="", resource="", function=function, code_uri=Path(code_uri), handler="app.lambda_handler"
+    )
 
     def loop() -> None:
         handler = load_handler(route, ROOT)
         while not stop.is_set():
-            event = {"source": "aws.scheduler", "detail-type": "Scheduled Event", "detail": {},
-                     "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            event = {
+                "source": "aws.scheduler",
+                "detail-type": "Scheduled Event",
+                "detail": {},
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
             try:
                 result = handler(event, LambdaContext(function, timeout_seconds=300))
                 if isinstance(result, dict) and result.get("processed"):
@@ -136,6 +168,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     url, redis_proc = _dev_redis()
     os.environ["REDIS_URL"] = url
+    # The heartbeat reports the interval this dev loop really runs at.
+    os.environ["PROCESSING_INTERVAL_SECONDS"] = str(max(1, math.ceil(args.process_interval)))
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
     get_settings.cache_clear()
@@ -148,9 +182,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     interval = args.process_interval
     print(f"memproc dev: Redis at {url}" + (" (started here)" if redis_proc else ""), file=sys.stderr)
     print(f"memproc dev: API on {server.url}\n{server.describe()}", file=sys.stderr)
-    print(f"memproc dev: queue processor every {interval}s "
-          f"({'OpenAI' if settings.openai_api_key else 'offline LLM provider: set OPENAI_API_KEY for real extraction'}); "
-          f"cleanup every {args.cleanup_interval}s", file=sys.stderr)
+    llm = (
+        "OpenAI"
+        if settings.openai_api_key
+        else "offline LLM provider: set OPENAI_API_KEY for real extraction"
+    )
+    print(
+        f"memproc dev: queue processor every {interval}s ({llm}); cleanup every {args.cleanup_interval}s",
+        file=sys.stderr,
+    )
     print(f"memproc dev: debug with  redis-cli -u {url} ZCARD RAW_MEMORY_QUEUE", file=sys.stderr)
     _scheduled("ProcessQueueFunction", "functions/process_queue", interval, stop)
     _scheduled("CleanupFunction", "functions/cleanup", args.cleanup_interval, stop)
@@ -167,26 +207,82 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    """One vectorstore (a bounded step, repeated until complete) or the scheduled run over all."""
+    from pydantic import ValidationError
+
+    from memproc import retention
+    from memproc.connection import get_redis
+    from memproc.errors import ApiError
+    from memproc.models import CleanupQuery
+
+    settings = get_settings()
+    r = get_redis(settings)
+    try:
+        q = CleanupQuery(retention_days=args.retention_days, dry_run=args.dry_run, limit=args.limit)
+        while args.vectorstore:
+            receipt = retention.cleanup(r, settings, args.vectorstore, q)
+            print(receipt.model_dump_json(), flush=True)
+            if receipt.complete or args.dry_run:
+                return 0
+    except (ApiError, ValidationError) as exc:
+        print(f"memproc cleanup: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 2
+    if args.retention_days:
+        settings = settings.model_copy(update={"raw_retention_days": args.retention_days})
+    report = retention.run_scheduled(r, settings, dry_run=args.dry_run, limit=args.limit)
+    print(report.model_dump_json(), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="memproc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("serve", help="serve the API locally (routes from template.yaml) with the processor running")
+    p = sub.add_parser(
+        "serve", help="serve the API locally (routes from template.yaml) with the processor running"
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5001)
-    p.add_argument("--process-interval", type=float, default=5.0, help="seconds between processor runs (default 5)")
-    p.add_argument("--cleanup-interval", type=float, default=86_400.0, help="seconds between cleanup runs (default daily)")
+    p.add_argument(
+        "--process-interval", type=float, default=5.0, help="seconds between processor runs (default 5)"
+    )
+    p.add_argument(
+        "--cleanup-interval",
+        type=float,
+        default=86_400.0,
+        help="seconds between cleanup runs (default daily)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("process", help="drain the queue: once, or every --interval seconds")
     p.add_argument("--run-once", action="store_true", help="drain once and exit")
-    p.add_argument("--interval", type=int, default=60, metavar="SECONDS", help="seconds between runs (default 60)")
-    p.add_argument("--retention-days", type=int, default=30, metavar="N", help="raw transcript retention (default 30)")
-    p.add_argument("--batch-size", type=int, default=None, help="items claimed per Redis call (default BATCH_SIZE)")
+    p.add_argument(
+        "--interval", type=int, default=60, metavar="SECONDS", help="seconds between runs (default 60)"
+    )
+    p.add_argument(
+        "--retention-days", type=int, default=30, metavar="N", help="raw transcript retention (default 30)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="items claimed per Redis call (default BATCH_SIZE)"
+    )
     p.add_argument("--concurrency", type=int, default=None, help="sessions in flight (default CONCURRENCY)")
     p.add_argument("--max-items", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_process)
+
+    p = sub.add_parser("cleanup", help="delete old processed transcripts, trim indexes, reconcile the queue")
+    p.add_argument("--vectorstore", help="one vectorstore (default: every vectorstore, as the schedule does)")
+    p.add_argument(
+        "--retention-days",
+        type=int,
+        default=None,
+        metavar="N",
+        help="keep processed raw transcripts N days (default RAW_RETENTION_DAYS)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="list what would be deleted; change nothing")
+    p.add_argument("--limit", type=int, default=1000, help="index entries examined per step (default 1000)")
+    p.set_defaults(func=cmd_cleanup)
 
     args = parser.parse_args(argv)
     try:

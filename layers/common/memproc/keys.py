@@ -102,6 +102,11 @@ class VectorstoreKeys:
     def counters(self) -> str:
         return f"{self.tag}:counters"
 
+    @property
+    def cleanup(self) -> str:
+        """Cursors of the cleanup passes (memproc.lua `cleanup`)."""
+        return f"{self.tag}:cleanup"
+
 
 def memory_id(raw_id: str, position: int) -> str:
     """Memory ids derive from (raw id, position), so a retry rewrites rather than adds."""

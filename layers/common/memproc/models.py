@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from memproc.keys import SESSION_ID_RE
 
 RawStatus = Literal["queued", "processing", "processed", "error"]
 
@@ -100,3 +104,411 @@ class ErrorBody(BaseModel):
 class ErrorResponse(BaseModel):
     success: Literal[False] = False
     error: ErrorBody
+
+
+# ---------------------------------------------------------------------------------------------
+# Retrieval, retention and erasure
+# ---------------------------------------------------------------------------------------------
+
+HierarchyLevel = Literal["discrete", "summary", "raw", "all"]
+
+
+def parse_instant(value: Any, *, end_of_day: bool = False) -> datetime:
+    """ISO 8601 (with or without zone; naive means UTC) to an aware UTC datetime.
+
+    A bare date is the whole day: midnight for a start, the last instant of the day for an end,
+    so ``end_date=2026-03-10`` includes the 10th.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise PydanticCustomError("invalid_date", "must be an ISO 8601 date or date-time")
+    text = value.strip()
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise PydanticCustomError(
+            "invalid_date",
+            "{value!r} is not an ISO 8601 date or date-time (e.g. 2026-03-10T12:00:00Z)",
+            {"value": text[:64]},
+        ) from None
+    if end_of_day and len(text) <= 10 and "T" not in text:
+        moment = moment + timedelta(days=1) - timedelta(microseconds=1)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _check_session_id(value: str | None) -> str | None:
+    if value is not None and not SESSION_ID_RE.fullmatch(value):
+        raise PydanticCustomError("invalid_session_id", "session_id must match ^[A-Za-z0-9._:@+=-]{1,256}$")
+    return value
+
+
+class QueryParams(BaseModel):
+    """Query-string parameters: unknown names are refused, so a typo cannot widen a query."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DateRange(QueryParams):
+    start_date: datetime | None = Field(None, description="ISO 8601; naive means UTC")
+    end_date: datetime | None = Field(None, description="ISO 8601; a bare date includes the whole day")
+
+    @field_validator("start_date", mode="before")
+    @classmethod
+    def _start(cls, v: Any) -> datetime | None:
+        return None if v is None else parse_instant(v)
+
+    @field_validator("end_date", mode="before")
+    @classmethod
+    def _end(cls, v: Any) -> datetime | None:
+        return None if v is None else parse_instant(v, end_of_day=True)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DateRange:
+        if self.start_date and self.end_date and self.start_date > self.end_date:
+            raise PydanticCustomError("invalid_date_range", "start_date must not be after end_date")
+        return self
+
+    @property
+    def min_score(self) -> float | None:
+        return self.start_date.timestamp() if self.start_date else None
+
+    @property
+    def max_score(self) -> float | None:
+        return self.end_date.timestamp() if self.end_date else None
+
+
+class HierarchyQuery(DateRange):
+    session_id: str | None = None
+    memory_type: HierarchyLevel = "all"
+    limit: int = Field(50, ge=1, le=1000, description="Items per group")
+    cursor: str | None = Field(
+        None, min_length=1, max_length=4096, description="next_cursor of a previous page"
+    )
+
+    _session = field_validator("session_id")(_check_session_id)
+
+
+class SessionQuery(QueryParams):
+    include_transcript: bool = False
+
+
+class NoParams(QueryParams):
+    """Routes that take no query parameters."""
+
+
+class SearchQuery(DateRange):
+    q: str = Field(min_length=1, max_length=2000, description="Text to search for")
+    k: int = Field(10, ge=1, le=100, description="Number of results")
+    session_id: str | None = None
+    memory_type: str | None = Field(
+        None, description="fact, preference, insight, event, goal or relationship"
+    )
+
+    _session = field_validator("session_id")(_check_session_id)
+
+    @field_validator("q")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise PydanticCustomError("invalid_q", "q must not be blank")
+        return v
+
+    @field_validator("memory_type")
+    @classmethod
+    def _known_type(cls, v: str | None) -> str | None:
+        from memproc.llm import MEMORY_TYPES  # pure-python module; imported only when searching
+
+        if v is not None and v not in MEMORY_TYPES:
+            raise PydanticCustomError(
+                "invalid_memory_type",
+                "memory_type must be one of: {types}",
+                {"types": ", ".join(MEMORY_TYPES)},
+            )
+        return v
+
+
+class CleanupQuery(QueryParams):
+    retention_days: int | None = Field(None, ge=1, le=3650, description="Default: RAW_RETENTION_DAYS")
+    dry_run: bool = False
+    limit: int = Field(1000, ge=1, le=10_000, description="Index entries examined per pass")
+
+
+class DeadLettersQuery(QueryParams):
+    limit: int = Field(50, ge=1, le=1000)
+
+
+class DiscreteMemory(BaseModel):
+    """One memory of the vector set, as its attributes describe it."""
+
+    memory_id: str
+    text: str
+    memory_type: str | None = None
+    confidence: float | None = None
+    tags: list[str] = Field(default_factory=list)
+    session_id: str | None = None
+    raw_memory_id: str | None = None
+    source_sessions: list[str] = Field(default_factory=list)
+    merge_count: int = 0
+    created_at: str | None = None
+    updated_at: str | None = None
+
+
+class SessionSummary(BaseModel):
+    session_id: str
+    summary: str | None = None
+    topics: list[str] = Field(default_factory=list)
+    memory_ids: list[str] = Field(default_factory=list)
+    memory_count: int = 0
+    raw_memory_ids: list[str] = Field(default_factory=list)
+    created_at: str | None = None
+    updated_at: str | None = None
+    processed_length: int | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    expires_at: str | None = None
+
+
+class RawMemoryInfo(BaseModel):
+    """A raw submission's metadata, length and processing state; never its transcript."""
+
+    raw_memory_id: str
+    session_id: str | None = None
+    status: RawStatus
+    created_at: str | None = None
+    session_length: int = 0
+    metadata: dict[str, Any] | None = None
+    processing_attempts: int = 0
+    last_error: str | None = None
+    next_attempt_at: str | None = None
+    processed_at: str | None = None
+    dead_at: str | None = None
+    redrive_count: int = 0
+    memories_created: int | None = None
+    memories_merged: int | None = None
+    memory_ids: list[str] | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    processing_ms: int | None = None
+    extraction_mode: str | None = None
+    expires_at: str | None = None
+
+
+class SessionRawMemory(RawMemoryInfo):
+    session_data: str | None = Field(None, description="The transcript; only with include_transcript=true")
+
+
+class HierarchyFilters(BaseModel):
+    session_id: str | None
+    memory_type: HierarchyLevel
+    start_date: str | None
+    end_date: str | None
+    limit: int
+
+
+class HierarchyCounts(BaseModel):
+    discrete: int = 0
+    summary: int = 0
+    raw: int = 0
+
+
+class HierarchyResponse(BaseModel):
+    success: bool = True
+    vectorstore_name: str
+    filters: HierarchyFilters
+    discrete_memories: list[DiscreteMemory]
+    session_summaries: list[SessionSummary]
+    raw_memories: list[RawMemoryInfo]
+    total_count: int = Field(description="Items in this page (all groups)")
+    counts: HierarchyCounts = Field(description="Items in this page per group")
+    next_cursor: str | None = Field(description="Pass as cursor for the next page; null when done")
+
+
+class TokenUsage(BaseModel):
+    tokens_in: int = 0
+    tokens_out: int = 0
+    total_tokens: int = 0
+
+
+class SessionDetails(BaseModel):
+    success: bool = True
+    vectorstore_name: str
+    session_id: str
+    status: Literal["processed", "pending", "error"] = Field(
+        description="pending: a submission is queued or being processed; error: one is dead-lettered"
+    )
+    summary: SessionSummary | None
+    memories: list[DiscreteMemory]
+    memory_count: int
+    raw_memories: list[SessionRawMemory] = Field(description="Newest first, at most 100")
+    raw_memory_count: int = Field(description="Submissions of this session still indexed")
+    token_usage: TokenUsage
+
+
+class RawStatusCounts(BaseModel):
+    queued: int = Field(description="Waiting in the queue (including retries in backoff)")
+    processing: int = Field(description="Claimed by a worker (in flight)")
+    error: int = Field(description="Dead-lettered; GET dead_letters lists them")
+    processed: int = Field(
+        description="Processed submissions still in the raw index (transcripts kept for the retention "
+        "period; entries of expired ones count until cleanup trims them)"
+    )
+    indexed: int = Field(description="All raw memory index entries")
+
+
+class StatsCounts(BaseModel):
+    memories: int = Field(description="Discrete memories in the vector set (VCARD)")
+    sessions: int = Field(description="Sessions with a summary (session index; expired ones until cleanup)")
+    raw_memories: RawStatusCounts
+    received_total: int = Field(description="Submissions ever accepted (duplicates excluded)")
+    processed_total: int = Field(description="Submissions ever processed")
+
+
+class StorageStats(BaseModel):
+    approximate: bool = True
+    vector_set_bytes: int = Field(description="MEMORY USAGE of the vector set")
+    index_bytes: int = Field(description="MEMORY USAGE of the index, queue and config keys")
+    raw_memories_bytes: int = Field(
+        description="Estimate: mean MEMORY USAGE of the newest raw memories x count"
+    )
+    session_summaries_bytes: int = Field(description="Estimate: mean of the newest summaries x count")
+    total_bytes: int
+
+
+class DailyStats(BaseModel):
+    date: str
+    processed: int = 0
+    errors: int = Field(0, description="Failed attempts (retried or dead-lettered)")
+    dead: int = 0
+    memories_created: int = 0
+    memories_merged: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    mean_processing_ms: float | None = None
+    extraction_success_rate: float | None = Field(None, description="processed / (processed + dead)")
+    last_processed_at: str | None = None
+
+
+class EmbeddingConfig(BaseModel):
+    model: str | None
+    dimensions: int | None
+
+
+class StatsResponse(BaseModel):
+    success: bool = True
+    vectorstore_name: str
+    generated_at: str
+    counts: StatsCounts
+    storage: StorageStats
+    daily: list[DailyStats] = Field(description="The last 7 days (UTC), oldest first")
+    last_7_days: DailyStats
+    embedding: EmbeddingConfig | None
+
+
+class SearchFilters(BaseModel):
+    session_id: str | None
+    memory_type: str | None
+    start_date: str | None
+    end_date: str | None
+
+
+class SearchResult(BaseModel):
+    memory_id: str
+    text: str
+    memory_type: str | None
+    session_id: str | None
+    source_sessions: list[str]
+    tags: list[str]
+    created_at: str | None
+    similarity: float = Field(description="Cosine similarity in [-1, 1]")
+    score: float = Field(description="Redis VSIM score in [0, 1] (= (1 + similarity) / 2)")
+
+
+class SearchResponse(BaseModel):
+    success: bool = True
+    vectorstore_name: str
+    query: str
+    k: int
+    filters: SearchFilters
+    results: list[SearchResult]
+    count: int
+    pending_sessions: int = Field(description="Submissions of this vectorstore queued or being processed")
+    session_pending: bool | None = Field(
+        None, description="With session_id: whether that session has submissions not yet processed"
+    )
+    note: str | None = None
+
+
+class TrimCounts(BaseModel):
+    raw_index: int = 0
+    session_index: int = 0
+    session_raws: int = 0
+    memory_index: int = 0
+    total: int = 0
+
+
+class ReconcileCounts(BaseModel):
+    requeued: int = Field(0, description="queued records missing from the queue, put back")
+    restored_in_flight: int = Field(0, description="processing records missing from the in-flight set")
+    restored_dead: int = Field(0, description="error records missing from the dead set")
+    ready: int = Field(0, description="1 when the vectorstore had waiting items but no turn in the ready set")
+    total: int = 0
+
+
+class CleanupReceipt(BaseModel):
+    success: bool = True
+    vectorstore_name: str
+    dry_run: bool
+    retention_days: int
+    cutoff: str = Field(description="Processed raw memories created before this are deleted")
+    deleted_raw_memories: list[str]
+    deleted_count: int
+    trimmed_index_entries: TrimCounts
+    reconciled: ReconcileCounts
+    live_kept: int = Field(description="Queued, in-flight or dead raw memories older than the cutoff, kept")
+    examined: dict[str, int]
+    complete: bool = Field(description="false: more old entries remain; call again")
+
+
+class ScheduledCleanupReport(BaseModel):
+    dry_run: bool
+    vectorstores: int = Field(description="Vectorstores fully cleaned in this run")
+    calls: int
+    deleted_raw_memories: int
+    trimmed_index_entries: int
+    reconciled: int
+    cycle_complete: bool = Field(description="Every vectorstore was visited; the next run starts over")
+    seconds: float
+
+
+class ErasureCounts(BaseModel):
+    raw_memories: int = 0
+    queue_entries: int = Field(0, description="Raw memories taken out of the queue, in-flight or dead sets")
+    dedupe_keys: int = 0
+    memories: int = 0
+    memories_updated: int = Field(0, description="Memories shared with other sessions that lost this source")
+    references_updated: int = Field(0, description="Sessions and raw records that no longer list the memory")
+    sessions: int = 0
+    summaries: int = 0
+
+
+class ErasureReceipt(BaseModel):
+    success: bool = True
+    vectorstore_name: str
+    erased: Literal["memory", "session", "vectorstore"]
+    id: str
+    removed: ErasureCounts
+    complete: bool = Field(True, description="false: a huge vectorstore was partly erased; call again")
+
+
+class DeadLettersResponse(BaseModel):
+    success: bool = True
+    vectorstore_name: str
+    total: int
+    dead_letters: list[RawMemoryInfo]
+
+
+class RetryResponse(BaseModel):
+    success: bool = True
+    vectorstore_name: str
+    raw_memory_id: str
+    status: Literal["queued"] = "queued"
+    pending: int = Field(description="Items of this vectorstore now waiting")

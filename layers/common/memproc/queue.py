@@ -117,7 +117,9 @@ def submit(
     )
     if outcome in ("queue_full", "vectorstore_full"):
         # Suggest coming back when about 1% of the queue has drained.
-        retry_after = max(1, int(estimated_seconds(max(1, int(queue_size) // 100), rate, idle, interval, settings)))
+        retry_after = max(
+            1, int(estimated_seconds(max(1, int(queue_size) // 100), rate, idle, interval, settings))
+        )
         which = "the processing queue" if outcome == "queue_full" else f"vectorstore {vectorstore!r}'s queue"
         raise Unavailable(
             f"{which} is full ({queue_size} items waiting); retry later",

@@ -105,6 +105,8 @@ redis.register_function('enqueue___VERSION__', function(keys, argv)
   redis.call('SET', keys[2], id)
   redis.call('ZADD', t .. ':raw_index', now, id)
   redis.call('ZADD', t .. ':session_raws:' .. sid, now, id)
+  -- A processed session's raw list expires with the session; a live submission keeps it alive.
+  redis.call('PERSIST', t .. ':session_raws:' .. sid)
   redis.call('ZADD', 'memproc:vectorstores', now, vs)
   redis.call('HINCRBY', t .. ':counters', 'received', 1)
   return {'queued', id, created, pending + 1, qsize + 1, rate, 'queued', redis.call('ZCARD', READY),
@@ -391,4 +393,425 @@ redis.register_function{function_name = 'status___VERSION__', flags = {'no-write
     today[1] or '0', today[2] or '', redis.call('ZCARD', t .. ':pending'),
     redis.call('ZCARD', t .. ':inflight'), redis.call('ZCARD', t .. ':dead'), oldest[2] or '',
     redis.call('ZCARD', INFLIGHT), redis.call('ZCARD', DEAD)}
+end}
+
+-- ---------------------------------------------------------------------------------------------
+-- Retrieval, retention and erasure
+-- ---------------------------------------------------------------------------------------------
+-- Erasure runs here so it is atomic: a processor still holding a lease on an erased raw memory
+-- is fenced out by `commit`/`fail` (the raw hash is gone, so they return 'stale' and write
+-- nothing). Cleanup never deletes anything but processed raw memories and index entries whose
+-- record is gone; queued, in-flight and dead items are only ever put back where they belong.
+
+local VECTORSTORES = 'memproc:vectorstores'
+
+local function without(list, value)
+  local out = {}
+  for _, v in ipairs(as_list(list)) do if v ~= value then out[#out + 1] = v end end
+  return out
+end
+
+local function json_list(text)
+  if not text or text == '' then return {} end
+  local ok, v = pcall(cjson.decode, text)
+  if not ok then return {} end
+  return as_list(v)
+end
+
+-- Is the raw memory in any queue, in-flight or dead set (per-vectorstore or global)?
+local function queued_anywhere(vs, id)
+  local t, key = tag(vs), rawkey(vs, id)
+  return redis.call('ZSCORE', t .. ':pending', id) or redis.call('ZSCORE', t .. ':inflight', id)
+    or redis.call('ZSCORE', t .. ':dead', id) or redis.call('ZSCORE', QUEUE, key)
+    or redis.call('ZSCORE', INFLIGHT, key) or redis.call('ZSCORE', DEAD, key)
+end
+
+-- Take a raw memory out of every queue set; true when it was in one.
+local function dequeue(vs, id)
+  local t, key = tag(vs), rawkey(vs, id)
+  local n = redis.call('ZREM', QUEUE, key) + redis.call('ZREM', INFLIGHT, key) + redis.call('ZREM', DEAD, key)
+    + redis.call('ZREM', t .. ':pending', id) + redis.call('ZREM', t .. ':inflight', id)
+    + redis.call('ZREM', t .. ':dead', id)
+  return n > 0
+end
+
+-- Delete one raw memory with its dedupe key and index entries.  `counts` accumulates what went.
+-- Returns the raw hash's memory ids (JSON-decoded) so callers can follow them.
+local function purge_raw(vs, id, sid, counts)
+  local t, key = tag(vs), rawkey(vs, id)
+  local h = redis.call('HMGET', key, 'session_id', 'dedupe_digest', 'memory_ids')
+  if h[2] then
+    local dk = t .. ':dedupe:' .. h[2]
+    if redis.call('GET', dk) == id then
+      redis.call('DEL', dk)
+      counts.dedupe_keys = counts.dedupe_keys + 1
+    end
+  end
+  if dequeue(vs, id) then counts.queue_entries = counts.queue_entries + 1 end
+  counts.raw_memories = counts.raw_memories + redis.call('DEL', key)
+  redis.call('ZREM', t .. ':raw_index', id)
+  local owner = h[1] or sid
+  if owner then redis.call('ZREM', t .. ':session_raws:' .. owner, id) end
+  return json_list(h[3]), h[1]
+end
+
+-- Drop memory id `mid` from a session's cross-references (memory set and summary), keeping TTLs.
+local function unlink_session_memory(vs, sid, mid)
+  local t = tag(vs)
+  redis.call('SREM', t .. ':session_memories:' .. sid, mid)
+  local skey = t .. ':session_summary:' .. sid
+  local text = redis.call('GET', skey)
+  if not text then return end
+  local s = cjson.decode(text)
+  local before = #as_list(s.memory_ids)
+  s.memory_ids = without(s.memory_ids, mid)
+  if #s.memory_ids ~= before then
+    s.memory_count = #s.memory_ids
+    redis.call('SET', skey, cjson.encode(s), 'KEEPTTL')
+  end
+end
+
+local function unlink_raw_memory(vs, rid, mid)
+  local key = rawkey(vs, rid)
+  local list = json_list(redis.call('HGET', key, 'memory_ids'))
+  local kept = without(list, mid)
+  if #kept ~= #list then redis.call('HSET', key, 'memory_ids', cjson.encode(kept)) end
+end
+
+-- DELETE one memory: the vector set element, its index entry and every reference to it.
+-- ARGV: vs, memory id.  Returns {'not_found'} or {'ok', sessions updated, raws updated}.
+redis.register_function('erase_memory___VERSION__', function(keys, argv)
+  local vs, mid = argv[1], argv[2]
+  if redis.call('VISMEMBER', vs, mid) == 0 then return {'not_found'} end
+  local attrs = cjson.decode(redis.call('VGETATTR', vs, mid) or '{}')
+  local sessions = as_list(attrs.source_sessions)
+  if type(attrs.session_id) == 'string' and not contains(sessions, attrs.session_id) then
+    sessions[#sessions + 1] = attrs.session_id
+  end
+  local raws = as_list(attrs.source_raw_ids)
+  if type(attrs.raw_memory_id) == 'string' and not contains(raws, attrs.raw_memory_id) then
+    raws[#raws + 1] = attrs.raw_memory_id
+  end
+  for _, sid in ipairs(sessions) do unlink_session_memory(vs, sid, mid) end
+  for _, rid in ipairs(raws) do unlink_raw_memory(vs, rid, mid) end
+  redis.call('VREM', vs, mid)
+  redis.call('ZREM', tag(vs) .. ':memory_index', mid)
+  return {'ok', #sessions, #raws}
+end)
+
+-- DELETE one session: its raw memories (wherever they are in the queue), summary, memory set,
+-- raw index, dedupe keys and index entries; memories that came only from it are removed, shared
+-- ones lose it as a source.  ARGV: vs, session id.  Returns a JSON receipt or 'not_found'.
+redis.register_function('erase_session___VERSION__', function(keys, argv)
+  local vs, sid = argv[1], argv[2]
+  local t = tag(vs)
+  local skey, mkey, rkey = t .. ':session_summary:' .. sid, t .. ':session_memories:' .. sid,
+    t .. ':session_raws:' .. sid
+  local text = redis.call('GET', skey)
+  local s = text and cjson.decode(text) or {}
+  local raw_ids, is_raw = {}, {}
+  local function add_raw(id)
+    if type(id) == 'string' and not is_raw[id] then is_raw[id] = true; raw_ids[#raw_ids + 1] = id end
+  end
+  for _, id in ipairs(redis.call('ZRANGE', rkey, 0, -1)) do add_raw(id) end
+  for _, id in ipairs(as_list(s.raw_memory_ids)) do add_raw(id) end
+  local mids, is_mid = {}, {}
+  local function add_mid(id)
+    if type(id) == 'string' and not is_mid[id] then is_mid[id] = true; mids[#mids + 1] = id end
+  end
+  for _, id in ipairs(redis.call('SMEMBERS', mkey)) do add_mid(id) end
+  for _, id in ipairs(as_list(s.memory_ids)) do add_mid(id) end
+  local indexed = redis.call('ZSCORE', t .. ':session_index', sid)
+  if not text and not indexed and #raw_ids == 0 and #mids == 0 then return 'not_found' end
+
+  local now = now_s()
+  local counts = {raw_memories = 0, queue_entries = 0, dedupe_keys = 0, memories = 0,
+    memories_updated = 0, sessions = 0, summaries = 0}
+  for _, id in ipairs(raw_ids) do
+    local owner = redis.call('HGET', rawkey(vs, id), 'session_id')
+    if owner == false or owner == sid then  -- never touch another session's record
+      local produced = purge_raw(vs, id, sid, counts)
+      for _, mid in ipairs(produced) do add_mid(mid) end
+    end
+  end
+  for _, mid in ipairs(mids) do
+    local a = redis.call('VGETATTR', vs, mid)
+    if a then
+      local attrs = cjson.decode(a)
+      local sources = as_list(attrs.source_sessions)
+      if contains(sources, sid) or attrs.session_id == sid then
+        sources = without(sources, sid)
+        if #sources == 0 then
+          redis.call('VREM', vs, mid)
+          redis.call('ZREM', t .. ':memory_index', mid)
+          counts.memories = counts.memories + 1
+        else
+          local kept = {}
+          for _, rid in ipairs(as_list(attrs.source_raw_ids)) do
+            if not is_raw[rid] then kept[#kept + 1] = rid end
+          end
+          attrs.source_sessions = sources
+          attrs.source_raw_ids = kept
+          if attrs.session_id == sid then attrs.session_id = sources[1] end
+          if is_raw[attrs.raw_memory_id] then attrs.raw_memory_id = kept[1] or '' end
+          attrs.merge_count = math.max(0, (tonumber(attrs.merge_count) or 0) - 1)
+          attrs.updated_at = now
+          redis.call('VSETATTR', vs, mid, cjson.encode(attrs))
+          counts.memories_updated = counts.memories_updated + 1
+        end
+      end
+    end
+  end
+  counts.summaries = redis.call('DEL', skey)
+  redis.call('DEL', mkey, rkey)
+  counts.sessions = 1
+  redis.call('ZREM', t .. ':session_index', sid)
+  if redis.call('ZCARD', t .. ':pending') == 0 then redis.call('ZREM', READY, vs) end
+  return cjson.encode(counts)
+end)
+
+-- DELETE a whole vectorstore, in bounded steps: each call removes up to `batch` raw memories
+-- and `batch` sessions; the call that finds the indexes empty removes the vector set and the
+-- remaining per-vectorstore keys.  ARGV: vs, batch, stats days to delete.
+-- Returns a JSON receipt with `complete`, or 'not_found' when nothing of it exists.
+redis.register_function('erase_vectorstore___VERSION__', function(keys, argv)
+  local vs, batch, days = argv[1], tonumber(argv[2]), tonumber(argv[3])
+  local t = tag(vs)
+  local ranked = {t .. ':raw_index', t .. ':pending', t .. ':inflight', t .. ':dead', t .. ':session_index'}
+  local known = redis.call('ZSCORE', VECTORSTORES, vs) or redis.call('EXISTS', vs, t .. ':config',
+    t .. ':counters', t .. ':memory_index', unpack(ranked)) > 0
+  if not known then return 'not_found' end
+  local counts = {raw_memories = 0, queue_entries = 0, dedupe_keys = 0, memories = 0,
+    memories_updated = 0, sessions = 0, summaries = 0, complete = false}
+  local function drop_session(sid)
+    counts.summaries = counts.summaries + redis.call('DEL', t .. ':session_summary:' .. sid)
+    redis.call('DEL', t .. ':session_memories:' .. sid, t .. ':session_raws:' .. sid)
+    if redis.call('ZREM', t .. ':session_index', sid) == 1 then counts.sessions = counts.sessions + 1 end
+  end
+  local budget = batch
+  for i = 1, 4 do  -- raw ids from the index, then any the queue sets hold that the index lost
+    if budget <= 0 then break end
+    for _, id in ipairs(redis.call('ZRANGE', ranked[i], 0, budget - 1)) do
+      local _, owner = purge_raw(vs, id, nil, counts)
+      if owner then drop_session(owner) end
+      redis.call('ZREM', ranked[i], id)
+      budget = budget - 1
+    end
+  end
+  for _, sid in ipairs(redis.call('ZRANGE', t .. ':session_index', 0, batch - 1)) do drop_session(sid) end
+  for _, k in ipairs(ranked) do
+    if redis.call('EXISTS', k) == 1 then return cjson.encode(counts) end
+  end
+  counts.memories = redis.call('VCARD', vs)
+  redis.call('UNLINK', vs, t .. ':memory_index', t .. ':config', t .. ':counters', t .. ':cleanup')
+  local now = now_s()
+  for d = 0, days do redis.call('DEL', t .. ':processing_stats:' .. ymd(now - d * 86400)) end
+  redis.call('ZREM', VECTORSTORES, vs)
+  redis.call('ZREM', READY, vs)
+  counts.complete = true
+  return cjson.encode(counts)
+end)
+
+-- Up to n members of zset `key` after a cursor (member `id` at score `s`, nil: from the start),
+-- ascending, with scores <= hi.  Resumes by rank while the cursor member exists, else by score.
+-- Returns the {member, score} rows and whether the scan reached its end.
+local function scan_after(key, s, id, hi, n)
+  local rows
+  local rank = id and redis.call('ZRANK', key, id)
+  if rank then
+    rows = redis.call('ZRANGE', key, rank + 1, rank + n, 'WITHSCORES')
+  else
+    rows = redis.call('ZRANGE', key, s and ('(' .. s) or '-inf', hi, 'BYSCORE', 'LIMIT', 0, n, 'WITHSCORES')
+  end
+  local out, limit = {}, tonumber(hi)
+  for i = 1, #rows, 2 do
+    if tonumber(rows[i + 1]) > limit then return out, true end
+    out[#out + 1] = {rows[i], rows[i + 1]}
+  end
+  return out, #out < n
+end
+
+-- Run one bounded pass over an index from the cursor saved in the cleanup state hash.
+local function pass(state, name, key, hi, n, dry, visit)
+  local c = redis.call('HMGET', state, name .. '_score', name .. '_id')
+  local s, id = c[1] or nil, c[2] or nil
+  if s and tonumber(s) > tonumber(hi) then s, id = nil, nil end  -- a cursor past this run's end
+  local rows, done = scan_after(key, s, id, hi, n)
+  for _, row in ipairs(rows) do visit(row[1], tonumber(row[2])) end
+  if not dry then
+    if done then
+      redis.call('HDEL', state, name .. '_score', name .. '_id')
+    elseif #rows > 0 then
+      redis.call('HSET', state, name .. '_score', rows[#rows][2], name .. '_id', rows[#rows][1])
+    end
+  end
+  return #rows, done
+end
+
+-- Put a live raw memory back where its status says it belongs, when the queue lost it.
+-- Returns the kind of repair made (or that would be made, when dry), or nil.
+local function reconcile(vs, id, status, now, dry)
+  local t, key = tag(vs), rawkey(vs, id)
+  if status == 'queued' then
+    local due = redis.call('ZSCORE', t .. ':pending', id)
+    local global = redis.call('ZSCORE', QUEUE, key)
+    if due and global then return nil end
+    if not dry then
+      local at = tonumber(due or global or redis.call('HGET', key, 'next_attempt_at') or '') or now
+      enqueue_at(vs, id, at)
+    end
+    return 'requeued'
+  elseif status == 'processing' then
+    local mine = redis.call('ZSCORE', t .. ':inflight', id)
+    local global = redis.call('ZSCORE', INFLIGHT, key)
+    if mine and global then return nil end
+    -- Back in flight with its lease: a live worker may still commit, and once the lease passes
+    -- the reaper re-queues it (or buries it after its last attempt) as for any expired lease.
+    if not dry then
+      local deadline = tonumber(mine or global or redis.call('HGET', key, 'lease_deadline') or '') or now
+      redis.call('ZADD', INFLIGHT, deadline, key)
+      redis.call('ZADD', t .. ':inflight', deadline, id)
+    end
+    return 'restored_in_flight'
+  elseif status == 'error' then
+    local mine = redis.call('ZSCORE', t .. ':dead', id)
+    local global = redis.call('ZSCORE', DEAD, key)
+    if mine and global then return nil end
+    if not dry then
+      local at = tonumber(mine or global or redis.call('HGET', key, 'dead_at') or '') or now
+      redis.call('ZADD', DEAD, at, key)
+      redis.call('ZADD', t .. ':dead', at, id)
+    end
+    return 'restored_dead'
+  end
+  return nil
+end
+
+-- Retention and index maintenance for one vectorstore, bounded by `limit` entries per pass:
+--  retention: raw_index from the oldest end up to the cutoff; processed raw memories older than
+--    the retention are deleted (with their dedupe key and index entries), entries whose record
+--    is gone are trimmed, live ones are reconciled and kept;
+--  reconcile: a rolling walk over the whole raw_index (queue repairs, stale entries);
+--  sessions: a rolling walk over session_index (expired summaries, stale session_raws entries);
+--  memories: a rolling walk over memory_index (entries whose vector set element is gone).
+-- Cursors live in {vs}:cleanup; a dry run reads them but writes nothing.
+-- ARGV: vs, retention seconds, limit, dry (1/0).  Returns a JSON receipt.
+redis.register_function('cleanup___VERSION__', function(keys, argv)
+  local vs, retention, n, dry = argv[1], tonumber(argv[2]), tonumber(argv[3]), argv[4] == '1'
+  local t = tag(vs)
+  local state = t .. ':cleanup'
+  local now = now_s()
+  local cutoff = now - retention
+  local deleted = {}
+  local trimmed = {raw_index = 0, session_index = 0, session_raws = 0, memory_index = 0}
+  local repaired = {requeued = 0, restored_in_flight = 0, restored_dead = 0, ready = 0}
+  local examined = {}
+  local done = {}
+  local seen = {}
+  local kept_live = 0
+
+  local function trim(index, key, member)
+    trimmed[index] = trimmed[index] + 1
+    if not dry then redis.call('ZREM', key, member) end
+  end
+  local function repair(id, status)
+    local kind = reconcile(vs, id, status, now, dry)
+    if kind then repaired[kind] = repaired[kind] + 1 end
+  end
+
+  examined.retention, done.retention = pass(state, 'retention', t .. ':raw_index', cutoff, n, dry,
+    function(id, score)
+      seen[id] = true
+      local key = rawkey(vs, id)
+      local h = redis.call('HMGET', key, 'status', 'session_id', 'created_at')
+      if not h[1] then
+        trim('raw_index', t .. ':raw_index', id)
+      elseif h[1] == 'processed' and (tonumber(h[3]) or score) < cutoff and not queued_anywhere(vs, id) then
+        deleted[#deleted + 1] = id
+        if not dry then
+          local counts = {raw_memories = 0, queue_entries = 0, dedupe_keys = 0}
+          purge_raw(vs, id, h[2], counts)
+        end
+      else
+        kept_live = kept_live + (h[1] == 'processed' and 0 or 1)
+        repair(id, h[1])
+      end
+    end)
+
+  examined.reconcile, done.reconcile = pass(state, 'reconcile', t .. ':raw_index', '+inf', n, dry,
+    function(id)
+      if seen[id] then return end
+      local status = redis.call('HGET', rawkey(vs, id), 'status')
+      if not status then trim('raw_index', t .. ':raw_index', id) else repair(id, status) end
+    end)
+
+  examined.sessions, done.sessions = pass(state, 'sessions', t .. ':session_index', '+inf', n, dry,
+    function(sid)
+      local rkey = t .. ':session_raws:' .. sid
+      for _, id in ipairs(redis.call('ZRANGE', rkey, 0, 99)) do
+        if redis.call('EXISTS', rawkey(vs, id)) == 0 then trim('session_raws', rkey, id) end
+      end
+      if redis.call('EXISTS', t .. ':session_summary:' .. sid) == 0 then
+        trim('session_index', t .. ':session_index', sid)
+      end
+    end)
+
+  examined.memories, done.memories = pass(state, 'memories', t .. ':memory_index', '+inf', n, dry,
+    function(mid)
+      if redis.call('VISMEMBER', vs, mid) == 0 then trim('memory_index', t .. ':memory_index', mid) end
+    end)
+
+  -- A vectorstore with waiting items must be in the ready set, or no claim ever serves it.
+  local head = redis.call('ZRANGE', t .. ':pending', 0, 0, 'WITHSCORES')
+  if #head > 0 and not redis.call('ZSCORE', READY, vs) then
+    repaired.ready = 1
+    if not dry then redis.call('ZADD', READY, head[2], vs) end
+  end
+  return cjson.encode({now = now, cutoff = cutoff, deleted = deleted, trimmed = trimmed,
+    reconciled = repaired, examined = examined, complete = done, live_kept = kept_live})
+end)
+
+-- Everything GET /stats shows, read at one server time.  ARGV: vs, days, samples.
+-- Storage of raw memories and summaries is estimated from the newest `samples` of each.
+redis.register_function{function_name = 'stats___VERSION__', flags = {'no-writes'},
+  callback = function(keys, argv)
+  local vs, days, samples = argv[1], tonumber(argv[2]), tonumber(argv[3])
+  local t = tag(vs)
+  local now = now_s()
+  local function usage(key) return tonumber(redis.call('MEMORY', 'USAGE', key) or 0) or 0 end
+  local function sample(index, keyof)
+    local total, n = 0, 0
+    for _, m in ipairs(redis.call('ZRANGE', index, 0, samples - 1, 'REV')) do
+      local bytes = redis.call('MEMORY', 'USAGE', keyof(m))
+      if bytes then total, n = total + bytes, n + 1 end
+    end
+    return {total, n}
+  end
+  local index_bytes = {}
+  for _, name in ipairs({'raw_index', 'session_index', 'memory_index', 'pending', 'inflight', 'dead',
+      'config', 'counters', 'cleanup'}) do
+    index_bytes[name] = usage(t .. ':' .. name)
+  end
+  local daily = {}
+  for d = days - 1, 0, -1 do
+    local day = ymd(now - d * 86400)
+    daily[#daily + 1] = {day, redis.call('HGETALL', t .. ':processing_stats:' .. day)}
+  end
+  return cjson.encode({
+    now = string.format('%.6f', now),
+    memories = redis.call('VCARD', vs),
+    memory_index = redis.call('ZCARD', t .. ':memory_index'),
+    sessions = redis.call('ZCARD', t .. ':session_index'),
+    raw_index = redis.call('ZCARD', t .. ':raw_index'),
+    pending = redis.call('ZCARD', t .. ':pending'),
+    in_flight = redis.call('ZCARD', t .. ':inflight'),
+    dead = redis.call('ZCARD', t .. ':dead'),
+    counters = redis.call('HGETALL', t .. ':counters'),
+    config = redis.call('HGETALL', t .. ':config'),
+    vector_set_bytes = usage(vs),
+    index_bytes = index_bytes,
+    raw_sample = sample(t .. ':raw_index', function(id) return rawkey(vs, id) end),
+    summary_sample = sample(t .. ':session_index', function(sid) return t .. ':session_summary:' .. sid end),
+    daily = daily,
+  })
 end}

@@ -1,0 +1,83 @@
+"""Retention and erasure: the scheduled cleanup, POST .../cleanup and the DELETE routes.
+
+A scheduled invocation (EventBridge Scheduler; it has no `httpMethod`) walks every vectorstore
+within the invocation's time budget; API invocations do one bounded step and answer within API
+Gateway's 29 s.
+"""
+
+from typing import Any
+
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from memproc import retention
+from memproc.api import json_response, logger, make_resolver, metrics, parse_query, path_arg, tracer
+from memproc.connection import get_redis
+from memproc.models import CleanupQuery, NoParams
+from memproc.settings import get_settings
+
+app = make_resolver()
+
+
+def query_params() -> dict[str, str] | None:
+    return app.current_event.query_string_parameters
+
+
+@app.post("/api/memory/<vectorstore_name>/cleanup")
+@tracer.capture_method
+def cleanup(vectorstore_name: str) -> Response[Any]:
+    q = parse_query(CleanupQuery, query_params())
+    receipt = retention.cleanup(get_redis(), get_settings(), vectorstore_name, q)
+    logger.info(
+        "cleanup",
+        extra={
+            "vectorstore": vectorstore_name,
+            "dry_run": q.dry_run,
+            "deleted": receipt.deleted_count,
+            "complete": receipt.complete,
+        },
+    )
+    return json_response(200, receipt)
+
+
+@app.delete("/api/memory/<vectorstore_name>/memories/<memory_id>")
+@tracer.capture_method
+def delete_memory(vectorstore_name: str, memory_id: str) -> Response[Any]:
+    parse_query(NoParams, query_params())
+    return json_response(200, retention.erase_memory(get_redis(), vectorstore_name, path_arg(memory_id)))
+
+
+@app.delete("/api/memory/<vectorstore_name>/session/<session_id>")
+@tracer.capture_method
+def delete_session(vectorstore_name: str, session_id: str) -> Response[Any]:
+    parse_query(NoParams, query_params())
+    return json_response(200, retention.erase_session(get_redis(), vectorstore_name, path_arg(session_id)))
+
+
+@app.delete("/api/memory/<vectorstore_name>")
+@tracer.capture_method
+def delete_vectorstore(vectorstore_name: str) -> Response[Any]:
+    parse_query(NoParams, query_params())
+    receipt = retention.erase_vectorstore(get_redis(), vectorstore_name)
+    # 202: a vectorstore too large for one request is partly erased; DELETE again to finish.
+    return json_response(200 if receipt.complete else 202, receipt)
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    if "httpMethod" not in event:  # the retention schedule
+        report = retention.run_scheduled(
+            get_redis(),
+            get_settings(),
+            remaining_seconds=lambda: context.get_remaining_time_in_millis() / 1000,
+        )
+        metrics.add_metric("RawMemoriesExpired", MetricUnit.Count, report.deleted_raw_memories)
+        metrics.add_metric("IndexEntriesTrimmed", MetricUnit.Count, report.trimmed_index_entries)
+        metrics.add_metric("QueueItemsReconciled", MetricUnit.Count, report.reconciled)
+        logger.info("scheduled cleanup", extra=report.model_dump())
+        return report.model_dump()
+    return app.resolve(event, context)

@@ -1,0 +1,267 @@
+"""Erasure: DELETE a memory, a session, a whole vectorstore. Receipts, nothing of the erased data
+left anywhere (queue sets included), nothing else touched (other sessions' memories, other
+vectorstores such as `user10` next to `user1`), and a processor racing the erasure is fenced out."""
+
+from __future__ import annotations
+
+import json
+from array import array
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import redis
+
+from memproc import keys, queue, retention
+from memproc.processor import build_processor
+from memproc.settings import get_settings
+from tests.api_client import call, mem_path
+from tests.memory_helpers import drain, everything, snapshot, store, vector_elements
+
+U1 = keys.VectorstoreKeys("user1")
+TEA = "user: I prefer green tea over coffee.\nuser: I live in Porto.\n"
+
+
+def delete(path: str, vs: str = "user1", **query: Any) -> Any:
+    return call("DELETE", mem_path(vs, path), query=query)
+
+
+@dataclass
+class Scene:
+    processed: str
+    dead: str
+    claim: queue.Claim  # a worker holds this one
+    queued: str
+    shared_memory: str  # from s-1, merged with s-2
+    other_raw: str  # s-2's
+    bystander: str  # s-3, queued
+
+
+@pytest.fixture
+def scene(fake_llm: Any, r: redis.Redis) -> Scene:
+    processed = store("user1", TEA, "s-1")["raw_memory_id"]
+    store("user10", TEA, "s-1")  # the same session id in a vectorstore whose name extends ours
+    store("user", TEA, "s-1")  # ...and in one whose name is our prefix
+    drain()
+    other_raw = store(
+        "user1", "user: I prefer green tea over coffee.\nuser: I adopted a cat named Miso.", "s-2"
+    )["raw_memory_id"]
+    drain()
+    dead = store("user1", TEA + "user: I play chess.\n", "s-1")["raw_memory_id"]
+    fake_llm.fail_next("400", count=1)
+    assert drain().dead == 1
+    store("user1", TEA + "user: I swim on Sundays.\n", "s-1")
+    claim = queue.claim(r, get_settings(), 1).items[0]
+    queued = store("user1", TEA + "user: I bake bread.\n", "s-1")["raw_memory_id"]
+    bystander = store("user1", "user: I collect vinyl records.", "s-3")["raw_memory_id"]
+    store("user10", "user: I collect vinyl records.", "s-9")
+    shared = next(mid for mid, a in vector_elements(r, "user1").items() if len(a["source_sessions"]) == 2)
+    return Scene(processed, dead, claim, queued, shared, other_raw, bystander)
+
+
+def keys_mentioning(r: redis.Redis, text: str) -> list[str]:
+    return sorted(k for k in r.scan_iter(count=1000) if text in k)
+
+
+def commit_payload(dimensions: int = 64) -> tuple[dict[str, Any], list[bytes]]:
+    """What a processor would write for one memory."""
+    payload = {
+        "memories": [{"text": "The user erased this.", "memory_type": "fact", "confidence": 0.9, "tags": []}],
+        "summary": "late",
+        "topics": [],
+        "tokens_in": 1,
+        "tokens_out": 1,
+        "processed_length": 1,
+        "processed_sha256": "0" * 64,
+        "raw_retention": 30 * 86400,
+        "session_retention": 365 * 86400,
+        "threshold": 0.99,
+        "embedding_model": "text-embedding-3-small",
+        "dimensions": dimensions,
+        "processing_ms": 1,
+        "mode": "full",
+    }
+    return payload, [array("f", [1.0] + [0.0] * (dimensions - 1)).tobytes()]
+
+
+def test_erasing_a_session(scene: Scene, r: redis.Redis) -> None:
+    others = {vs: snapshot(r, vs) for vs in ("user10", "user")}
+    s2_summary = json.loads(r.get(U1.session_summary("s-2")))
+    s2_memories = r.smembers(U1.session_memories("s-2"))
+    before = vector_elements(r, "user1")
+    only_s1 = {mid for mid, a in before.items() if a["source_sessions"] == ["s-1"]}
+    vcard = r.execute_command("VCARD", "user1")
+
+    res = delete("/session/s-1")
+    assert res.status == 200, res.body
+    b = res.body
+    assert b["success"] is True and b["erased"] == "session" and b["id"] == "s-1" and b["complete"] is True
+    assert b["removed"] == {
+        "raw_memories": 4,
+        "queue_entries": 3,
+        "dedupe_keys": 4,
+        "memories": len(only_s1),
+        "memories_updated": 1,
+        "references_updated": 0,
+        "sessions": 1,
+        "summaries": 1,
+    }
+
+    assert [k for k in keys_mentioning(r, "s-1") if not k.startswith(("{user10}", "{user}"))] == []
+    for rid in (scene.processed, scene.dead, scene.claim.raw_id, scene.queued):
+        assert not r.exists(U1.raw(rid))
+        assert all(
+            r.zscore(z, U1.raw(rid)) is None for z in (keys.RAW_MEMORY_QUEUE, keys.INFLIGHT, keys.DEAD)
+        )
+        assert all(r.zscore(z, rid) is None for z in (U1.pending, U1.inflight, U1.dead, U1.raw_index))
+    after = vector_elements(r, "user1")
+    assert r.execute_command("VCARD", "user1") == vcard - len(only_s1) and not only_s1 & set(after)
+    assert r.zcard(U1.memory_index) == len(after)
+    shared = after[scene.shared_memory]
+    assert shared["source_sessions"] == ["s-2"] and shared["session_id"] == "s-2"
+    assert shared["source_raw_ids"] == [scene.other_raw] and shared["raw_memory_id"] == scene.other_raw
+    assert {mid: a for mid, a in after.items() if mid != scene.shared_memory} == {
+        mid: a for mid, a in before.items() if mid not in only_s1 and mid != scene.shared_memory
+    }
+    assert json.loads(r.get(U1.session_summary("s-2"))) == s2_summary
+    assert r.smembers(U1.session_memories("s-2")) == s2_memories
+    assert {vs: snapshot(r, vs) for vs in ("user10", "user")} == others
+    # Reads agree; the other session's queued item is still served.
+    assert call("GET", mem_path("user1", "/session/s-1")).status == 404
+    assert call("GET", mem_path("user1", "/hierarchy"), query={"session_id": "s-1"}).body["total_count"] == 0
+    assert r.zscore(U1.pending, scene.bystander) is not None
+    assert drain().processed == 2  # s-3 and user10's s-9
+    assert delete("/session/s-1").status == 404
+
+
+def test_a_worker_holding_an_erased_item_is_fenced_out(scene: Scene, r: redis.Redis) -> None:
+    assert delete("/session/s-1").status == 200
+    state = snapshot(r, "user1")
+    payload, vectors = commit_payload()
+    assert queue.commit(r, scene.claim, payload, vectors).outcome == "stale"
+    assert queue.fail(r, get_settings(), scene.claim, "late", retryable=True)[0] == "stale"
+    assert snapshot(r, "user1") == state
+    assert [k for k in keys_mentioning(r, "s-1") if k.startswith("{user1}")] == []
+
+
+def test_an_erasure_during_processing_leaves_nothing_behind(fake_llm: Any, r: redis.Redis) -> None:
+    store("user1", "user: I keep bees on my roof.", "s-keep")
+    drain()
+    state = snapshot(r, "user1")
+    store("user1", TEA, "s-1")
+    processor = build_processor(get_settings())
+    extract = processor.provider.extract
+
+    def erase_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        # The worker has claimed and loaded the session; the user erases it while the LLM runs.
+        assert delete("/session/s-1").status == 200
+        return extract(*args, **kwargs)
+
+    processor.provider.extract = erase_meanwhile  # type: ignore[method-assign]
+    report = processor.drain()
+    assert report.stale == 1 and report.processed == 0
+    after = snapshot(r, "user1")
+    changed = {k for k in set(state) | set(after) if state.get(k) != after.get(k)}
+    # As if s-1 had never been stored: only the lifetime "received" counter and the time the
+    # vectorstore last received something moved. No memory, summary or index entry came back.
+    assert changed == {"{user1}:counters", "global vectorstores"}
+
+
+def test_erasing_one_memory(scene: Scene, r: redis.Redis) -> None:
+    others = {vs: snapshot(r, vs) for vs in ("user10", "user")}
+    before = vector_elements(r, "user1")
+    mid = scene.shared_memory
+    res = delete(f"/memories/{mid}")
+    assert res.status == 200, res.body
+    assert res.body["erased"] == "memory" and res.body["id"] == mid
+    assert res.body["removed"]["memories"] == 1 and res.body["removed"]["references_updated"] == 4
+    after = vector_elements(r, "user1")
+    assert mid not in after and after == {k: v for k, v in before.items() if k != mid}
+    assert r.zscore(U1.memory_index, mid) is None
+    for sid in ("s-1", "s-2"):
+        assert mid not in r.smembers(U1.session_memories(sid))
+        summary = json.loads(r.get(U1.session_summary(sid)))
+        assert mid not in summary["memory_ids"] and summary["memory_count"] == len(summary["memory_ids"])
+        assert r.ttl(U1.session_summary(sid)) > 364 * 86400  # the TTL is kept
+    for rid in (scene.processed, scene.other_raw):
+        assert mid not in json.loads(r.hget(U1.raw(rid), "memory_ids"))
+        assert r.ttl(U1.raw(rid)) > 29 * 86400
+    assert {vs: snapshot(r, vs) for vs in ("user10", "user")} == others
+    assert delete(f"/memories/{mid}").status == 404
+
+
+def test_erasing_a_vectorstore(scene: Scene, r: redis.Redis) -> None:
+    others = {vs: snapshot(r, vs) for vs in ("user10", "user")}
+    memories = r.execute_command("VCARD", "user1")
+    res = delete("")
+    assert res.status == 200, res.body
+    b = res.body
+    assert b["erased"] == "vectorstore" and b["id"] == "user1" and b["complete"] is True
+    assert b["removed"]["raw_memories"] == 6 and b["removed"]["queue_entries"] == 4
+    assert b["removed"]["memories"] == memories and b["removed"]["sessions"] == 2
+    assert snapshot(r, "user1") == {
+        f"global {z}": []
+        for z in ("RAW_MEMORY_QUEUE", "{RAW_MEMORY_QUEUE}:inflight", "{RAW_MEMORY_QUEUE}:dead")
+    } | {"global ready": None, "global vectorstores": None}
+    assert {vs: snapshot(r, vs) for vs in ("user10", "user")} == others
+    # The worker that held an item commits into nothing.
+    payload, vectors = commit_payload()
+    assert queue.commit(r, scene.claim, payload, vectors).outcome == "stale"
+    assert not r.exists("user1") and keys_mentioning(r, "{user1}") == []
+    assert delete("").status == 404
+    assert call("GET", mem_path("user1", "/stats")).body["counts"]["memories"] == 0
+
+
+def test_a_huge_vectorstore_is_erased_in_bounded_steps(scene: Scene, r: redis.Redis) -> None:
+    others = snapshot(r, "user10")
+    first = retention.erase_vectorstore(r, "user1", batch=1, budget_seconds=0)
+    assert first.complete is False and first.removed.raw_memories == 1
+    res = delete("")  # the API finishes the job
+    assert res.status == 200 and res.body["complete"] is True
+    assert res.body["removed"]["raw_memories"] == 5
+    assert keys_mentioning(r, "{user1}") == [] and not r.exists("user1")
+    assert snapshot(r, "user10") == others
+
+
+def test_encoded_session_ids_are_erased(fake_llm: Any, r: redis.Redis) -> None:
+    sid = "a:b@c+d=e"
+    store("user1", TEA, sid)
+    drain()
+    res = call("DELETE", mem_path("user1", f"/session/{quote(sid, safe='')}"))
+    assert res.status == 200 and res.body["id"] == sid
+    assert keys_mentioning(r, sid) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "vs", "query", "status", "code"),
+    [
+        ("/memories/not-a-memory", "user1", {}, 400, "invalid_memory_id"),
+        ("/memories/" + "0" * 32 + "-x", "user1", {}, 400, "invalid_memory_id"),
+        ("/memories/" + "0" * 32 + "-0", "user1", {}, 404, "memory_not_found"),
+        ("/session/bad%20id", "user1", {}, 400, "invalid_session_id"),
+        ("/session/nobody", "user1", {}, 404, "session_not_found"),
+        ("/session/s-1", "user1", {"cascade": "true"}, 400, "unknown_query_parameter"),
+        ("/session/s-1", "a:b", {}, 400, "invalid_vectorstore_name"),
+        ("", "nobody", {}, 404, "vectorstore_not_found"),
+        ("", "user1", {"force": "1"}, 400, "unknown_query_parameter"),
+        ("", "RAW_MEMORY_QUEUE", {}, 400, "invalid_vectorstore_name"),
+        ("", "{user1}", {}, 400, "invalid_vectorstore_name"),
+    ],
+)
+def test_bad_or_unknown_targets_change_nothing(
+    scene: Scene, r: redis.Redis, path: str, vs: str, query: dict[str, str], status: int, code: str
+) -> None:
+    before = everything(r)
+    res = delete(path, vs, **query)
+    assert res.status == status, res.body
+    assert res.error_code == code and res.body["error"]["message"]
+    assert everything(r) == before
+
+
+def test_each_erasure_is_one_atomic_call(scene: Scene, redis_server: Any) -> None:
+    with redis_server.requests() as seen:
+        assert delete(f"/memories/{scene.shared_memory}").status == 200
+        assert delete("/session/s-1").status == 200
+        assert delete("").status == 200
+    assert seen == ["FCALL", "FCALL", "FCALL"]

@@ -1,0 +1,301 @@
+"""GET /hierarchy: the three levels newest first, filters, cursor pagination, round trips, and bad
+input (a clear 400, nothing changed)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis
+
+from memproc import keys
+from tests.api_client import call, mem_path
+from tests.chats import sessions
+from tests.memory_helpers import drain, everything, store
+from tests.redis_server import RedisServer
+
+CHAT = "user: I prefer green tea over coffee.\nuser: I live in Porto.\n"
+
+
+def _cursor(positions: dict[str, Any]) -> str:
+    """A hand-made cursor, as a client could forge one."""
+    body = json.dumps({"v": 1, "f": "0" * 16, "p": positions}).encode()
+    return base64.urlsafe_b64encode(body).decode().rstrip("=")
+
+
+def hierarchy(vs: str = "user1", **query: Any) -> Any:
+    return call("GET", mem_path(vs, "/hierarchy"), query=query)
+
+
+def walk(vs: str = "user1", **query: Any) -> tuple[dict[str, list[str]], int]:
+    """Follow next_cursor to the end: every id of each group, in order, and the page count."""
+    seen: dict[str, list[str]] = {"discrete": [], "summary": [], "raw": []}
+    cursor, pages = None, 0
+    while True:
+        res = hierarchy(vs, **query, **({"cursor": cursor} if cursor else {}))
+        assert res.status == 200, res.body
+        pages += 1
+        b = res.body
+        seen["discrete"] += [m["memory_id"] for m in b["discrete_memories"]]
+        seen["summary"] += [s["session_id"] for s in b["session_summaries"]]
+        seen["raw"] += [x["raw_memory_id"] for x in b["raw_memories"]]
+        assert all(
+            len(b[g]) <= query.get("limit", 50)
+            for g in ("discrete_memories", "session_summaries", "raw_memories")
+        )
+        cursor = b["next_cursor"]
+        if not cursor:
+            return seen, pages
+        assert pages < 100
+
+
+def test_the_hierarchy_has_memories_summaries_and_raw_submissions(fake_llm: Any, r: redis.Redis) -> None:
+    first = store("user1", CHAT, "s-1", {"app": "chat"})
+    second = store("user1", "user: I adopted a cat named Miso.", "s-2")
+    drain()
+    queued = store("user1", "user: I play the cello.", "s-3")
+
+    res = hierarchy()
+    assert res.status == 200, res.body
+    b = res.body
+    assert b["success"] is True and b["vectorstore_name"] == "user1"
+    assert b["filters"] == {
+        "session_id": None,
+        "memory_type": "all",
+        "start_date": None,
+        "end_date": None,
+        "limit": 50,
+    }
+    assert len(b["discrete_memories"]) == r.execute_command("VCARD", "user1") >= 3
+    m = next(m for m in b["discrete_memories"] if "green tea" in m["text"])
+    assert m["memory_type"] == "preference" and m["session_id"] == "s-1" and m["source_sessions"] == ["s-1"]
+    assert m["raw_memory_id"] == first["raw_memory_id"] and m["created_at"].endswith("Z")
+    # Newest first in every group.
+    created = [m["created_at"] for m in b["discrete_memories"]]
+    assert created == sorted(created, reverse=True)
+    assert {s["session_id"] for s in b["session_summaries"]} == {"s-1", "s-2"}
+    updated = [s["updated_at"] for s in b["session_summaries"]]
+    assert updated == sorted(updated, reverse=True)
+    s1 = next(s for s in b["session_summaries"] if s["session_id"] == "s-1")
+    assert s1["summary"] and s1["memory_count"] == len(s1["memory_ids"]) == 2
+    assert s1["raw_memory_ids"] == [first["raw_memory_id"]] and s1["expires_at"]
+    assert [x["raw_memory_id"] for x in b["raw_memories"]] == [
+        queued["raw_memory_id"],
+        second["raw_memory_id"],
+        first["raw_memory_id"],
+    ]
+    assert [x["status"] for x in b["raw_memories"]] == ["queued", "processed", "processed"]
+    raw = b["raw_memories"][2]
+    assert raw["session_length"] == len(CHAT) and raw["metadata"] == {"app": "chat"}
+    assert raw["memories_created"] == 2 and raw["tokens_in"] > 0 and raw["expires_at"]
+    assert all("session_data" not in x for x in b["raw_memories"])  # never the transcript
+    assert b["counts"] == {"discrete": len(b["discrete_memories"]), "summary": 2, "raw": 3}
+    assert b["total_count"] == sum(b["counts"].values())
+    assert b["next_cursor"] is None
+
+
+@pytest.mark.parametrize("level", ["discrete", "summary", "raw"])
+def test_memory_type_selects_one_level(fake_llm: Any, level: str) -> None:
+    store("user1", CHAT, "s-1")
+    drain()
+    b = hierarchy(memory_type=level).body
+    got = {
+        g: len(b[k])
+        for g, k in (
+            ("discrete", "discrete_memories"),
+            ("summary", "session_summaries"),
+            ("raw", "raw_memories"),
+        )
+    }
+    assert got[level] > 0 and all(n == 0 for g, n in got.items() if g != level)
+    assert b["filters"]["memory_type"] == level
+
+
+def test_session_filter_returns_that_session_including_memories_merged_into_others(fake_llm: Any) -> None:
+    store("user1", "user: I prefer green tea over coffee.", "s-1")
+    store("user1", "user: I live in Lisbon and I collect stamps.", "s-2")
+    drain()
+    repeat = store("user1", "user: I prefer green tea over coffee.\nassistant: noted", "s-3")
+    drain()
+    b = hierarchy(session_id="s-3").body
+    assert b["filters"]["session_id"] == "s-3"
+    # s-3's memory merged into s-1's: it lists both sessions and shows up for s-3.
+    assert b["discrete_memories"] and all("s-3" in m["source_sessions"] for m in b["discrete_memories"])
+    assert [s["session_id"] for s in b["session_summaries"]] == ["s-3"]
+    assert [x["raw_memory_id"] for x in b["raw_memories"]] == [repeat["raw_memory_id"]]
+    other = hierarchy(session_id="s-2").body
+    assert all("s-2" in m["source_sessions"] for m in other["discrete_memories"])
+    assert not {m["memory_id"] for m in other["discrete_memories"]} & {
+        m["memory_id"] for m in b["discrete_memories"]
+    }
+    assert hierarchy(session_id="nobody").body["total_count"] == 0
+
+
+def test_date_range_filters_every_level(fake_llm: Any, r: redis.Redis) -> None:
+    store("user1", CHAT, "s-1")
+    drain()
+    now = datetime.fromtimestamp(r.time()[0], UTC)
+    everything_now = hierarchy(
+        start_date=(now - timedelta(hours=1)).isoformat(), end_date=now.date().isoformat()
+    )
+    assert everything_now.status == 200 and everything_now.body["counts"] == {
+        "discrete": 2,
+        "summary": 1,
+        "raw": 1,
+    }
+    # A naive date-time is UTC; a bare end date includes the whole day.
+    assert everything_now.body["filters"]["end_date"].startswith(f"{now.date().isoformat()}T23:59:59")
+    naive = (now - timedelta(hours=1)).replace(tzinfo=None).isoformat()
+    assert hierarchy(start_date=naive).body["total_count"] == 4
+    assert hierarchy(start_date=(now + timedelta(days=1)).isoformat()).body["total_count"] == 0
+    assert (
+        hierarchy(end_date=(now - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S+02:00")).body["total_count"]
+        == 0
+    )
+    assert (
+        hierarchy(session_id="s-1", start_date=(now + timedelta(hours=1)).isoformat()).body["total_count"]
+        == 0
+    )
+
+
+def test_the_cursor_walks_every_item_exactly_once(fake_llm: Any, r: redis.Redis) -> None:
+    for i, text in enumerate(sessions(7, seed=3)):
+        store("user1", text, f"s-{i}")
+    drain()
+    for i, text in enumerate(sessions(3, seed=4)):
+        store("user1", text, f"q-{i}")  # still queued
+    vk = keys.VectorstoreKeys("user1")
+    everything_, _ = walk(limit=1000)
+    assert len(everything_["discrete"]) == r.zcard(vk.memory_index) == r.execute_command("VCARD", "user1")
+    assert len(everything_["summary"]) == 7 and len(everything_["raw"]) == 10
+    # Memories of one session share a timestamp: pages of 1 and 3 step over ties correctly.
+    longest = max(len(v) for v in everything_.values())
+    for limit in (1, 3):
+        paged, pages = walk(limit=limit)
+        assert paged == everything_
+        assert pages == -(-longest // limit)  # no empty last page
+    paged, _ = walk(limit=2, memory_type="raw")
+    assert paged["raw"] == everything_["raw"] and paged["discrete"] == []
+
+
+def test_the_cursor_walks_one_session(fake_llm: Any) -> None:
+    base = "user: I keep a lantern juniper notebook.\n"
+    ids = []
+    plants = ["kelp", "iris", "onyx", "dune", "yarrow"]
+    for i in range(5):  # a growing session re-posted: five submissions
+        base += f"user: My neighbour number {i} is called {'ABCDE'[i]}lex and grows {plants[i]}.\n"
+        ids.append(store("user1", base, "s-1")["raw_memory_id"])
+        drain()
+    full, _ = walk(session_id="s-1")
+    paged, _ = walk(session_id="s-1", limit=2)
+    assert paged == full and full["raw"] == ids[::-1] and full["summary"] == ["s-1"]
+    assert len(full["discrete"]) == len(set(full["discrete"])) >= 5
+
+
+def test_expired_records_are_skipped_and_not_counted(fake_llm: Any, r: redis.Redis) -> None:
+    a = store("user1", CHAT, "s-1")
+    store("user1", "user: I adopted a cat named Miso.", "s-2")
+    drain()
+    vk = keys.VectorstoreKeys("user1")
+    r.delete(vk.raw(a["raw_memory_id"]), vk.session_summary("s-1"))  # as their TTL would
+    b = hierarchy().body
+    assert a["raw_memory_id"] not in [x["raw_memory_id"] for x in b["raw_memories"]]
+    assert [s["session_id"] for s in b["session_summaries"]] == ["s-2"]
+    assert b["counts"]["raw"] == 1 and b["counts"]["summary"] == 1
+    assert b["total_count"] == sum(b["counts"].values())
+    # Still walkable page by page past the expired entries.
+    paged, _ = walk(limit=1)
+    assert paged["summary"] == ["s-2"] and len(paged["raw"]) == 1
+
+
+def test_an_unknown_vectorstore_is_an_empty_hierarchy(env: Any, r: redis.Redis) -> None:
+    b = hierarchy("nobody").body
+    assert b["total_count"] == 0 and b["next_cursor"] is None
+    assert r.dbsize() == 0
+
+
+def test_round_trips_do_not_grow_with_the_data(fake_llm: Any, redis_server: RedisServer) -> None:
+    for i, text in enumerate(sessions(4, seed=5)):
+        store("user1", text, f"a-{i}")
+    drain()
+    hierarchy(limit=3)  # connect
+    with redis_server.requests() as small:
+        assert hierarchy(limit=3).body["counts"] == {"discrete": 3, "summary": 3, "raw": 3}
+    for i, text in enumerate(sessions(30, seed=6)):
+        store("user1", text, f"b-{i}")
+        store("other", text, f"b-{i}")
+    drain()
+    with redis_server.requests() as large:
+        assert hierarchy(limit=3).body["counts"] == {"discrete": 3, "summary": 3, "raw": 3}
+    assert small == large
+    # Two pipelined round trips: three index ranges, then the records of the page.
+    assert (
+        small == ["ZRANGE"] * 3 + ["VGETATTR"] * 3 + ["GET", "EXPIRETIME"] * 3 + ["HMGET", "EXPIRETIME"] * 3
+    )
+    with redis_server.requests() as by_session:
+        assert hierarchy(session_id="b-7", limit=3).status == 200
+    assert by_session[:4] == ["SMEMBERS", "GET", "EXPIRETIME", "ZRANGE"]
+    assert not {"SCAN", "KEYS"} & set(small + large + by_session)
+
+
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [
+        ({"memory_type": "bogus"}, "invalid_memory_type"),
+        ({"memory_type": ""}, "invalid_memory_type"),
+        ({"start_date": "yesterday"}, "invalid_start_date"),
+        ({"end_date": "2026-13-01"}, "invalid_end_date"),
+        ({"start_date": ""}, "invalid_start_date"),
+        ({"start_date": "2026-03-02", "end_date": "2026-03-01"}, "invalid_date_range"),
+        (
+            {"start_date": "2026-03-01T12:00:00+00:00", "end_date": "2026-03-01T13:00:00+02:00"},
+            "invalid_date_range",
+        ),
+        ({"limit": "0"}, "invalid_limit"),
+        ({"limit": "1001"}, "invalid_limit"),
+        ({"limit": "ten"}, "invalid_limit"),
+        ({"limit": "-5"}, "invalid_limit"),
+        ({"session_id": "bad id"}, "invalid_session_id"),
+        ({"session_id": "x" * 257}, "invalid_session_id"),
+        ({"cursor": "not-a-cursor"}, "invalid_cursor"),
+        ({"cursor": "eyJ2IjoxfQ"}, "invalid_cursor"),
+        ({"cursor": _cursor({"raw": ["nan", "x", 1]})}, "invalid_cursor"),
+        ({"cursor": _cursor({"raw": ["1.5", "x", 10**9]})}, "invalid_cursor"),
+        ({"cursor": _cursor({"raw": ["1.5", "x", -1]})}, "invalid_cursor"),
+        ({"cursor": _cursor({"everything": None})}, "invalid_cursor"),
+        ({"sesion_id": "s-1"}, "unknown_query_parameter"),
+    ],
+)
+def test_bad_input_is_a_clear_400_and_changes_nothing(
+    fake_llm: Any, r: redis.Redis, query: dict[str, str], code: str
+) -> None:
+    store("user1", CHAT, "s-1")
+    drain()
+    before = everything(r)
+    res = hierarchy(**query)
+    assert res.status == 400, res.body
+    assert res.error_code == code and res.body["success"] is False and res.body["error"]["message"]
+    assert everything(r) == before
+
+
+def test_a_cursor_only_fits_the_filters_it_came_from(fake_llm: Any) -> None:
+    for i, text in enumerate(sessions(3, seed=8)):
+        store("user1", text, f"s-{i}")
+    drain()
+    cursor = hierarchy(limit=1).body["next_cursor"]
+    assert cursor
+    res = hierarchy(limit=1, memory_type="raw", cursor=cursor)
+    assert (
+        res.status == 400 and res.error_code == "invalid_cursor" and "filters" in res.body["error"]["message"]
+    )
+    assert hierarchy(limit=2, cursor=cursor).status == 200  # the page size may change
+
+
+@pytest.mark.parametrize("name", ["*", "a:b", "{x}", "RAW_MEMORY_QUEUE", "x" * 129])
+def test_bad_vectorstore_names_are_refused(env: Any, r: redis.Redis, name: str) -> None:
+    res = hierarchy(name)
+    assert res.status == 400 and res.error_code == "invalid_vectorstore_name"
+    assert r.dbsize() == 0
