@@ -157,6 +157,20 @@ def test_malformed_json_is_refused(env, r: redis.Redis, raw: bytes) -> None:
     assert r.dbsize() == 0
 
 
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/plain"])
+def test_a_body_that_is_not_json_is_415(env, r: redis.Redis, content_type: str) -> None:
+    res = store("user123", {"session_data": "user: hi"}, headers={"content-type": content_type})
+    assert res.status == 415 and res.error_code == "unsupported_media_type"
+    assert r.dbsize() == 0
+
+
+def test_json_with_a_charset_is_accepted(env) -> None:
+    res = store(
+        "user123", {"session_data": "user: hi"}, headers={"content-type": "application/json; charset=utf-8"}
+    )
+    assert res.status == 202
+
+
 def test_body_over_the_limit_is_413(env, r: redis.Redis) -> None:
     res = store("user123", {"session_data": "x" * (1_048_576 + 10)})
     assert res.status == 413 and res.error_code == "payload_too_large"

@@ -13,7 +13,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from memproc import retention
-from memproc.api import json_response, logger, make_resolver, metrics, parse_query, path_arg, tracer
+from memproc.api import json_response, logger, make_resolver, metrics, parse_query, path_arg, resolve, tracer
 from memproc.connection import get_redis
 from memproc.models import CleanupQuery, NoParams
 from memproc.settings import get_settings
@@ -80,4 +80,4 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         metrics.add_metric("QueueItemsReconciled", MetricUnit.Count, report.reconciled)
         logger.info("scheduled cleanup", extra=report.model_dump())
         return report.model_dump()
-    return app.resolve(event, context)
+    return resolve(app, event, context)

@@ -8,7 +8,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from memproc import queue, store
-from memproc.api import json_response, logger, make_resolver, metrics, parse_query, path_arg, tracer
+from memproc.api import json_response, logger, make_resolver, metrics, parse_query, path_arg, resolve, tracer
 from memproc.connection import get_binary_redis, get_redis
 from memproc.models import DeadLettersQuery, HierarchyQuery, NoParams, SearchQuery, SessionQuery
 from memproc.settings import get_settings
@@ -87,4 +87,4 @@ def retry(vectorstore_name: str, raw_memory_id: str) -> Response[Any]:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return app.resolve(event, context)
+    return resolve(app, event, context)

@@ -12,7 +12,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from memproc import queue
-from memproc.api import json_response, logger, make_resolver, metrics, tracer
+from memproc.api import json_response, logger, make_resolver, metrics, resolve, tracer
 from memproc.connection import get_redis
 from memproc.models import StoreRawRequest
 from memproc.settings import get_settings
@@ -40,4 +40,4 @@ def store_raw(vectorstore_name: str, request: Annotated[StoreRawRequest, Body()]
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return app.resolve(event, context)
+    return resolve(app, event, context)

@@ -43,24 +43,37 @@ def json_response(status: int, model: BaseModel) -> Response[Any]:
     )
 
 
+def _screen(event: dict[str, Any]) -> tuple[int, str, str] | None:
+    """What is wrong with the raw request before anything parses it: too large, or not JSON."""
+    body = event.get("body") or ""
+    headers = {k.lower(): v for k, v in (event.get("headers") or {}).items()}
+    content_type = (headers.get("content-type") or "").split(";")[0].strip().lower()
+    if body and content_type and not (content_type == "application/json" or content_type.endswith("+json")):
+        # Otherwise the validator would read e.g. curl's default form encoding as form fields.
+        return 415, "unsupported_media_type", f"send the body as application/json, not {content_type}"
+    size = len(body.encode()) if isinstance(body, str) else len(body)
+    if event.get("isBase64Encoded"):
+        size = size * 3 // 4
+    limit = get_settings().max_body_bytes
+    if size > limit:
+        return 413, "payload_too_large", f"request body is {size} bytes; the limit is {limit} bytes"
+    return None
+
+
+def resolve(app: APIGatewayRestResolver, event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Screen the raw request, so an oversized or non-JSON body costs nothing and stores nothing,
+    then let the resolver route and validate it."""
+    problem = _screen(event)
+    if problem is None:
+        return app.resolve(event, context)
+    status, code, message = problem
+    body = ErrorResponse(error=ErrorBody(code=code, message=message)).model_dump_json(exclude_none=True)
+    return {"statusCode": status, "headers": {"Content-Type": content_types.APPLICATION_JSON}, "body": body}
+
+
 def make_resolver() -> APIGatewayRestResolver:
     """A REST resolver whose every error is JSON with a stable code and a human message."""
     app = APIGatewayRestResolver(enable_validation=True)
-
-    def limit_body(app: APIGatewayRestResolver, next_middleware: Any) -> Response[Any]:
-        # Checked before the body is parsed, so an oversized body costs nothing and stores nothing.
-        body = app.current_event.body or ""
-        limit = get_settings().max_body_bytes
-        size = len(body.encode()) if isinstance(body, str) else len(body)
-        if app.current_event.is_base64_encoded:
-            size = size * 3 // 4
-        if size > limit:
-            return error_response(
-                413, "payload_too_large", f"request body is {size} bytes; the limit is {limit} bytes"
-            )
-        return next_middleware(app)
-
-    app.use(middlewares=[limit_body])
 
     @app.exception_handler(ApiError)
     def _api_error(exc: ApiError) -> Response[Any]:

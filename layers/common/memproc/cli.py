@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -194,6 +195,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"memproc dev: debug with  redis-cli -u {url} ZCARD RAW_MEMORY_QUEUE", file=sys.stderr)
     _scheduled("ProcessQueueFunction", "functions/process_queue", interval, stop)
     _scheduled("CleanupFunction", "functions/cleanup", args.cleanup_interval, stop)
+    # `kill` stops the dev server as cleanly as Ctrl-C (and the Redis it started with it).
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         server.serve_forever()
     except KeyboardInterrupt:
