@@ -26,8 +26,8 @@ redis: ## Obtain a Redis 8 with vector sets (REDIS_URL, PATH, cache, or a build 
 test: $(STAMP) ## Set everything up and run the whole test suite against real Redis servers
 	MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh --binary) $(PY) -m pytest $(PYTEST_ARGS)
 
-dev: $(STAMP) ## Set everything up and serve the API on http://localhost:$(PORT) with the processor running
-	MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh --binary) $(VENV)/bin/memproc serve --port $(PORT)
+dev: $(STAMP) ## Set everything up; serve the API on http://localhost:5001 (PORT=...) with the processor running
+	MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh) $(VENV)/bin/memproc serve --port $(PORT)
 
 check: $(STAMP) ## ruff + mypy
 	$(VENV)/bin/ruff check layers functions tests bench scripts
