@@ -688,3 +688,16 @@ def test_fake_runs_standalone() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_embeddings_travel_as_base64_unless_configured_as_float(
+    fake: FakeOpenAI, provider_factory: Callable[..., OpenAIProvider]
+) -> None:
+    texts = ["The user lives in Porto.", "The user prefers green tea."]
+    packed, _ = provider_factory().embed(texts)
+    assert fake.requests[-1].body["encoding_format"] == "base64"
+    plain, _ = provider_factory(embedding_encoding="float").embed(texts)
+    assert fake.requests[-1].body["encoding_format"] == "float"
+    assert len(packed) == len(plain) == 2
+    for a, b in zip(packed, plain, strict=True):
+        assert a == pytest.approx(b, abs=1e-6)

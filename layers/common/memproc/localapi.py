@@ -764,6 +764,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     server_version = "memproc-localapi"
+    # Headers and body leave in two writes; with Nagle on, the body waits for the client's delayed
+    # ACK of the headers (~40 ms per keep-alive request on Linux).
+    disable_nagle_algorithm = True
     timeout = 120  # idle keep-alive connections are dropped eventually
     server: _HTTPServer
 
