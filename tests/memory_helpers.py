@@ -37,7 +37,10 @@ def vector_elements(r: redis.Redis, vs: str) -> dict[str, dict[str, Any]]:
     if not r.exists(vs):
         return {}
     names = r.execute_command("VRANDMEMBER", vs, r.execute_command("VCARD", vs))
-    return {n: json.loads(r.execute_command("VGETATTR", vs, n)) for n in names}
+    pipe = r.pipeline(transaction=False)
+    for n in names:
+        pipe.execute_command("VGETATTR", vs, n)
+    return {n: json.loads(a) for n, a in zip(names, pipe.execute(), strict=True)}
 
 
 GLOBAL_ZSETS = (keys.RAW_MEMORY_QUEUE, keys.INFLIGHT, keys.DEAD)

@@ -11,10 +11,10 @@ import pytest
 import redis
 
 from memproc import keys, queue
-from memproc.processor import build_processor
 from memproc.settings import get_settings, load_settings
 from tests.api_client import call, mem_path
 from tests.chats import WORDS
+from tests.memory_helpers import drain, store, vector_elements
 
 CHAT = (
     "user: Hi! I'm Dana and I live in Porto.\n"
@@ -24,32 +24,8 @@ CHAT = (
 )
 
 
-def store(vs: str, data: str, session_id: str | None = None, metadata: dict | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"session_data": data}
-    if session_id:
-        body["session_id"] = session_id
-    if metadata:
-        body["metadata"] = metadata
-    res = call("POST", mem_path(vs, "/store_raw"), json_body=body)
-    assert res.status == 202, res.body
-    return res.body
-
-
-def drain(**overrides: Any) -> Any:
-    settings = load_settings(**overrides) if overrides else get_settings()
-    return build_processor(settings).drain()
-
-
 def raw_hash(r: redis.Redis, vs: str, raw_id: str) -> dict[str, str]:
     return r.hgetall(keys.VectorstoreKeys(vs).raw(raw_id))
-
-
-def vector_elements(r: redis.Redis, vs: str) -> dict[str, dict[str, Any]]:
-    """Every element of the vector set with its attributes."""
-    if not r.exists(vs):
-        return {}
-    names = r.execute_command("VRANDMEMBER", vs, r.execute_command("VCARD", vs))
-    return {n: json.loads(r.execute_command("VGETATTR", vs, n)) for n in names}
 
 
 def test_a_stored_session_becomes_the_memory_hierarchy(fake_llm: Any, r: redis.Redis) -> None:

@@ -18,6 +18,7 @@ from memproc import keys, queue
 from memproc.models import StoreRawRequest
 from memproc.settings import get_settings
 from tests.chats import sessions
+from tests.memory_helpers import vector_elements
 from tests.redis_server import ROOT, RedisServer
 
 
@@ -59,19 +60,11 @@ def expire_all_leases(r: redis.Redis) -> int:
     return len(leased)
 
 
-def memories(r: redis.Redis, vs: str) -> dict[str, dict[str, Any]]:
-    names = r.execute_command("VRANDMEMBER", vs, r.execute_command("VCARD", vs))
-    pipe = r.pipeline(transaction=False)
-    for n in names:
-        pipe.execute_command("VGETATTR", vs, n)
-    return {n: json.loads(a) for n, a in zip(names, pipe.execute(), strict=True)}
-
-
 def assert_exactly_once(r: redis.Redis, vs: str, raw_ids: list[str]) -> dict[str, int]:
     vk = keys.VectorstoreKeys(vs)
     attempts: dict[str, int] = {}
     created_total = 0
-    mems = memories(r, vs)
+    mems = vector_elements(r, vs)
     per_raw = Counter(m["raw_memory_id"] for m in mems.values())
     for raw_id in raw_ids:
         h = r.hgetall(vk.raw(raw_id))

@@ -31,6 +31,7 @@ from memproc.models import (
 )
 from memproc.queue import iso, require_session_id, require_vectorstore
 from memproc.settings import Settings
+from memproc.store import json_list
 
 # The scheduled run's place in memproc:vectorstores (a score), so a run cut short by its time
 # budget resumes where it stopped instead of starting over.
@@ -43,10 +44,6 @@ STATS_DAYS = 90
 ERASE_BATCH = 500
 # An API-triggered erasure must answer within API Gateway's 29 s; a partial one says so.
 ERASE_BUDGET_SECONDS = 20.0
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
 
 
 def cleanup(r: redis.Redis, settings: Settings, vectorstore: str, q: CleanupQuery) -> CleanupReceipt:
@@ -66,7 +63,7 @@ def _cleanup(
     require_vectorstore(vectorstore)
     days = q.retention_days or settings.raw_retention_days
     res = json.loads(fcall(r, "cleanup", [], [vectorstore, days * 86_400, q.limit, 1 if q.dry_run else 0]))
-    deleted = [str(x) for x in _list(res["deleted"])]
+    deleted = [str(x) for x in json_list(res["deleted"])]
     trimmed = {k: int(v) for k, v in res["trimmed"].items()}
     repaired = {k: int(v) for k, v in res["reconciled"].items()}
     receipt = CleanupReceipt(

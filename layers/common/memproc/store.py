@@ -148,7 +148,7 @@ STATS_DAYS = 7
 STATS_SAMPLES = 5
 
 
-def _list(value: Any) -> list[Any]:
+def json_list(value: Any) -> list[Any]:
     """JSON lists as stored; Lua's cjson writes an empty list as {}."""
     return value if isinstance(value, list) else []
 
@@ -187,10 +187,10 @@ def memory_from_attrs(memory_id: str, attrs: dict[str, Any]) -> DiscreteMemory:
         text=str(attrs.get("text") or ""),
         memory_type=attrs.get("memory_type"),
         confidence=_float(attrs.get("confidence")),
-        tags=[str(t) for t in _list(attrs.get("tags"))],
+        tags=[str(t) for t in json_list(attrs.get("tags"))],
         session_id=attrs.get("session_id"),
         raw_memory_id=attrs.get("raw_memory_id") or None,
-        source_sessions=[str(s) for s in _list(attrs.get("source_sessions"))],
+        source_sessions=[str(s) for s in json_list(attrs.get("source_sessions"))],
         merge_count=int(attrs.get("merge_count") or 0),
         created_at=iso(_float(attrs.get("created_at"))),
         updated_at=iso(_float(attrs.get("updated_at"))),
@@ -201,10 +201,10 @@ def summary_from_json(session_id: str, data: dict[str, Any], expires: Any = None
     return SessionSummary(
         session_id=session_id,
         summary=data.get("summary"),
-        topics=[str(t) for t in _list(data.get("topics"))],
-        memory_ids=[str(m) for m in _list(data.get("memory_ids"))],
+        topics=[str(t) for t in json_list(data.get("topics"))],
+        memory_ids=[str(m) for m in json_list(data.get("memory_ids"))],
         memory_count=int(data.get("memory_count") or 0),
-        raw_memory_ids=[str(m) for m in _list(data.get("raw_memory_ids"))],
+        raw_memory_ids=[str(m) for m in json_list(data.get("raw_memory_ids"))],
         created_at=iso(_float(data.get("created_at"))),
         updated_at=iso(_float(data.get("updated_at"))),
         processed_length=_int(data.get("processed_length")),
@@ -233,7 +233,7 @@ def raw_from_hash(raw_id: str, h: dict[str, Any], expires: Any = None) -> RawMem
         redrive_count=int(h.get("redrive_count") or 0),
         memories_created=_int(h.get("memories_created")),
         memories_merged=_int(h.get("memories_merged")),
-        memory_ids=[str(m) for m in _list(memory_ids)] if h.get("memory_ids") else None,
+        memory_ids=[str(m) for m in json_list(memory_ids)] if h.get("memory_ids") else None,
         tokens_in=_int(h.get("tokens_in")),
         tokens_out=_int(h.get("tokens_out")),
         processing_ms=_int(h.get("processing_ms")),
@@ -470,7 +470,7 @@ def session_details(
     summary_text, summary_ttl, member_ids, raw_ids, raw_total = pipe.execute()
     data = _json(summary_text)
     data = data if isinstance(data, dict) else None
-    memory_ids = sorted(set(member_ids) | set(_list(data.get("memory_ids")) if data else set()))
+    memory_ids = sorted(set(member_ids) | set(json_list(data.get("memory_ids")) if data else set()))
     if data is None and not memory_ids and not raw_total:
         raise NotFound(f"no session {sid!r} in vectorstore {vectorstore!r}", code="session_not_found")
 
@@ -526,7 +526,7 @@ def session_details(
 
 def _pairs(flat: Any) -> dict[str, str]:
     """HGETALL as Lua returns it (a flat list; cjson writes an empty one as {})."""
-    items = _list(flat)
+    items = json_list(flat)
     return dict(zip(items[::2], items[1::2], strict=False))
 
 
@@ -563,7 +563,7 @@ def stats(r: redis.Redis, vectorstore: str) -> StatsResponse:
         int(s["raw_index"]),
     )
     counters, config = _pairs(s["counters"]), _pairs(s["config"])
-    days = [(d, _pairs(h)) for d, h in _list(s["daily"])]
+    days = [(d, _pairs(h)) for d, h in json_list(s["daily"])]
     daily = [_day(d, h) for d, h in days]
     totals: dict[str, str] = {}
     for _, h in days:
@@ -574,7 +574,7 @@ def stats(r: redis.Redis, vectorstore: str) -> StatsResponse:
     week = _day(f"{daily[0].date}..{daily[-1].date}", totals).model_copy(update={"last_processed_at": last})
 
     def estimate(sample: Any, count: int) -> int:
-        total, n = [*_list(sample), 0, 0][:2]
+        total, n = [*json_list(sample), 0, 0][:2]
         return int(total / n * count) if n else 0
 
     sessions = int(s["sessions"])
