@@ -7,16 +7,19 @@ Gateway's 29 s.
 
 from typing import Any
 
+from aws_lambda_powertools import Tracer
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from memproc import retention
-from memproc.api import json_response, logger, make_resolver, metrics, parse_query, path_arg, resolve, tracer
+from memproc.api import json_response, logger, make_resolver, metrics, parse_query, path_arg, resolve
 from memproc.connection import get_redis
 from memproc.models import CleanupQuery, NoParams
 from memproc.settings import get_settings
+
+tracer = Tracer()
 
 app = make_resolver()
 

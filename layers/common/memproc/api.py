@@ -6,7 +6,7 @@ import os
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
@@ -21,7 +21,6 @@ os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Memproc")
 Q = TypeVar("Q", bound=BaseModel)
 
 logger = Logger()
-tracer = Tracer()
 metrics = Metrics()
 
 
