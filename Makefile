@@ -29,6 +29,9 @@ test: $(STAMP) ## Set everything up and run the whole test suite against real Re
 dev: $(STAMP) ## Set everything up; serve the API on http://localhost:5001 (PORT=...) with the processor running
 	MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh) $(VENV)/bin/memproc serve --port $(PORT)
 
+bench: $(STAMP) ## Benchmarks vs real Redis 8 + fake LLM -> bench/results/<date>/ (~8 min; FULL=1: larger sizes)
+	MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh --binary) $(PY) -m bench.run $(if $(FULL),--full,)
+
 check: $(STAMP) ## ruff + mypy
 	$(VENV)/bin/ruff check layers functions tests bench scripts
 	$(VENV)/bin/ruff format --check layers functions tests bench scripts
@@ -37,7 +40,7 @@ check: $(STAMP) ## ruff + mypy
 clean: ## Remove the venvs and build output (the Redis build cache in ~/.cache/memproc stays)
 	rm -rf $(VENV) $(TOOLS) .aws-sam
 
-.PHONY: help venv redis test dev check clean
+.PHONY: help venv redis test dev bench check clean
 
 # --- AWS tooling (SAM CLI + cfn-lint) in their own venv: the SAM CLI pins its own boto3/pydantic. ---
 SAM      := SAM_CLI_TELEMETRY=0 $(TOOLS)/bin/sam
