@@ -531,7 +531,6 @@ def _defines(module_file: Path, name: str) -> bool:
     return False
 
 
-@pytest.mark.skipif(not REAL_TEMPLATE.exists(), reason="template.yaml not written yet")
 def test_real_template_routes_all_have_handlers() -> None:
     routes = load_routes(REAL_TEMPLATE)
     assert routes, "template.yaml declares no Api events"
@@ -546,7 +545,6 @@ def test_real_template_routes_all_have_handlers() -> None:
         assert table.match(method, path).route is not None, f"{method} {path} is not routed by template.yaml"
 
 
-@pytest.mark.skipif(not REAL_TEMPLATE.exists(), reason="template.yaml not written yet")
 def test_real_template_serves_its_own_error_shapes() -> None:
     """Errors API Gateway produces itself follow the template's GatewayResponses (no handler runs)."""
     with LocalApiServer(REAL_TEMPLATE, PROJECT_ROOT, port=0, max_body_bytes=64) as srv:

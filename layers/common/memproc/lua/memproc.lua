@@ -650,41 +650,33 @@ end
 
 -- Put a live raw memory back where its status says it belongs, when the queue lost it.
 -- Returns the kind of repair made (or that would be made, when dry), or nil.
+-- Where each live status belongs: the vectorstore's zset, the global one, the hash field that
+-- remembers the score, and the name of the repair.
+local HOMES = {
+  queued = {':pending', QUEUE, 'next_attempt_at', 'requeued'},
+  -- Back in flight with its lease: a live worker may still commit, and once the lease passes the
+  -- reaper re-queues it (or buries it after its last attempt) as for any expired lease.
+  processing = {':inflight', INFLIGHT, 'lease_deadline', 'restored_in_flight'},
+  error = {':dead', DEAD, 'dead_at', 'restored_dead'},
+}
+
 local function reconcile(vs, id, status, now, dry)
+  local home = HOMES[status]
+  if not home then return nil end
   local t, key = tag(vs), rawkey(vs, id)
-  if status == 'queued' then
-    local due = redis.call('ZSCORE', t .. ':pending', id)
-    local global = redis.call('ZSCORE', QUEUE, key)
-    if due and global then return nil end
-    if not dry then
-      local at = tonumber(due or global or redis.call('HGET', key, 'next_attempt_at') or '') or now
-      enqueue_at(vs, id, at)
+  local mine = redis.call('ZSCORE', t .. home[1], id)
+  local global = redis.call('ZSCORE', home[2], key)
+  if mine and global then return nil end
+  if not dry then
+    local at = tonumber(mine or global or redis.call('HGET', key, home[3]) or '') or now
+    if status == 'queued' then
+      enqueue_at(vs, id, at)  -- also gives its vectorstore a turn
+    else
+      redis.call('ZADD', home[2], at, key)
+      redis.call('ZADD', t .. home[1], at, id)
     end
-    return 'requeued'
-  elseif status == 'processing' then
-    local mine = redis.call('ZSCORE', t .. ':inflight', id)
-    local global = redis.call('ZSCORE', INFLIGHT, key)
-    if mine and global then return nil end
-    -- Back in flight with its lease: a live worker may still commit, and once the lease passes
-    -- the reaper re-queues it (or buries it after its last attempt) as for any expired lease.
-    if not dry then
-      local deadline = tonumber(mine or global or redis.call('HGET', key, 'lease_deadline') or '') or now
-      redis.call('ZADD', INFLIGHT, deadline, key)
-      redis.call('ZADD', t .. ':inflight', deadline, id)
-    end
-    return 'restored_in_flight'
-  elseif status == 'error' then
-    local mine = redis.call('ZSCORE', t .. ':dead', id)
-    local global = redis.call('ZSCORE', DEAD, key)
-    if mine and global then return nil end
-    if not dry then
-      local at = tonumber(mine or global or redis.call('HGET', key, 'dead_at') or '') or now
-      redis.call('ZADD', DEAD, at, key)
-      redis.call('ZADD', t .. ':dead', at, id)
-    end
-    return 'restored_dead'
   end
-  return nil
+  return home[4]
 end
 
 -- Retention and index maintenance for one vectorstore, bounded by `limit` entries per pass:
