@@ -343,6 +343,12 @@ def _render_gateway_response(
 
 _handler_cache: dict[tuple[str, Path, str], Handler] = {}
 _handler_lock = threading.Lock()
+_function_locks: dict[str, threading.Lock] = {}
+
+
+def _function_lock(function: str) -> threading.Lock:
+    with _handler_lock:
+        return _function_locks.setdefault(function, threading.Lock())
 
 
 def _handler_file(route: Route, project_root: Path) -> tuple[Path, str]:
@@ -730,6 +736,7 @@ class _HTTPServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 1024  # socketserver's 5 resets simultaneous connects from busy clients
 
     def __init__(self, address: tuple[str, int], app: LocalApiServer) -> None:
         self.app = app
@@ -954,7 +961,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
         try:
             handler = load_handler(route, app.project_root)
             context = LambdaContext(route.function, route.timeout, route.memory_size)
-            result = handler(event, context)
+            # Like a Lambda container, one function serves one event at a time: a Powertools
+            # resolver keeps per-request state on the app object, so threads must not share it.
+            with _function_lock(route.function):
+                result = handler(event, context)
         except (Exception, SystemExit):
             app._log(
                 f"localapi: {route.function} ({route.handler}) raised for {event['httpMethod']} "
