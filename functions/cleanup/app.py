@@ -24,14 +24,10 @@ tracer = Tracer()
 app = make_resolver()
 
 
-def query_params() -> dict[str, str] | None:
-    return app.current_event.query_string_parameters
-
-
 @app.post("/api/memory/<vectorstore_name>/cleanup")
 @tracer.capture_method
 def cleanup(vectorstore_name: str) -> Response[Any]:
-    q = parse_query(CleanupQuery, query_params())
+    q = parse_query(CleanupQuery, app)
     receipt = retention.cleanup(get_redis(), get_settings(), vectorstore_name, q)
     logger.info(
         "cleanup",
@@ -48,21 +44,21 @@ def cleanup(vectorstore_name: str) -> Response[Any]:
 @app.delete("/api/memory/<vectorstore_name>/memories/<memory_id>")
 @tracer.capture_method
 def delete_memory(vectorstore_name: str, memory_id: str) -> Response[Any]:
-    parse_query(NoParams, query_params())
+    parse_query(NoParams, app)
     return json_response(200, retention.erase_memory(get_redis(), vectorstore_name, path_arg(memory_id)))
 
 
 @app.delete("/api/memory/<vectorstore_name>/session/<session_id>")
 @tracer.capture_method
 def delete_session(vectorstore_name: str, session_id: str) -> Response[Any]:
-    parse_query(NoParams, query_params())
+    parse_query(NoParams, app)
     return json_response(200, retention.erase_session(get_redis(), vectorstore_name, path_arg(session_id)))
 
 
 @app.delete("/api/memory/<vectorstore_name>")
 @tracer.capture_method
 def delete_vectorstore(vectorstore_name: str) -> Response[Any]:
-    parse_query(NoParams, query_params())
+    parse_query(NoParams, app)
     receipt = retention.erase_vectorstore(get_redis(), vectorstore_name)
     # 202: a vectorstore too large for one request is partly erased; DELETE again to finish.
     return json_response(200 if receipt.complete else 202, receipt)

@@ -19,10 +19,6 @@ tracer = Tracer()
 app = make_resolver()
 
 
-def query_params() -> dict[str, str] | None:
-    return app.current_event.query_string_parameters
-
-
 @app.get("/api/memory/<vectorstore_name>/processing_status")
 @tracer.capture_method
 def processing_status(vectorstore_name: str) -> Response[Any]:
@@ -38,14 +34,14 @@ def raw_status(vectorstore_name: str, raw_memory_id: str) -> Response[Any]:
 @app.get("/api/memory/<vectorstore_name>/hierarchy")
 @tracer.capture_method
 def hierarchy(vectorstore_name: str) -> Response[Any]:
-    q = parse_query(HierarchyQuery, query_params())
+    q = parse_query(HierarchyQuery, app)
     return json_response(200, store.hierarchy(get_redis(), vectorstore_name, q))
 
 
 @app.get("/api/memory/<vectorstore_name>/session/<session_id>")
 @tracer.capture_method
 def session(vectorstore_name: str, session_id: str) -> Response[Any]:
-    q = parse_query(SessionQuery, query_params())
+    q = parse_query(SessionQuery, app)
     details = store.session_details(
         get_redis(),
         get_binary_redis(),
@@ -59,28 +55,28 @@ def session(vectorstore_name: str, session_id: str) -> Response[Any]:
 @app.get("/api/memory/<vectorstore_name>/stats")
 @tracer.capture_method
 def stats(vectorstore_name: str) -> Response[Any]:
-    parse_query(NoParams, query_params())
+    parse_query(NoParams, app)
     return json_response(200, store.stats(get_redis(), vectorstore_name))
 
 
 @app.get("/api/memory/<vectorstore_name>/search")
 @tracer.capture_method
 def search(vectorstore_name: str) -> Response[Any]:
-    q = parse_query(SearchQuery, query_params())
+    q = parse_query(SearchQuery, app)
     return json_response(200, store.search(get_redis(), get_settings(), vectorstore_name, q))
 
 
 @app.get("/api/memory/<vectorstore_name>/dead_letters")
 @tracer.capture_method
 def dead_letters(vectorstore_name: str) -> Response[Any]:
-    q = parse_query(DeadLettersQuery, query_params())
+    q = parse_query(DeadLettersQuery, app)
     return json_response(200, store.dead_letters(get_redis(), vectorstore_name, q.limit))
 
 
 @app.post("/api/memory/<vectorstore_name>/raw/<raw_memory_id>/retry")
 @tracer.capture_method
 def retry(vectorstore_name: str, raw_memory_id: str) -> Response[Any]:
-    parse_query(NoParams, query_params())
+    parse_query(NoParams, app)
     result = store.retry_dead_letter(get_redis(), vectorstore_name, path_arg(raw_memory_id))
     logger.info("dead letter redriven", extra={"raw_memory_id": result.raw_memory_id})
     return json_response(200, result)

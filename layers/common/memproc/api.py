@@ -105,11 +105,12 @@ def path_arg(value: str) -> str:
     return unquote(value)
 
 
-def parse_query(model: type[Q], params: dict[str, str] | None) -> Q:
-    """Validate query-string parameters into ``model``; any problem is a 400 that names the
-    parameter (code ``invalid_<name>``, or the validator's own code for cross-field rules)."""
+def parse_query(model: type[Q], app: APIGatewayRestResolver) -> Q:
+    """Validate the current request's query-string parameters into ``model``; any problem is a 400
+    that names the parameter (code ``invalid_<name>``, or the validator's own code for cross-field
+    rules)."""
     try:
-        return model.model_validate(params or {})
+        return model.model_validate(app.current_event.query_string_parameters or {})
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         details = [
