@@ -170,8 +170,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def configure_env(redis_url: str, openai_base_url: str | None = None, **extra: str) -> None:
     """Point memproc at this section's Redis (and fake LLM) and drop cached settings/clients,
     as tests/conftest.py does."""
-    from memproc import connection
     from memproc import settings as settings_module
+    from memproc.dal import connection
 
     os.environ["REDIS_URL"] = redis_url
     if openai_base_url:
@@ -184,7 +184,7 @@ def configure_env(redis_url: str, openai_base_url: str | None = None, **extra: s
         os.environ.pop(name, None)
     os.environ.update(extra)
     settings_module.get_settings.cache_clear()
-    connection._clients.cache_clear()
+    connection._store.cache_clear()
 
 
 @contextlib.contextmanager

@@ -86,10 +86,10 @@ def run(cfg: Config) -> SectionResult:
     chats = session_pool(cfg.seed, 120)
     with fresh_redis() as server, FakeLLM(LATENCY) as fake:
         configure_env(server.url, fake.base_url, EMBEDDING_DIMENSIONS="1536", LLM_TIMEOUT_SECONDS="30")
-        from memproc.connection import get_redis
+        from memproc.dal.connection import get_store
         from memproc.settings import get_settings
 
-        settings, r, admin = get_settings(), get_redis(), server.client()
+        settings, r, admin = get_settings(), get_store(), server.client()
         _one(r, admin, settings, chats, 0, "warm")  # connections, library
         runs: dict[str, list[dict[str, Any]]] = {"without": [], "with": []}
         for rep in range(cfg.repeats):

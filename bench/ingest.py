@@ -93,12 +93,12 @@ def _run_loop(n: int, max_seconds: float, start_at: float, one: Any) -> tuple[li
 
 def _worker_loop(k: int, bodies: list[dict[str, Any]], commands: Any, replies: Any) -> None:
     """Child side of WorkerPool: one JSON command per line in, one JSON reply per line out."""
-    from memproc import connection
     from memproc import settings as settings_module
+    from memproc.dal import connection
     from tests.api_client import call, mem_path
 
     settings_module.get_settings.cache_clear()
-    connection._clients.cache_clear()  # never share the parent's sockets
+    connection._store.cache_clear()  # never share the parent's sockets
     state: dict[str, Any] = {}
 
     def store_raw(prefix: str) -> Any:
@@ -109,7 +109,7 @@ def _worker_loop(k: int, bodies: list[dict[str, Any]], commands: Any, replies: A
         return one
 
     def baseline(prefix: str) -> Any:
-        from memproc import queue
+        from memproc.dal import queue
         from memproc.processor import build_processor
         from memproc.settings import get_settings
 
@@ -123,7 +123,7 @@ def _worker_loop(k: int, bodies: list[dict[str, Any]], commands: Any, replies: A
             # gets one item (with round-robin claims possibly another client's item, of the same cost).
             if call("POST", mem_path(f"{prefix}-c{k}", "/store_raw"), json_body=body).status != 202:
                 return False
-            batch = queue.claim(processor.r, processor.settings, 1)
+            batch = queue.claim(processor.store, processor.settings, 1)
             return bool(batch.items) and processor.process(batch.items[0]).result == "processed"
 
         return one
@@ -404,7 +404,7 @@ def run(cfg: Config) -> SectionResult:
     with fresh_redis() as server, FakeLLM() as fake:
         configure_env(server.url, fake.base_url, EMBEDDING_DIMENSIONS="1536", LLM_TIMEOUT_SECONDS="30")
         from memproc import localapi
-        from memproc.connection import get_binary_redis, get_redis
+        from memproc.dal.connection import get_store
 
         bodies = _bodies(cfg.seed, "w")
         data["session_bytes"] = summarize([len(b["session_data"].encode()) for b in bodies])
@@ -464,8 +464,8 @@ def run(cfg: Config) -> SectionResult:
             # Redis cost per store_raw request: round trips (client side), top-level commands (MONITOR)
             # and every command run, inside Lua too (INFO commandstats).
             trips = RoundTrips()
-            trips.instrument(get_redis())
-            trips.instrument(get_binary_redis())
+            trips.instrument(get_store().r)
+            trips.instrument(get_store().rb)
             probe = _store_raw_inproc(bodies, "probe")
             probe(0, -1)
             trips.reset()

@@ -44,7 +44,7 @@ def timed_processor(settings: Any) -> Any:
 
     class TimedProcessor(Processor):
         def __init__(self, base: Processor) -> None:
-            super().__init__(base.r, base.rb, base.settings, base.provider)
+            super().__init__(base.store, base.settings, base.provider)
             self.finished: list[tuple[float, str, str]] = []
 
         def process(self, item: Any) -> Outcome:
@@ -70,15 +70,15 @@ def enqueue(
     vectorstores: int = VECTORSTORES,
     vectorstore: str | None = None,
 ) -> None:
-    """n sessions through queue.submit (the store_raw path minus HTTP), spread over ``vectorstores``
+    """n sessions through submissions.submit (the store_raw path minus HTTP), spread over ``vectorstores``
     vectorstores ``user000``... (or all into ``vectorstore``)."""
-    from memproc import queue
-    from memproc.models import StoreRawRequest
+    from memproc import submissions
+    from memproc.schemas.requests import StoreRawRequest
 
     meta = {"source": "bench", "session_timestamp": "2026-03-10T12:00:00Z"}
     for i in range(n):
         request = StoreRawRequest(session_data=chats[i % len(chats)], session_id=f"{tag}-{i}", metadata=meta)
-        queue.submit(r, settings, vectorstore or f"user{i % vectorstores:03d}", request)
+        submissions.submit(r, settings, vectorstore or f"user{i % vectorstores:03d}", request)
 
 
 def steady_rate(finished: list[tuple[float, str, str]]) -> float:
@@ -198,16 +198,16 @@ def run(cfg: Config) -> SectionResult:
     data["session_bytes"] = summarize([len(c.encode()) for c in chats])
     with fresh_redis() as server, FakeLLM() as fake:
         configure_env(server.url, fake.base_url, EMBEDDING_DIMENSIONS="1536", LLM_TIMEOUT_SECONDS="30")
-        from memproc.connection import get_binary_redis, get_redis
+        from memproc.dal.connection import get_store
         from memproc.settings import get_settings
 
         settings = get_settings()
-        r = get_redis()
+        r = get_store()
         admin = server.client()
         proc = timed_processor(settings)
         trips = RoundTrips()
-        trips.instrument(get_redis())
-        trips.instrument(get_binary_redis())
+        trips.instrument(get_store().r)
+        trips.instrument(get_store().rb)
         ctx = {"admin": admin, "fake": fake, "trips": trips, "r": r, "settings": settings, "chats": chats}
 
         # Warm up: open the HTTP connections (up to 64) and Redis pools, load the Lua library.
@@ -353,8 +353,8 @@ def _markdown(data: dict[str, Any]) -> str:
         "on (i); under (ii), 16 / 0.2 s is out of reach by construction (at most 50 %).",
         "",
         f"Queue: {VECTORSTORES} vectorstores; sessions are realistic chats (median "
-        f"{num(data['session_bytes']['p50'], 0)} bytes) enqueued with `queue.submit` before each run; the "
-        "real "
+        f"{num(data['session_bytes']['p50'], 0)} bytes) enqueued with `submissions.submit` before each "
+        "run; the real "
         "processor (`build_processor` + `drain(concurrency=c, batch_size=c)`, the real `openai` client over "
         f"HTTP) empties the queue. Sessions per run: {', '.join(f'{v} at c={k}' for k, v in spr.items())} "
         "(10 waves or more below 64, so ramp-up and drain tail are under a tenth of a run; at 64 the run is "

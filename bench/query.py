@@ -340,22 +340,22 @@ def run(cfg: Config) -> SectionResult:
         configure_env(
             server.url, fake.base_url, EMBEDDING_DIMENSIONS=str(DIMENSIONS), LLM_TIMEOUT_SECONDS="30"
         )
-        from memproc.connection import get_binary_redis, get_redis
+        from memproc.dal.connection import get_store
         from memproc.settings import get_settings
 
         settings = get_settings()
         admin = server.client()
         binary = server.client(decode=False)
         trips = RoundTrips()
-        trips.instrument(get_redis())
-        trips.instrument(get_binary_redis())
+        trips.instrument(get_store().r)
+        trips.instrument(get_store().rb)
 
         # The queried vectorstore: 100 sessions through the real pipeline (store, claim, extract with the
         # fake LLM over HTTP, embed, commit; similar memories merge), then bulk-loaded sessions of 10
         # memories up to 1,000 memories.
         chats = [make_chat(rng, rng.randint(1500, 4000)) for _ in range(100)]
         proc = timed_processor(settings)
-        enqueue(get_redis(), settings, chats, len(chats), "s", vectorstore=VS)
+        enqueue(get_store(), settings, chats, len(chats), "s", vectorstore=VS)
         proc.drain(concurrency=8, batch_size=8)
         session_ids = list(admin.zrange("{" + VS + "}:session_index", 0, -1))
         piped = int(admin.execute_command("VCARD", VS))

@@ -309,7 +309,7 @@ def _markdown(data: dict[str, Any]) -> str:
                 for lv in chosen["ratio"]
             )
             + "). memproc uses "
-            "zlib level 6 (`queue.encode_transcript`).",
+            "zlib level 6 (`transcript.encode_transcript`).",
             "",
             f"**Redis bytes per raw record** stored through the store_raw handler ({rb['n']} sessions per "
             "size, "

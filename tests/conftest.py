@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import redis
 
-from memproc import connection
 from memproc import settings as settings_module
+from memproc.dal import connection
 from memproc.settings import Settings
 from tests.redis_server import RedisServer
 
@@ -30,10 +30,10 @@ def env(monkeypatch: pytest.MonkeyPatch, redis_server: RedisServer) -> pytest.Mo
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
     monkeypatch.setenv("EMBEDDING_DIMENSIONS", "64")
     settings_module.get_settings.cache_clear()
-    connection._clients.cache_clear()
+    connection._store.cache_clear()
     yield monkeypatch
     settings_module.get_settings.cache_clear()
-    connection._clients.cache_clear()
+    connection._store.cache_clear()
 
 
 @pytest.fixture

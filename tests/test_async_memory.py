@@ -262,7 +262,8 @@ def test_usage_example(walk: Walk, step: Callable[[Walk], None]) -> None:
 
 
 def main() -> int:
-    from memproc import connection, settings
+    from memproc import settings
+    from memproc.dal import connection
     from tests.fake_openai import FakeOpenAI
     from tests.redis_server import RedisServer
 
@@ -280,7 +281,7 @@ def main() -> int:
                 }
             )
             settings.get_settings.cache_clear()
-            connection._clients.cache_clear()
+            connection._store.cache_clear()
             with LocalApiServer(ROOT / "template.yaml", ROOT, port=0) as api:
                 print(f"Redis {redis_server.url} | fake OpenAI {fake.base_url} | API {api.url}")
                 try:

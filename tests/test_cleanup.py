@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 import redis
 
-from memproc import keys, queue, retention
+from memproc import keys, retention
 from memproc.cli import main as cli_main
+from memproc.dal import queue
+from memproc.dal.connection import get_store
 from memproc.localapi import LambdaContext, Route, load_handler
 from memproc.settings import get_settings
 from tests.api_client import call, mem_path
@@ -69,7 +71,7 @@ def scene(fake_llm: Any, r: redis.Redis) -> Scene:
     fake_llm.fail_next("400", count=1)
     assert drain().dead == 1
     flight = store("user1", texts[3], "s-flight")["raw_memory_id"]
-    assert [c.raw_id for c in queue.claim(r, get_settings(), 1).items] == [flight]
+    assert [c.raw_id for c in queue.claim(get_store(), get_settings(), 1).items] == [flight]
     queued = store("user1", texts[4], "s-queued")["raw_memory_id"]
     store("user10", texts[5], "s-queued")
     for raw_id in (old, queued, flight, dead):
@@ -233,15 +235,15 @@ def test_the_schedule_covers_every_vectorstore(
 
 def test_a_schedule_cut_short_resumes_where_it_stopped(scene: Scene, r: redis.Redis) -> None:
     budget = iter([100.0, 100.0])  # the run, the first vectorstore; then time is up
-    first = retention.run_scheduled(r, get_settings(), remaining_seconds=lambda: next(budget, 0.0))
+    first = retention.run_scheduled(get_store(), get_settings(), remaining_seconds=lambda: next(budget, 0.0))
     assert first.cycle_complete is False and first.vectorstores == 1
     assert not r.exists(U1.raw(scene.old))
     assert r.exists(keys.VectorstoreKeys("user10").raw(scene.other_old))
-    assert r.hget(retention.SCHEDULE_STATE, "vectorstore_score")
-    second = retention.run_scheduled(r, get_settings(), remaining_seconds=lambda: 100.0)
+    assert r.hget(keys.CLEANUP_SCHEDULE, "vectorstore_score")
+    second = retention.run_scheduled(get_store(), get_settings(), remaining_seconds=lambda: 100.0)
     assert second.cycle_complete is True and second.vectorstores == 1 and second.deleted_raw_memories == 1
     assert not r.exists(keys.VectorstoreKeys("user10").raw(scene.other_old))
-    assert r.hget(retention.SCHEDULE_STATE, "vectorstore_score") is None
+    assert r.hget(keys.CLEANUP_SCHEDULE, "vectorstore_score") is None
 
 
 def test_cli_cleanup(scene: Scene, r: redis.Redis, capsys: pytest.CaptureFixture[str]) -> None:
@@ -291,7 +293,7 @@ def test_cleanup_is_one_call(scene: Scene, redis_server: RedisServer) -> None:
 
 def test_the_schedule_skips_names_memproc_never_wrote(scene: Scene, r: redis.Redis) -> None:
     r.zadd(keys.VECTORSTORES, {"not a name": 0, "{x}": 1})
-    report = retention.run_scheduled(r, get_settings())
+    report = retention.run_scheduled(get_store(), get_settings())
     assert report.cycle_complete is True and report.vectorstores == 2
     assert not r.exists("{not a name}:cleanup", "{{x}}:cleanup")
 

@@ -13,7 +13,9 @@ from urllib.parse import quote
 import pytest
 import redis
 
-from memproc import keys, queue, retention
+from memproc import keys, retention
+from memproc.dal import queue
+from memproc.dal.connection import get_store
 from memproc.processor import build_processor
 from memproc.settings import get_settings
 from tests.api_client import call, mem_path
@@ -52,7 +54,7 @@ def scene(fake_llm: Any, r: redis.Redis) -> Scene:
     fake_llm.fail_next("400", count=1)
     assert drain().dead == 1
     store("user1", TEA + "user: I swim on Sundays.\n", "s-1")
-    claim = queue.claim(r, get_settings(), 1).items[0]
+    claim = queue.claim(get_store(), get_settings(), 1).items[0]
     queued = store("user1", TEA + "user: I bake bread.\n", "s-1")["raw_memory_id"]
     bystander = store("user1", "user: I collect vinyl records.", "s-3")["raw_memory_id"]
     store("user10", "user: I collect vinyl records.", "s-9")
@@ -139,8 +141,8 @@ def test_a_worker_holding_an_erased_item_is_fenced_out(scene: Scene, r: redis.Re
     assert delete("/session/s-1").status == 200
     state = snapshot(r, "user1")
     payload, vectors = commit_payload()
-    assert queue.commit(r, scene.claim, payload, vectors).outcome == "stale"
-    assert queue.fail(r, get_settings(), scene.claim, "late", retryable=True)[0] == "stale"
+    assert queue.commit(get_store(), scene.claim, payload, vectors).outcome == "stale"
+    assert queue.fail(get_store(), get_settings(), scene.claim, "late", retryable=True)[0] == "stale"
     assert snapshot(r, "user1") == state
     assert [k for k in keys_mentioning(r, "s-1") if k.startswith("{user1}")] == []
 
@@ -207,7 +209,7 @@ def test_erasing_a_vectorstore(scene: Scene, r: redis.Redis) -> None:
     assert {vs: snapshot(r, vs) for vs in ("user10", "user")} == others
     # The worker that held an item commits into nothing.
     payload, vectors = commit_payload()
-    assert queue.commit(r, scene.claim, payload, vectors).outcome == "stale"
+    assert queue.commit(get_store(), scene.claim, payload, vectors).outcome == "stale"
     assert not r.exists("user1") and keys_mentioning(r, "{user1}") == []
     assert delete("").status == 404
     assert call("GET", mem_path("user1", "/stats")).body["counts"]["memories"] == 0
@@ -215,7 +217,7 @@ def test_erasing_a_vectorstore(scene: Scene, r: redis.Redis) -> None:
 
 def test_a_huge_vectorstore_is_erased_in_bounded_steps(scene: Scene, r: redis.Redis) -> None:
     others = snapshot(r, "user10")
-    first = retention.erase_vectorstore(r, "user1", batch=1, budget_seconds=0)
+    first = retention.erase_vectorstore(get_store(), "user1", batch=1, budget_seconds=0)
     assert first.complete is False and first.removed.raw_memories == 1
     res = delete("")  # the API finishes the job
     assert res.status == 200 and res.body["complete"] is True

@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 import redis
 
-from memproc import keys, queue
+from memproc import keys
+from memproc.dal import queue
+from memproc.dal.connection import get_store
 from memproc.settings import get_settings, load_settings
 from tests.api_client import call, mem_path
 from tests.chats import WORDS
@@ -217,7 +219,7 @@ def test_refusal_goes_to_the_dead_set_and_a_redrive_processes_it(fake_llm: Any, 
     raw = raw_hash(r, "user123", res["raw_memory_id"])
     assert raw["status"] == "error" and "refus" in raw["last_error"].lower()
     assert call("GET", mem_path("user123", "/processing_status")).body["vectorstore"]["dead"] == 1
-    assert queue.redrive(r, "user123", res["raw_memory_id"])[0] == "queued"
+    assert queue.redrive(get_store(), "user123", res["raw_memory_id"])[0] == "queued"
     assert drain().processed == 1
     assert raw_hash(r, "user123", res["raw_memory_id"])["status"] == "processed"
 
@@ -233,7 +235,7 @@ def test_the_last_attempt_dead_letters_with_the_error(fake_llm: Any, r: redis.Re
     assert r.zscore(vk.dead, res["raw_memory_id"]) and r.zcard("RAW_MEMORY_QUEUE") == 0
     assert r.get(vk.session_summary("s-1")) is None
     fake_llm.clear_failures()
-    queue.redrive(r, "user123", res["raw_memory_id"])
+    queue.redrive(get_store(), "user123", res["raw_memory_id"])
     assert drain().processed == 1
 
 
@@ -242,10 +244,10 @@ def test_expired_leases_are_reaped_and_the_last_one_dead_letters(fake_llm: Any, 
     settings = load_settings(max_attempts=2)
     key = keys.VectorstoreKeys("user123").raw(res["raw_memory_id"])
     for attempt in (1, 2):
-        batch = queue.claim(r, settings, 1)
+        batch = queue.claim(get_store(), settings, 1)
         assert [c.raw_id for c in batch.items] == [res["raw_memory_id"]] and batch.items[0].attempt == attempt
         r.zadd("{RAW_MEMORY_QUEUE}:inflight", {key: 0})  # the worker died; its lease runs out
-    batch = queue.claim(r, settings, 1)
+    batch = queue.claim(get_store(), settings, 1)
     assert batch.items == [] and batch.buried == 1
     h = raw_hash(r, "user123", res["raw_memory_id"])
     assert h["status"] == "error" and "lease expired" in h["last_error"]
@@ -254,12 +256,12 @@ def test_expired_leases_are_reaped_and_the_last_one_dead_letters(fake_llm: Any, 
 def test_a_stale_worker_cannot_commit_or_fail(fake_llm: Any, r: redis.Redis) -> None:
     store("user123", CHAT, "s-1")
     settings = get_settings()
-    stale = queue.claim(r, settings, 1).items[0]
+    stale = queue.claim(get_store(), settings, 1).items[0]
     r.zadd("{RAW_MEMORY_QUEUE}:inflight", {keys.VectorstoreKeys("user123").raw(stale.raw_id): 0})
-    fresh = queue.claim(r, settings, 1).items[0]
+    fresh = queue.claim(get_store(), settings, 1).items[0]
     assert fresh.raw_id == stale.raw_id and fresh.attempt == 2
-    assert queue.commit(r, stale, {}, []).outcome == "stale"
-    assert queue.fail(r, settings, stale, "late", retryable=True)[0] == "stale"
+    assert queue.commit(get_store(), stale, {}, []).outcome == "stale"
+    assert queue.fail(get_store(), settings, stale, "late", retryable=True)[0] == "stale"
     assert raw_hash(r, "user123", stale.raw_id)["status"] == "processing"
 
 
@@ -270,7 +272,7 @@ def test_a_flooding_vectorstore_does_not_starve_the_others(env: Any, r: redis.Re
     late = store("small", "user: I arrived last")
     seen: list[str] = []
     for _ in range(2):
-        seen += [c.raw_id for c in queue.claim(r, settings, 16).items]
+        seen += [c.raw_id for c in queue.claim(get_store(), settings, 16).items]
     assert late["raw_memory_id"] in seen
 
 

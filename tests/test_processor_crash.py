@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 import redis
 
-from memproc import keys, queue
-from memproc.models import StoreRawRequest
+from memproc import keys, submissions
+from memproc.dal.connection import get_store
+from memproc.schemas.requests import StoreRawRequest
 from memproc.settings import get_settings
 from tests.chats import sessions
 from tests.memory_helpers import vector_elements
@@ -25,7 +26,9 @@ from tests.redis_server import ROOT, RedisServer
 def submit_all(r: redis.Redis, texts: list[str], vs: str = "crash") -> list[str]:
     settings = get_settings()
     return [
-        queue.submit(r, settings, vs, StoreRawRequest(session_data=t, session_id=f"s-{i}")).raw_memory_id
+        submissions.submit(
+            get_store(), settings, vs, StoreRawRequest(session_data=t, session_id=f"s-{i}")
+        ).raw_memory_id
         for i, t in enumerate(texts)
     ]
 

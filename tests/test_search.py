@@ -11,8 +11,8 @@ import redis
 
 from memproc import keys
 from memproc import settings as settings_module
-from memproc.models import SearchQuery
-from memproc.store import vsim_filter
+from memproc.reads.search import vsim_filter
+from memproc.schemas.requests import SearchQuery
 from tests.api_client import call, mem_path
 from tests.chats import sessions
 from tests.memory_helpers import drain, everything, store

@@ -9,7 +9,9 @@ from urllib.parse import quote
 import pytest
 import redis
 
-from memproc import keys, queue
+from memproc import keys
+from memproc.dal import queue
+from memproc.dal.connection import get_store
 from memproc.settings import get_settings
 from tests.api_client import call, mem_path
 from tests.memory_helpers import drain, everything, store
@@ -91,7 +93,7 @@ def test_a_dead_lettered_session_says_error(fake_llm: Any) -> None:
 
 def test_an_in_flight_session_is_pending(env: Any, r: redis.Redis) -> None:
     store("user1", CHAT, "s-1")
-    queue.claim(r, get_settings(), 1)
+    queue.claim(get_store(), get_settings(), 1)
     b = session("s-1").body
     assert b["status"] == "pending" and b["raw_memories"][0]["status"] == "processing"
 

@@ -8,7 +8,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from memproc import connection, llm
+from memproc import llm
+from memproc.dal import connection
 from memproc.settings import ConfigurationError, get_settings, load_settings
 from tests.api_client import call, mem_path
 from tests.redis_server import RedisServer
@@ -52,7 +53,7 @@ def test_redis_url_from_secrets_manager(
     env.setenv("REDIS_HOST", "unreachable.invalid")
     env.setenv("REDIS_SECRET_ARN", arn)
     get_settings.cache_clear()
-    connection._clients.cache_clear()
+    connection._store.cache_clear()
     res = call("POST", mem_path("user123", "/store_raw"), json_body={"session_data": "user: hi"})
     assert res.status == 202
     assert redis_server.client().zcard("RAW_MEMORY_QUEUE") == 1

@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 import redis
 
-from memproc import keys, queue
+from memproc import keys
+from memproc.dal import queue
+from memproc.dal.connection import get_store
 from memproc.settings import get_settings
 from tests.api_client import call, mem_path
 from tests.chats import sessions
@@ -29,7 +31,7 @@ def test_counts_storage_and_daily_figures(fake_llm: Any, r: redis.Redis) -> None
     fake_llm.fail_next("400", count=1)
     assert drain().dead == 1
     store("user1", texts[4], "flight")
-    queue.claim(r, get_settings(), 1)
+    queue.claim(get_store(), get_settings(), 1)
     store("user1", "user: I play the cello.", "waiting")
     store("user10", "user: other vectorstore", "o-1")  # a name sharing the prefix is not counted
 

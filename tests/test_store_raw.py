@@ -76,7 +76,7 @@ def test_store_raw_function_does_not_import_openai() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True)
     loaded = out.stdout.strip()
-    assert "memproc.queue" in loaded
+    assert "memproc.dal.queue" in loaded
     assert "openai" not in loaded and "memproc.llm" not in loaded
 
 
@@ -217,6 +217,6 @@ def test_long_transcripts_are_stored_compressed_and_read_back_whole(env, redis_s
     h = redis_server.client(decode=False).hgetall(f"{{user123}}:raw_memory:{res['raw_memory_id']}".encode())
     assert h[b"session_data_encoding"] == b"zlib"
     assert len(h[b"session_data"]) * 2 < len(text)
-    from memproc.queue import decode_transcript
+    from memproc.transcript import decode_transcript
 
     assert decode_transcript(h[b"session_data"], "zlib") == text

@@ -7,19 +7,19 @@ Gateway's 29 s.
 
 from typing import Any
 
-from aws_lambda_powertools import Tracer
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from memproc import retention
-from memproc.api import json_response, logger, make_resolver, metrics, parse_query, path_arg, resolve
-from memproc.connection import get_redis
-from memproc.models import CleanupQuery, NoParams
+from memproc.api import json_response, make_resolver, parse_query, path_arg, resolve
+from memproc.dal.connection import get_store
+from memproc.observability import get_tracer, logger, metrics
+from memproc.schemas.requests import CleanupQuery, NoParams
 from memproc.settings import get_settings
 
-tracer = Tracer()
+tracer = get_tracer()
 
 app = make_resolver()
 
@@ -28,7 +28,7 @@ app = make_resolver()
 @tracer.capture_method
 def cleanup(vectorstore_name: str) -> Response[Any]:
     q = parse_query(CleanupQuery, app)
-    receipt = retention.cleanup(get_redis(), get_settings(), vectorstore_name, q)
+    receipt = retention.cleanup(get_store(), get_settings(), vectorstore_name, q)
     logger.info(
         "cleanup",
         extra={
@@ -45,21 +45,21 @@ def cleanup(vectorstore_name: str) -> Response[Any]:
 @tracer.capture_method
 def delete_memory(vectorstore_name: str, memory_id: str) -> Response[Any]:
     parse_query(NoParams, app)
-    return json_response(200, retention.erase_memory(get_redis(), vectorstore_name, path_arg(memory_id)))
+    return json_response(200, retention.erase_memory(get_store(), vectorstore_name, path_arg(memory_id)))
 
 
 @app.delete("/api/memory/<vectorstore_name>/session/<session_id>")
 @tracer.capture_method
 def delete_session(vectorstore_name: str, session_id: str) -> Response[Any]:
     parse_query(NoParams, app)
-    return json_response(200, retention.erase_session(get_redis(), vectorstore_name, path_arg(session_id)))
+    return json_response(200, retention.erase_session(get_store(), vectorstore_name, path_arg(session_id)))
 
 
 @app.delete("/api/memory/<vectorstore_name>")
 @tracer.capture_method
 def delete_vectorstore(vectorstore_name: str) -> Response[Any]:
     parse_query(NoParams, app)
-    receipt = retention.erase_vectorstore(get_redis(), vectorstore_name)
+    receipt = retention.erase_vectorstore(get_store(), vectorstore_name)
     # 202: a vectorstore too large for one request is partly erased; DELETE again to finish.
     return json_response(200 if receipt.complete else 202, receipt)
 
@@ -70,7 +70,7 @@ def delete_vectorstore(vectorstore_name: str) -> Response[Any]:
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     if "httpMethod" not in event:  # the retention schedule
         report = retention.run_scheduled(
-            get_redis(),
+            get_store(),
             get_settings(),
             remaining_seconds=lambda: context.get_remaining_time_in_millis() / 1000,
         )

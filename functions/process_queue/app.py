@@ -6,15 +6,14 @@ from typing import Any
 # The processor reaches the LLM through the openai SDK; importing it here, in Lambda's init phase,
 # keeps that work out of the first scheduled invocation's time budget.
 import openai  # noqa: F401
-from aws_lambda_powertools import Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from memproc.api import logger, metrics
+from memproc.observability import get_tracer, logger, metrics
 from memproc.processor import Processor, build_processor
 from memproc.settings import get_settings
 
-tracer = Tracer()
+tracer = get_tracer()
 
 _processor: Processor | None = None
 

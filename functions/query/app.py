@@ -3,18 +3,19 @@ letters (and redriving one)."""
 
 from typing import Any
 
-from aws_lambda_powertools import Tracer
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from memproc import queue, store
-from memproc.api import json_response, logger, make_resolver, metrics, parse_query, path_arg, resolve
-from memproc.connection import get_binary_redis, get_redis
-from memproc.models import DeadLettersQuery, HierarchyQuery, NoParams, SearchQuery, SessionQuery
+from memproc import submissions
+from memproc.api import json_response, make_resolver, parse_query, path_arg, resolve
+from memproc.dal.connection import get_store
+from memproc.observability import get_tracer, logger, metrics
+from memproc.reads import dead_letters, hierarchy, search, sessions, stats, status
+from memproc.schemas.requests import DeadLettersQuery, HierarchyQuery, NoParams, SearchQuery, SessionQuery
 from memproc.settings import get_settings
 
-tracer = Tracer()
+tracer = get_tracer()
 
 app = make_resolver()
 
@@ -22,62 +23,58 @@ app = make_resolver()
 @app.get("/api/memory/<vectorstore_name>/processing_status")
 @tracer.capture_method
 def processing_status(vectorstore_name: str) -> Response[Any]:
-    return json_response(200, queue.processing_status(get_redis(), get_settings(), vectorstore_name))
+    return json_response(200, status.processing_status(get_store(), get_settings(), vectorstore_name))
 
 
 @app.get("/api/memory/<vectorstore_name>/raw/<raw_memory_id>")
 @tracer.capture_method
 def raw_status(vectorstore_name: str, raw_memory_id: str) -> Response[Any]:
-    return json_response(200, store.raw_status(get_redis(), vectorstore_name, path_arg(raw_memory_id)))
+    return json_response(200, status.raw_status(get_store(), vectorstore_name, path_arg(raw_memory_id)))
 
 
 @app.get("/api/memory/<vectorstore_name>/hierarchy")
 @tracer.capture_method
-def hierarchy(vectorstore_name: str) -> Response[Any]:
+def get_hierarchy(vectorstore_name: str) -> Response[Any]:
     q = parse_query(HierarchyQuery, app)
-    return json_response(200, store.hierarchy(get_redis(), vectorstore_name, q))
+    return json_response(200, hierarchy.hierarchy(get_store(), vectorstore_name, q))
 
 
 @app.get("/api/memory/<vectorstore_name>/session/<session_id>")
 @tracer.capture_method
 def session(vectorstore_name: str, session_id: str) -> Response[Any]:
     q = parse_query(SessionQuery, app)
-    details = store.session_details(
-        get_redis(),
-        get_binary_redis(),
-        vectorstore_name,
-        path_arg(session_id),
-        include_transcript=q.include_transcript,
+    details = sessions.session_details(
+        get_store(), vectorstore_name, path_arg(session_id), include_transcript=q.include_transcript
     )
     return json_response(200, details)
 
 
 @app.get("/api/memory/<vectorstore_name>/stats")
 @tracer.capture_method
-def stats(vectorstore_name: str) -> Response[Any]:
+def get_stats(vectorstore_name: str) -> Response[Any]:
     parse_query(NoParams, app)
-    return json_response(200, store.stats(get_redis(), vectorstore_name))
+    return json_response(200, stats.stats(get_store(), vectorstore_name))
 
 
 @app.get("/api/memory/<vectorstore_name>/search")
 @tracer.capture_method
-def search(vectorstore_name: str) -> Response[Any]:
+def get_search(vectorstore_name: str) -> Response[Any]:
     q = parse_query(SearchQuery, app)
-    return json_response(200, store.search(get_redis(), get_settings(), vectorstore_name, q))
+    return json_response(200, search.search(get_store(), get_settings(), vectorstore_name, q))
 
 
 @app.get("/api/memory/<vectorstore_name>/dead_letters")
 @tracer.capture_method
-def dead_letters(vectorstore_name: str) -> Response[Any]:
+def get_dead_letters(vectorstore_name: str) -> Response[Any]:
     q = parse_query(DeadLettersQuery, app)
-    return json_response(200, store.dead_letters(get_redis(), vectorstore_name, q.limit))
+    return json_response(200, dead_letters.dead_letters(get_store(), vectorstore_name, q.limit))
 
 
 @app.post("/api/memory/<vectorstore_name>/raw/<raw_memory_id>/retry")
 @tracer.capture_method
 def retry(vectorstore_name: str, raw_memory_id: str) -> Response[Any]:
     parse_query(NoParams, app)
-    result = store.retry_dead_letter(get_redis(), vectorstore_name, path_arg(raw_memory_id))
+    result = submissions.retry_dead_letter(get_store(), vectorstore_name, path_arg(raw_memory_id))
     logger.info("dead letter redriven", extra={"raw_memory_id": result.raw_memory_id})
     return json_response(200, result)
 

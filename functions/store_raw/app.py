@@ -14,10 +14,11 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from memproc import queue
-from memproc.api import json_response, logger, make_resolver, metrics, resolve
-from memproc.connection import get_redis
-from memproc.models import StoreRawRequest
+from memproc import submissions
+from memproc.api import json_response, make_resolver, resolve
+from memproc.dal.connection import get_store
+from memproc.observability import logger, metrics
+from memproc.schemas.requests import StoreRawRequest
 from memproc.settings import get_settings
 
 app = make_resolver()
@@ -25,7 +26,7 @@ app = make_resolver()
 
 @app.post("/api/memory/<vectorstore_name>/store_raw")
 def store_raw(vectorstore_name: str, request: Annotated[StoreRawRequest, Body()]) -> Response[Any]:
-    result = queue.submit(get_redis(), get_settings(), vectorstore_name, request)
+    result = submissions.submit(get_store(), get_settings(), vectorstore_name, request)
     logger.info(
         "stored raw memory",
         extra={

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
-from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
 from memproc.errors import ApiError, InvalidInput
-from memproc.models import ErrorBody, ErrorResponse
+from memproc.schemas.responses import ErrorBody, ErrorResponse
 from memproc.settings import get_settings
 
-os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "memproc")
-os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Memproc")
-
 Q = TypeVar("Q", bound=BaseModel)
-
-logger = Logger()
-metrics = Metrics()
 
 
 def error_response(

@@ -215,12 +215,12 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from memproc import retention
-    from memproc.connection import get_redis
+    from memproc.dal.connection import get_store
     from memproc.errors import ApiError
-    from memproc.models import CleanupQuery
+    from memproc.schemas.requests import CleanupQuery
 
     settings = get_settings()
-    r = get_redis(settings)
+    r = get_store(settings)
     try:
         q = CleanupQuery(retention_days=args.retention_days, dry_run=args.dry_run, limit=args.limit)
         while args.vectorstore:

@@ -1,12 +1,11 @@
-"""Redis key names: the one place that knows them, and the validation that guards them.
+"""Redis key names: the one place that spells them, for Python and for the Lua library.
 
 Per-vectorstore keys carry the name inside braces (a Redis Cluster hash tag) so every key of one
-vectorstore, and its vector set at the bare name, share a hash slot.
+vectorstore, and its vector set at the bare name, share a hash slot. The Lua library gets its key
+builders from `lua_header()`, generated from the tables below, so the two sides cannot drift apart.
 """
 
 from __future__ import annotations
-
-import re
 
 RAW_MEMORY_QUEUE = "RAW_MEMORY_QUEUE"
 INFLIGHT = "{RAW_MEMORY_QUEUE}:inflight"
@@ -16,98 +15,146 @@ READY = "{RAW_MEMORY_QUEUE}:ready"
 PROCESSOR_STATUS = "background_processor:status"
 # Every vectorstore ever written, so scheduled work can visit them without SCAN.
 VECTORSTORES = "memproc:vectorstores"
+# Where the scheduled cleanup run resumes in VECTORSTORES.
+CLEANUP_SCHEDULE = "memproc:cleanup"
+PROCESSING_STATS_PREFIX = "processing_stats:"
 
-VECTORSTORE_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-SESSION_ID_RE = re.compile(r"^[A-Za-z0-9._:@+=-]{1,256}$")
-RAW_ID_RE = re.compile(r"^[0-9a-f]{32}$")
-MEMORY_ID_RE = re.compile(r"^[0-9a-f]{32}-[0-9]{1,5}$")
-RESERVED_NAMES = frozenset({RAW_MEMORY_QUEUE})
+# Global keys by the name the Lua library knows them by.
+GLOBAL_KEYS: dict[str, str] = {
+    "QUEUE": RAW_MEMORY_QUEUE,
+    "INFLIGHT": INFLIGHT,
+    "DEAD": DEAD,
+    "READY": READY,
+    "STATUS": PROCESSOR_STATUS,
+    "VECTORSTORES": VECTORSTORES,
+}
+
+# Per-vectorstore keys: builder name -> what follows "{<vs>}:". A trailing ":" means the key takes
+# an id (`raw("9b2e…")` is "{<vs>}:raw_memory:9b2e…").
+VECTORSTORE_KEYS: dict[str, str] = {
+    "raw": "raw_memory:",
+    "session_summary": "session_summary:",
+    "session_memories": "session_memories:",
+    "session_raws": "session_raws:",
+    "dedupe": "dedupe:",
+    "daily_stats": "processing_stats:",
+    "raw_index": "raw_index",
+    "session_index": "session_index",
+    "memory_index": "memory_index",
+    "pending": "pending",
+    "inflight": "inflight",
+    "dead": "dead",
+    "config": "config",
+    "counters": "counters",
+    "cleanup": "cleanup",
+}
 
 
-def vectorstore_problem(name: str) -> str | None:
-    """Why ``name`` cannot be a vectorstore name, or None when it can."""
-    if not VECTORSTORE_NAME_RE.fullmatch(name):
-        return "vectorstore_name must match ^[A-Za-z0-9._-]{1,128}$"
-    if set(name) <= {"."}:
-        return "vectorstore_name cannot consist only of dots"
-    if name in RESERVED_NAMES:
-        return f"vectorstore_name {name!r} is reserved"
-    return None
+def tag(name: str) -> str:
+    return "{" + name + "}"
 
 
 def processing_stats(date: str) -> str:
-    return f"processing_stats:{date}"
+    return PROCESSING_STATS_PREFIX + date
 
 
 class VectorstoreKeys:
-    """The keys of one (already validated) vectorstore."""
+    """The keys of one (already validated) vectorstore: `vk.raw(id)`, `vk.pending`, ..."""
 
     __slots__ = ("name", "tag")
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.tag = "{" + name + "}"
+        self.tag = tag(name)
+
+    def _key(self, kind: str, item: str = "") -> str:
+        return f"{self.tag}:{VECTORSTORE_KEYS[kind]}{item}"
 
     @property
     def vectorset(self) -> str:
         return self.name
 
     def raw(self, raw_id: str) -> str:
-        return f"{self.tag}:raw_memory:{raw_id}"
+        return self._key("raw", raw_id)
 
     def session_summary(self, session_id: str) -> str:
-        return f"{self.tag}:session_summary:{session_id}"
+        return self._key("session_summary", session_id)
 
     def session_memories(self, session_id: str) -> str:
-        return f"{self.tag}:session_memories:{session_id}"
+        return self._key("session_memories", session_id)
 
     def session_raws(self, session_id: str) -> str:
-        return f"{self.tag}:session_raws:{session_id}"
+        return self._key("session_raws", session_id)
 
     def dedupe(self, digest: str) -> str:
-        return f"{self.tag}:dedupe:{digest}"
+        return self._key("dedupe", digest)
 
     def daily_stats(self, date: str) -> str:
-        return f"{self.tag}:processing_stats:{date}"
+        return self._key("daily_stats", date)
 
     @property
     def raw_index(self) -> str:
-        return f"{self.tag}:raw_index"
+        return self._key("raw_index")
 
     @property
     def session_index(self) -> str:
-        return f"{self.tag}:session_index"
+        return self._key("session_index")
 
     @property
     def memory_index(self) -> str:
-        return f"{self.tag}:memory_index"
+        return self._key("memory_index")
 
     @property
     def pending(self) -> str:
-        return f"{self.tag}:pending"
+        return self._key("pending")
 
     @property
     def inflight(self) -> str:
-        return f"{self.tag}:inflight"
+        return self._key("inflight")
 
     @property
     def dead(self) -> str:
-        return f"{self.tag}:dead"
+        return self._key("dead")
 
     @property
     def config(self) -> str:
-        return f"{self.tag}:config"
+        return self._key("config")
 
     @property
     def counters(self) -> str:
-        return f"{self.tag}:counters"
+        return self._key("counters")
 
     @property
     def cleanup(self) -> str:
-        """Cursors of the cleanup passes (memproc.lua `cleanup`)."""
-        return f"{self.tag}:cleanup"
+        """Cursors of the cleanup passes (the library's `cleanup`)."""
+        return self._key("cleanup")
 
 
 def memory_id(raw_id: str, position: int) -> str:
     """Memory ids derive from (raw id, position), so a retry rewrites rather than adds."""
     return f"{raw_id}-{position}"
+
+
+def _lua_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def lua_header() -> str:
+    """Lua locals for every key name: `QUEUE`, ..., and `k.raw(vs, id)`, `k.pending(vs)`, ..."""
+    lines = [f"local {name} = {_lua_string(value)}" for name, value in GLOBAL_KEYS.items()]
+    lines.append(f"local STATS_PREFIX = {_lua_string(PROCESSING_STATS_PREFIX)}")
+    lines.append("local k = {}")
+    for name, suffix in VECTORSTORE_KEYS.items():
+        if suffix.endswith(":"):
+            lines.append(
+                f"function k.{name}(vs, id) return '{{' .. vs .. {_lua_string('}:' + suffix)} .. id end"
+            )
+        else:
+            lines.append(f"function k.{name}(vs) return '{{' .. vs .. {_lua_string('}:' + suffix)} end")
+    # A raw key back to (vectorstore, id): the queue sets hold raw keys.
+    lines.append(
+        "local function split_raw(key) return string.match(key, "
+        + _lua_string("^{(.-)}:" + VECTORSTORE_KEYS["raw"].replace("-", "%-") + "(.+)$")
+        + ") end"
+    )
+    return "\n".join(lines) + "\n"

@@ -18,16 +18,16 @@ from array import array
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-import redis
-
-from memproc import __version__, keys
-from memproc import queue as q
-from memproc.connection import LIBRARY_VERSION
+from memproc import __version__
+from memproc.dal import queue as q
+from memproc.dal import reads
+from memproc.dal.connection import Store, StoreError
+from memproc.dal.functions import LIBRARY_VERSION
 from memproc.llm import Extraction, LLMError, LLMProvider, Usage
 from memproc.settings import Settings
+from memproc.timeutil import session_time
 
 log = logging.getLogger("memproc.processor")
 
@@ -87,19 +87,6 @@ class DrainReport:
         self.tokens_out += o.usage.tokens_out
 
 
-def session_timestamp(metadata: dict[str, Any], created_at: float) -> datetime:
-    """When the conversation happened: metadata's timestamp if it parses, else when it was stored."""
-    for name in ("session_timestamp", "timestamp", "session_date"):
-        value = metadata.get(name)
-        if isinstance(value, str):
-            try:
-                ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
-                return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
-            except ValueError:
-                continue
-    return datetime.fromtimestamp(created_at, UTC)
-
-
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -114,20 +101,10 @@ def _fp32(vector: list[float]) -> bytes:
 class Processor:
     """Processes claimed items; thread-safe, so one instance serves a worker pool."""
 
-    def __init__(self, r: redis.Redis, rb: redis.Redis, settings: Settings, provider: LLMProvider) -> None:
-        self.r = r
-        self.rb = rb
+    def __init__(self, store: Store, settings: Settings, provider: LLMProvider) -> None:
+        self.store = store
         self.settings = settings
         self.provider = provider
-
-    def _load(self, item: q.Claim) -> tuple[dict[str, bytes | None], dict[str, Any] | None]:
-        vk = keys.VectorstoreKeys(item.vectorstore)
-        fields = ("session_data", "session_data_encoding", "created_at", "metadata")
-        pipe = self.rb.pipeline(transaction=False)
-        pipe.hmget(vk.raw(item.raw_id), fields)
-        pipe.get(vk.session_summary(item.session_id))
-        values, summary = pipe.execute()
-        return dict(zip(fields, values, strict=True)), json.loads(summary) if summary else None
 
     def process(self, item: q.Claim) -> Outcome:
         started = time.monotonic()
@@ -135,7 +112,7 @@ class Processor:
             outcome = self._process(item, started)
         except LLMError as exc:
             result, _ = q.fail(
-                self.r,
+                self.store,
                 self.settings,
                 item,
                 f"{type(exc).__name__}: {exc}",
@@ -147,30 +124,27 @@ class Processor:
             log.exception("processing %s/%s failed", item.vectorstore, item.raw_id)
             try:
                 result, _ = q.fail(
-                    self.r, self.settings, item, f"{type(exc).__name__}: {exc}", retryable=True
+                    self.store, self.settings, item, f"{type(exc).__name__}: {exc}", retryable=True
                 )
-            except redis.RedisError:
+            except StoreError:
                 result = "stale"  # the lease will expire and the reaper re-queues the item
             outcome = Outcome(item, result, error=str(exc))
         outcome.seconds = time.monotonic() - started
         return outcome
 
     def _process(self, item: q.Claim, started: float) -> Outcome:
-        raw, summary = self._load(item)
-        if raw["session_data"] is None:
+        loaded = reads.processing_input(self.store, item.vectorstore, item.raw_id, item.session_id)
+        if loaded.transcript is None:
             return Outcome(item, "stale")  # erased while we held it; nothing to write
-        transcript = q.decode_transcript(raw["session_data"], (raw["session_data_encoding"] or b"").decode())
-        metadata = json.loads(raw["metadata"] or b"{}")
-        when = session_timestamp(
-            metadata if isinstance(metadata, dict) else {}, float(raw["created_at"] or 0)
-        )
+        transcript, summary = loaded.transcript, loaded.summary
+        when = session_time(loaded.metadata, loaded.created_at)
 
         # A re-posted, longer version of a processed session: extract only the new suffix.
         mode, previous, text = "full", None, transcript
-        if summary and summary.get("processed_length"):
-            done = int(summary["processed_length"])
-            if done <= len(transcript) and _sha256(transcript[:done]) == summary.get("processed_sha256"):
-                mode, previous, text = "delta", summary.get("summary"), transcript[done:]
+        if summary and summary.processed_length:
+            done = summary.processed_length
+            if done <= len(transcript) and _sha256(transcript[:done]) == summary.processed_sha256:
+                mode, previous, text = "delta", summary.summary, transcript[done:]
         _crash_point("after_claim")
 
         if text.strip():
@@ -205,11 +179,11 @@ class Processor:
         blobs = [_fp32(v) for v in vectors]
         if CRASH_AT == "mid_commit":
             self._send_commit_and_die(item, payload, blobs)
-        result = q.commit(self.r, item, payload, blobs)
+        result = q.commit(self.store, item, payload, blobs)
         _crash_point("after_commit")
         if result.outcome == "mismatch":
             failed, _ = q.fail(
-                self.r,
+                self.store,
                 self.settings,
                 item,
                 f"embedding mismatch: this processor embeds with {self.provider.embedding_model!r} "
@@ -223,7 +197,7 @@ class Processor:
 
     def _send_commit_and_die(self, item: q.Claim, payload: dict[str, Any], blobs: list[bytes]) -> None:
         """Test hook: the commit leaves this process, then the process dies before the reply."""
-        conn = self.r.connection_pool.get_connection()
+        conn = self.store.r.connection_pool.get_connection()
         fn = f"commit_{LIBRARY_VERSION}"
         conn.send_command(
             "FCALL",
@@ -252,7 +226,7 @@ class Processor:
         batch_size = batch_size or self.settings.batch_size
         report = DrainReport()
         started = time.monotonic()
-        q.heartbeat(self.r, self.settings, __version__, starting=True)
+        q.heartbeat(self.store, self.settings, __version__, starting=True)
         running: set[Future[Outcome]] = set()
         mean_seconds = 0.0
 
@@ -279,7 +253,7 @@ class Processor:
                     want = min(free, batch_size)
                     if max_items is not None:
                         want = min(want, max_items - report.handled - len(running))
-                    batch = q.claim(self.r, self.settings, want)
+                    batch = q.claim(self.store, self.settings, want)
                     report.reaped += batch.reaped
                     running.update(pool.submit(self.process, item) for item in batch.items)
                     empty_at = report.handled if len(batch.items) < want else None
@@ -299,14 +273,14 @@ class Processor:
         report.seconds = time.monotonic() - started
         # A drain of 50+ sessions replaces the measured rate; smaller ones nudge it.
         q.heartbeat(
-            self.r, self.settings, __version__, rate=report.rate, weight=min(1.0, report.processed / 50)
+            self.store, self.settings, __version__, rate=report.rate, weight=min(1.0, report.processed / 50)
         )
         return report
 
 
 def build_processor(settings: Settings) -> Processor:
     """The processor with this process's Redis clients and the configured LLM provider."""
-    from memproc.connection import get_binary_redis, get_redis
+    from memproc.dal.connection import get_store
     from memproc.llm import make_provider
 
-    return Processor(get_redis(settings), get_binary_redis(settings), settings, make_provider(settings))
+    return Processor(get_store(settings), settings, make_provider(settings))

@@ -1,10 +1,197 @@
-"""Stored record shapes and the domain's vocabulary: what memproc keeps in Redis, as data."""
+"""Stored record shapes and the domain's vocabulary: what memproc keeps in Redis, as data.
+
+Redis hands back strings (hash fields) and JSON written by Lua's cjson (which writes an empty list
+as ``{}``); these models read both leniently, so a record that an older version wrote, or one
+half-erased under our feet, still maps to something the API can show instead of failing a read.
+"""
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+import json
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 RawStatus = Literal["queued", "processing", "processed", "error"]
 
 MemoryType = Literal["fact", "preference", "insight", "event", "goal", "relationship"]
 MEMORY_TYPES: tuple[str, ...] = get_args(MemoryType)
+
+# The raw hash fields a record is read with (never the transcript, which may be large).
+RAW_FIELDS = (
+    "raw_memory_id",
+    "session_id",
+    "status",
+    "created_at",
+    "session_length",
+    "metadata",
+    "processing_attempts",
+    "last_error",
+    "next_attempt_at",
+    "processed_at",
+    "dead_at",
+    "redrive_count",
+    "memories_created",
+    "memories_merged",
+    "memory_ids",
+    "tokens_in",
+    "tokens_out",
+    "processing_ms",
+    "extraction_mode",
+)
+TRANSCRIPT_FIELDS = ("session_data", "session_data_encoding")
+
+
+def _text(v: Any) -> Any:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _blank_none(v: Any) -> Any:
+    v = _text(v)
+    return None if v == "" else v
+
+
+def _number_or_none(v: Any) -> Any:
+    v = _blank_none(v)
+    try:
+        return None if v is None else float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _json_value(v: Any) -> Any:
+    v = _blank_none(v)
+    if isinstance(v, str):
+        try:
+            return json.loads(v)
+        except ValueError:
+            return None
+    return v
+
+
+def _string_list(v: Any) -> list[str]:
+    """A JSON list of strings as stored; cjson writes an empty list as {} and anything else is []."""
+    v = _json_value(v)
+    return [str(x) for x in v] if isinstance(v, list) else []
+
+
+def _optional_string_list(v: Any) -> list[str] | None:
+    """Absent stays None (not processed yet); present is read as `_string_list`."""
+    return None if _blank_none(v) is None else _string_list(v)
+
+
+def _json_object(v: Any) -> dict[str, Any] | None:
+    v = _json_value(v)
+    return v if isinstance(v, dict) else None
+
+
+def _int_or_none(v: Any) -> int | None:
+    number = _number_or_none(v)
+    return None if number is None else int(number)
+
+
+def _int_or_zero(v: Any) -> int:
+    return _int_or_none(v) or 0
+
+
+def _expiry(v: Any) -> int | None:
+    """EXPIRETIME's answer: -1 (no expiry) and -2 (no key) are not times."""
+    return v if isinstance(v, int) and v > 0 else None
+
+
+Text = Annotated[str | None, BeforeValidator(_blank_none)]
+Epoch = Annotated[float | None, BeforeValidator(_number_or_none)]
+Count = Annotated[int, BeforeValidator(_int_or_zero)]
+OptionalCount = Annotated[int | None, BeforeValidator(_int_or_none)]
+StringList = Annotated[list[str], BeforeValidator(_string_list)]
+OptionalStringList = Annotated[list[str] | None, BeforeValidator(_optional_string_list)]
+JsonObject = Annotated[dict[str, Any] | None, BeforeValidator(_json_object)]
+
+
+class RawRecord(BaseModel):
+    """One submission's hash `{vs}:raw_memory:<id>`, without its transcript."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    raw_memory_id: str
+    session_id: Text = None
+    status: RawStatus
+    created_at: Epoch = None
+    session_length: Count = 0
+    metadata: JsonObject = None
+    processing_attempts: Count = 0
+    last_error: Text = None
+    next_attempt_at: Epoch = None
+    processed_at: Epoch = None
+    dead_at: Epoch = None
+    redrive_count: Count = 0
+    memories_created: OptionalCount = None
+    memories_merged: OptionalCount = None
+    memory_ids: OptionalStringList = None
+    tokens_in: OptionalCount = None
+    tokens_out: OptionalCount = None
+    processing_ms: OptionalCount = None
+    extraction_mode: Text = None
+    # Not a hash field: the key's EXPIRETIME (None: no expiry).
+    expires_at: Epoch = None
+
+    @classmethod
+    def from_hash(cls, raw_id: str, values: list[Any], expires: Any = None) -> RawRecord | None:
+        """From an HMGET of RAW_FIELDS; None when the record is gone (no status)."""
+        h = {name: _text(v) for name, v in zip(RAW_FIELDS, values, strict=True)}
+        if not h["status"]:
+            return None
+        h["raw_memory_id"] = raw_id
+        return cls.model_validate({**h, "expires_at": _expiry(expires)})
+
+
+class SummaryRecord(BaseModel):
+    """A session's summary `{vs}:session_summary:<session_id>` (JSON written by the commit)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    session_id: str
+    summary: Text = None
+    topics: StringList = Field(default_factory=list)
+    memory_ids: StringList = Field(default_factory=list)
+    memory_count: Count = 0
+    raw_memory_ids: StringList = Field(default_factory=list)
+    created_at: Epoch = None
+    updated_at: Epoch = None
+    processed_length: OptionalCount = None
+    processed_sha256: Text = None
+    tokens_in: Count = 0
+    tokens_out: Count = 0
+    expires_at: Epoch = None
+
+    @classmethod
+    def from_json(cls, session_id: str, text: Any, expires: Any = None) -> SummaryRecord | None:
+        data = _json_object(text)
+        if data is None:
+            return None
+        return cls.model_validate({**data, "session_id": session_id, "expires_at": _expiry(expires)})
+
+
+class MemoryRecord(BaseModel):
+    """One discrete memory as the memory index stores it (vector-set attributes)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    memory_id: str
+    text: Annotated[str, BeforeValidator(lambda v: str(_text(v) or ""))] = ""
+    memory_type: Text = None
+    confidence: Epoch = None
+    tags: StringList = Field(default_factory=list)
+    session_id: Text = None
+    raw_memory_id: Text = None
+    source_sessions: StringList = Field(default_factory=list)
+    source_raw_ids: StringList = Field(default_factory=list)
+    merge_count: Count = 0
+    created_at: Epoch = None
+    updated_at: Epoch = None
+
+    @classmethod
+    def from_attrs(cls, memory_id: str, text: Any) -> MemoryRecord | None:
+        """From the stored JSON attributes; None when the memory is gone."""
+        data = _json_object(text)
+        return None if data is None else cls.model_validate({**data, "memory_id": memory_id})

@@ -1,6 +1,6 @@
 """Retention cleanup and erasure: the data lifecycle of the memory hierarchy.
 
-Every change is one call of the Lua library, so each step is atomic with respect to the queue
+Every change is one call of the function library, so each step is atomic with respect to the queue
 protocol: cleanup only ever deletes processed raw memories and index entries whose record is gone
 (queued, in-flight and dead items are never touched, only put back where they belong), and an
 erasure that races a processor fences it out (its `commit` finds the raw hash gone and writes
@@ -10,18 +10,15 @@ scheduled run walks `memproc:vectorstores`, each vectorstore walks its own index
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any
 
-import redis
-
-from memproc import keys
-from memproc.connection import fcall
-from memproc.errors import InvalidInput, NotFound
-from memproc.models import (
-    CleanupQuery,
+from memproc.dal import lifecycle
+from memproc.dal.connection import Store
+from memproc.errors import NotFound
+from memproc.schemas.requests import CleanupQuery
+from memproc.schemas.responses import (
     CleanupReceipt,
     ErasureCounts,
     ErasureReceipt,
@@ -29,13 +26,10 @@ from memproc.models import (
     ScheduledCleanupReport,
     TrimCounts,
 )
-from memproc.queue import iso, require_session_id, require_vectorstore
 from memproc.settings import Settings
-from memproc.store import json_list
+from memproc.timeutil import iso
+from memproc.validation import require_memory_id, require_session_id, require_vectorstore, vectorstore_problem
 
-# The scheduled run's place in memproc:vectorstores (a score), so a run cut short by its time
-# budget resumes where it stopped instead of starting over.
-SCHEDULE_STATE = "memproc:cleanup"
 SCHEDULE_BATCH = 100
 # Stop starting new calls when less than this remains of the invocation.
 TIME_MARGIN_SECONDS = 30.0
@@ -46,24 +40,24 @@ ERASE_BATCH = 500
 ERASE_BUDGET_SECONDS = 20.0
 
 
-def cleanup(r: redis.Redis, settings: Settings, vectorstore: str, q: CleanupQuery) -> CleanupReceipt:
+def cleanup(store: Store, settings: Settings, vectorstore: str, q: CleanupQuery) -> CleanupReceipt:
     """One bounded cleanup step for one vectorstore (one Lua call; see `cleanup` in memproc.lua).
 
     Deletes processed raw memories created before now - retention_days, trims index entries whose
     record is gone and reconciles records the queue lost. `complete` is false while older entries
     remain beyond this call's `limit`.
     """
-    return _cleanup(r, settings, vectorstore, q)[0]
+    return _cleanup(store, settings, vectorstore, q)[0]
 
 
 def _cleanup(
-    r: redis.Redis, settings: Settings, vectorstore: str, q: CleanupQuery
+    store: Store, settings: Settings, vectorstore: str, q: CleanupQuery
 ) -> tuple[CleanupReceipt, set[str]]:
     """The receipt, and which of the Lua passes reached the end of their index in this call."""
     require_vectorstore(vectorstore)
     days = q.retention_days or settings.raw_retention_days
-    res = json.loads(fcall(r, "cleanup", [], [vectorstore, days * 86_400, q.limit, 1 if q.dry_run else 0]))
-    deleted = [str(x) for x in json_list(res["deleted"])]
+    res = lifecycle.cleanup(store, vectorstore, days * 86_400, q.limit, q.dry_run)
+    deleted = [str(x) for x in res["deleted"]] if isinstance(res["deleted"], list) else []
     trimmed = {k: int(v) for k, v in res["trimmed"].items()}
     repaired = {k: int(v) for k, v in res["reconciled"].items()}
     receipt = CleanupReceipt(
@@ -83,7 +77,7 @@ def _cleanup(
 
 
 def _cleanup_vectorstore(
-    r: redis.Redis,
+    store: Store,
     settings: Settings,
     vectorstore: str,
     q: CleanupQuery,
@@ -95,7 +89,7 @@ def _cleanup_vectorstore(
     short; True when it finished."""
     pending = {"retention", "reconcile", "sessions", "memories"}
     while time_left() > TIME_MARGIN_SECONDS:
-        receipt, done = _cleanup(r, settings, vectorstore, q)
+        receipt, done = _cleanup(store, settings, vectorstore, q)
         report.calls += 1
         report.deleted_raw_memories += receipt.deleted_count
         report.trimmed_index_entries += receipt.trimmed_index_entries.total
@@ -106,24 +100,8 @@ def _cleanup_vectorstore(
     return False
 
 
-def _vectorstores_after(r: redis.Redis, cursor: str | None) -> list[tuple[str, float]]:
-    """The next batch of memproc:vectorstores by score (the time each last received a session).
-    A vectorstore that receives a session moves behind the cursor and is visited again: every
-    vectorstore is visited at least once per cycle."""
-    rows: list[tuple[Any, Any]] = r.zrange(  # type: ignore[assignment]
-        keys.VECTORSTORES,
-        f"({cursor}" if cursor else "-inf",
-        "+inf",
-        byscore=True,
-        offset=0,
-        num=SCHEDULE_BATCH,
-        withscores=True,
-    )
-    return [(str(name), float(score)) for name, score in rows]
-
-
 def run_scheduled(
-    r: redis.Redis,
+    store: Store,
     settings: Settings,
     *,
     remaining_seconds: Callable[[], float] | None = None,
@@ -131,7 +109,9 @@ def run_scheduled(
     limit: int = 1000,
 ) -> ScheduledCleanupReport:
     """The retention schedule: every vectorstore in `memproc:vectorstores`, in batches, resuming
-    from the position the last (time-limited) run reached."""
+    from the position the last (time-limited) run reached. A vectorstore that receives a session
+    moves behind the cursor and is visited again: every vectorstore is visited at least once per
+    cycle."""
     started = time.monotonic()
     time_left = remaining_seconds or (lambda: float("inf"))
     # Built without validation: the API's bounds guard request input, not the configured retention.
@@ -146,25 +126,24 @@ def run_scheduled(
         cycle_complete=False,
         seconds=0.0,
     )
-    saved = None if dry_run else r.hget(SCHEDULE_STATE, "vectorstore_score")
-    cursor: str | None = str(saved) if saved else None
+    cursor = None if dry_run else lifecycle.schedule_cursor(store)
     out_of_time = False
     while not out_of_time and time_left() > TIME_MARGIN_SECONDS:
-        batch = _vectorstores_after(r, cursor)
+        batch = lifecycle.vectorstores_after(store, cursor, SCHEDULE_BATCH)
         for name, score in batch:
             # A name memproc would refuse was never written by it: not ours to touch.
-            if not keys.vectorstore_problem(name):
-                if not _cleanup_vectorstore(r, settings, name, q, time_left, report):
+            if not vectorstore_problem(name):
+                if not _cleanup_vectorstore(store, settings, name, q, time_left, report):
                     out_of_time = True  # the next run resumes with this vectorstore
                     break
                 report.vectorstores += 1
             cursor = repr(score)
             if not dry_run:
-                r.hset(SCHEDULE_STATE, "vectorstore_score", cursor)
+                lifecycle.save_schedule_cursor(store, cursor)
         if not out_of_time and len(batch) < SCHEDULE_BATCH:
             report.cycle_complete = True
             if not dry_run:
-                r.hdel(SCHEDULE_STATE, "vectorstore_score")
+                lifecycle.save_schedule_cursor(store, None)
             break
     report.seconds = round(time.monotonic() - started, 3)
     return report
@@ -173,34 +152,33 @@ def run_scheduled(
 # -- erasure -------------------------------------------------------------------------------------
 
 
-def _counts(payload: str) -> dict[str, Any]:
-    return {k: v for k, v in json.loads(payload).items() if k in ErasureCounts.model_fields}
+def _counts(receipt: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in receipt.items() if k in ErasureCounts.model_fields}
 
 
-def erase_memory(r: redis.Redis, vectorstore: str, memory_id: str) -> ErasureReceipt:
+def erase_memory(store: Store, vectorstore: str, memory_id: str) -> ErasureReceipt:
     """Remove one memory and every reference to it (session sets and summaries, raw records)."""
     require_vectorstore(vectorstore)
-    if not keys.MEMORY_ID_RE.fullmatch(memory_id):
-        raise InvalidInput("memory_id must look like <32 hex>-<position>", code="invalid_memory_id")
-    res = fcall(r, "erase_memory", [], [vectorstore, memory_id])
-    if res[0] == "not_found":
+    require_memory_id(memory_id)
+    res = lifecycle.erase_memory(store, vectorstore, memory_id)
+    if res is None:
         raise NotFound(f"no memory {memory_id!r} in vectorstore {vectorstore!r}", code="memory_not_found")
     return ErasureReceipt(
         vectorstore_name=vectorstore,
         erased="memory",
         id=memory_id,
-        removed=ErasureCounts(memories=1, references_updated=int(res[1]) + int(res[2])),
+        removed=ErasureCounts(memories=1, references_updated=res[0] + res[1]),
     )
 
 
-def erase_session(r: redis.Redis, vectorstore: str, session_id: str) -> ErasureReceipt:
+def erase_session(store: Store, vectorstore: str, session_id: str) -> ErasureReceipt:
     """Remove a session: its raw memories wherever they are in the queue, summary, memory set,
     index entries, dedupe keys and the memories only it produced; shared memories lose it as a
     source. One atomic call."""
     require_vectorstore(vectorstore)
     require_session_id(session_id)
-    res = fcall(r, "erase_session", [], [vectorstore, session_id])
-    if res == "not_found":
+    res = lifecycle.erase_session(store, vectorstore, session_id)
+    if res is None:
         raise NotFound(f"no session {session_id!r} in vectorstore {vectorstore!r}", code="session_not_found")
     return ErasureReceipt(
         vectorstore_name=vectorstore, erased="session", id=session_id, removed=ErasureCounts(**_counts(res))
@@ -208,7 +186,7 @@ def erase_session(r: redis.Redis, vectorstore: str, session_id: str) -> ErasureR
 
 
 def erase_vectorstore(
-    r: redis.Redis,
+    store: Store,
     vectorstore: str,
     *,
     batch: int = ERASE_BATCH,
@@ -225,8 +203,8 @@ def erase_vectorstore(
     total = ErasureCounts()
     first = True
     while True:
-        res = fcall(r, "erase_vectorstore", [], [vectorstore, batch, STATS_DAYS])
-        if res == "not_found":
+        res = lifecycle.erase_vectorstore_step(store, vectorstore, batch, STATS_DAYS)
+        if res is None:
             if first:
                 raise NotFound(f"no vectorstore {vectorstore!r}", code="vectorstore_not_found")
             complete = True  # finished meanwhile by a concurrent erasure
@@ -234,7 +212,7 @@ def erase_vectorstore(
         first = False
         for k, v in _counts(res).items():
             setattr(total, k, getattr(total, k) + int(v))
-        complete = bool(json.loads(res)["complete"])
+        complete = bool(res["complete"])
         if complete or time.monotonic() > deadline:
             break
     return ErasureReceipt(

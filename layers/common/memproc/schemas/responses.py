@@ -1,33 +1,16 @@
-"""Pydantic models at every boundary: API requests and responses, stored records."""
+"""What clients get back: every route's response body, and the one error shape.
+
+Field names and types of the product specification's responses are kept exactly; more may be added.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, Field
 
-from memproc.keys import SESSION_ID_RE
-
-RawStatus = Literal["queued", "processing", "processed", "error"]
-
-
-class StoreRawRequest(BaseModel):
-    """Body of POST /store_raw: one complete chat session."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    session_data: StrictStr = Field(min_length=1, description="The complete chat transcript")
-    session_id: StrictStr | None = Field(None, description="Generated when absent")
-    metadata: dict[str, Any] | None = Field(None, description="Free-form JSON object, at most 16 KiB")
-
-    @field_validator("session_data")
-    @classmethod
-    def _not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("session_data must not be blank")
-        return v
+from memproc.records import RawStatus
+from memproc.schemas.requests import HierarchyLevel
 
 
 class StoreRawResponse(BaseModel):
@@ -72,29 +55,6 @@ class ProcessingStatus(BaseModel):
     vectorstore: VectorstoreQueue
 
 
-class RawMemoryStatus(BaseModel):
-    """One submission's state, without its transcript."""
-
-    success: bool = True
-    raw_memory_id: str
-    vectorstore_name: str
-    session_id: str
-    status: RawStatus
-    created_at: str
-    processing_attempts: int
-    last_error: str | None = None
-    next_attempt_at: str | None = None
-    processed_at: str | None = None
-    session_length: int
-    metadata: dict[str, Any] | None = None
-    memories_created: int | None = None
-    memories_merged: int | None = None
-    memory_ids: list[str] | None = None
-    tokens_in: int | None = None
-    tokens_out: int | None = None
-    expires_at: str | None = None
-
-
 class ErrorBody(BaseModel):
     code: str
     message: str
@@ -104,136 +64,6 @@ class ErrorBody(BaseModel):
 class ErrorResponse(BaseModel):
     success: Literal[False] = False
     error: ErrorBody
-
-
-# ---------------------------------------------------------------------------------------------
-# Retrieval, retention and erasure
-# ---------------------------------------------------------------------------------------------
-
-HierarchyLevel = Literal["discrete", "summary", "raw", "all"]
-
-
-def parse_instant(value: Any, *, end_of_day: bool = False) -> datetime:
-    """ISO 8601 (with or without zone; naive means UTC) to an aware UTC datetime.
-
-    A bare date is the whole day: midnight for a start, the last instant of the day for an end,
-    so ``end_date=2026-03-10`` includes the 10th.
-    """
-    if not isinstance(value, str) or not value.strip():
-        raise PydanticCustomError("invalid_date", "must be an ISO 8601 date or date-time")
-    text = value.strip()
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise PydanticCustomError(
-            "invalid_date",
-            "{value!r} is not an ISO 8601 date or date-time (e.g. 2026-03-10T12:00:00Z)",
-            {"value": text[:64]},
-        ) from None
-    if end_of_day and len(text) <= 10 and "T" not in text:
-        moment = moment + timedelta(days=1) - timedelta(microseconds=1)
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-def _check_session_id(value: str | None) -> str | None:
-    if value is not None and not SESSION_ID_RE.fullmatch(value):
-        raise PydanticCustomError("invalid_session_id", "session_id must match ^[A-Za-z0-9._:@+=-]{1,256}$")
-    return value
-
-
-class QueryParams(BaseModel):
-    """Query-string parameters: unknown names are refused, so a typo cannot widen a query."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DateRange(QueryParams):
-    start_date: datetime | None = Field(None, description="ISO 8601; naive means UTC")
-    end_date: datetime | None = Field(None, description="ISO 8601; a bare date includes the whole day")
-
-    @field_validator("start_date", mode="before")
-    @classmethod
-    def _start(cls, v: Any) -> datetime | None:
-        return None if v is None else parse_instant(v)
-
-    @field_validator("end_date", mode="before")
-    @classmethod
-    def _end(cls, v: Any) -> datetime | None:
-        return None if v is None else parse_instant(v, end_of_day=True)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> DateRange:
-        if self.start_date and self.end_date and self.start_date > self.end_date:
-            raise PydanticCustomError("invalid_date_range", "start_date must not be after end_date")
-        return self
-
-    @property
-    def min_score(self) -> float | None:
-        return self.start_date.timestamp() if self.start_date else None
-
-    @property
-    def max_score(self) -> float | None:
-        return self.end_date.timestamp() if self.end_date else None
-
-
-class HierarchyQuery(DateRange):
-    session_id: str | None = None
-    memory_type: HierarchyLevel = "all"
-    limit: int = Field(50, ge=1, le=1000, description="Items per group")
-    cursor: str | None = Field(
-        None, min_length=1, max_length=4096, description="next_cursor of a previous page"
-    )
-
-    _session = field_validator("session_id")(_check_session_id)
-
-
-class SessionQuery(QueryParams):
-    include_transcript: bool = False
-
-
-class NoParams(QueryParams):
-    """Routes that take no query parameters."""
-
-
-class SearchQuery(DateRange):
-    q: str = Field(min_length=1, max_length=2000, description="Text to search for")
-    k: int = Field(10, ge=1, le=100, description="Number of results")
-    session_id: str | None = None
-    memory_type: str | None = Field(
-        None, description="fact, preference, insight, event, goal or relationship"
-    )
-
-    _session = field_validator("session_id")(_check_session_id)
-
-    @field_validator("q")
-    @classmethod
-    def _not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise PydanticCustomError("invalid_q", "q must not be blank")
-        return v
-
-    @field_validator("memory_type")
-    @classmethod
-    def _known_type(cls, v: str | None) -> str | None:
-        from memproc.llm import MEMORY_TYPES  # pure-python module; imported only when searching
-
-        if v is not None and v not in MEMORY_TYPES:
-            raise PydanticCustomError(
-                "invalid_memory_type",
-                "memory_type must be one of: {types}",
-                {"types": ", ".join(MEMORY_TYPES)},
-            )
-        return v
-
-
-class CleanupQuery(QueryParams):
-    retention_days: int | None = Field(None, ge=1, le=3650, description="Default: RAW_RETENTION_DAYS")
-    dry_run: bool = False
-    limit: int = Field(1000, ge=1, le=10_000, description="Index entries examined per pass")
-
-
-class DeadLettersQuery(QueryParams):
-    limit: int = Field(50, ge=1, le=1000)
 
 
 class DiscreteMemory(BaseModel):
@@ -267,7 +97,7 @@ class SessionSummary(BaseModel):
     expires_at: str | None = None
 
 
-class RawMemoryInfo(BaseModel):
+class RawMemory(BaseModel):
     """A raw submission's metadata, length and processing state; never its transcript."""
 
     raw_memory_id: str
@@ -292,7 +122,14 @@ class RawMemoryInfo(BaseModel):
     expires_at: str | None = None
 
 
-class SessionRawMemory(RawMemoryInfo):
+class RawMemoryResponse(RawMemory):
+    """GET raw/{raw_memory_id}: one submission's state, without its transcript."""
+
+    success: bool = True
+    vectorstore_name: str
+
+
+class SessionRawMemory(RawMemory):
     session_data: str | None = Field(None, description="The transcript; only with include_transcript=true")
 
 
@@ -316,7 +153,7 @@ class HierarchyResponse(BaseModel):
     filters: HierarchyFilters
     discrete_memories: list[DiscreteMemory]
     session_summaries: list[SessionSummary]
-    raw_memories: list[RawMemoryInfo]
+    raw_memories: list[RawMemory]
     total_count: int = Field(description="Items in this page (all groups)")
     counts: HierarchyCounts = Field(description="Items in this page per group")
     next_cursor: str | None = Field(description="Pass as cursor for the next page; null when done")
@@ -503,7 +340,7 @@ class DeadLettersResponse(BaseModel):
     success: bool = True
     vectorstore_name: str
     total: int
-    dead_letters: list[RawMemoryInfo]
+    dead_letters: list[RawMemory]
 
 
 class RetryResponse(BaseModel):

@@ -1,0 +1,229 @@
+"""The queue protocol's calls: enqueue, claim, commit, fail, redrive, heartbeat and status.
+
+Each is one call of the function library, so each is atomic and costs one round trip; all times
+are Redis server time.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from memproc.dal.connection import Store
+from memproc.dal.functions import fcall
+from memproc.keys import VectorstoreKeys
+from memproc.settings import Settings
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One store_raw, ready for the queue: ids, the encoded transcript and its dedupe digest."""
+
+    vectorstore: str
+    raw_id: str
+    session_id: str
+    data: bytes
+    encoding: str
+    metadata_json: str
+    digest: str
+    length: int
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """What `enqueue` answers: the outcome and what the time estimate needs."""
+
+    outcome: str  # queued | duplicate | queue_full | vectorstore_full
+    raw_id: str
+    created_at: str
+    pending_rank: int  # 1-based position among the vectorstore's pending items (0: not waiting)
+    queue_size: int
+    status: str
+    active_vectorstores: int
+    rate: str  # the processor's measured sessions/s ('' before the first measurement)
+    idle: str  # seconds since the last heartbeat ('' before the first)
+    interval: str  # the processor's schedule interval ('' before the first heartbeat)
+
+
+def enqueue(store: Store, settings: Settings, s: Submission) -> Enqueued:
+    """Dedupe, admission check, raw hash, queue entries, indexes and position: one round trip."""
+    vk = VectorstoreKeys(s.vectorstore)
+    outcome, raw_id, created, rank, queue_size, rate, status, active, idle, interval = fcall(
+        store.r,
+        "enqueue",
+        [vk.raw(s.raw_id), vk.dedupe(s.digest)],
+        [
+            s.vectorstore,
+            s.raw_id,
+            s.session_id,
+            s.data,
+            s.encoding,
+            s.metadata_json,
+            settings.max_queue_size,
+            settings.max_pending_per_vectorstore,
+            s.digest,
+            s.length,
+        ],
+    )
+    return Enqueued(
+        outcome, raw_id, created, int(rank), int(queue_size), status, int(active), rate, idle, interval
+    )
+
+
+@dataclass(frozen=True)
+class Claim:
+    vectorstore: str
+    raw_id: str
+    token: str
+    session_id: str
+
+    @property
+    def attempt(self) -> int:
+        return int(self.token)
+
+
+@dataclass(frozen=True)
+class ClaimBatch:
+    items: list[Claim]
+    reaped: int
+    buried: int
+
+
+def claim(store: Store, settings: Settings, limit: int, reap_limit: int = 100) -> ClaimBatch:
+    items, reaped, buried = fcall(
+        store.r, "claim", [], [limit, settings.lease_seconds, settings.max_attempts, reap_limit]
+    )
+    return ClaimBatch(
+        [Claim(_s(vs), _s(rid), _s(tok), _s(sid)) for vs, rid, tok, sid in items], int(reaped), int(buried)
+    )
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    outcome: str  # ok | stale | mismatch
+    created: int = 0
+    merged: int = 0
+    memory_ids: tuple[str, ...] = ()
+    detail: str = ""
+
+
+def commit(store: Store, item: Claim, payload: dict[str, Any], vectors: list[bytes]) -> CommitResult:
+    """Write everything a processed item produced and ack it, only if `item.token` still owns it."""
+    res = fcall(
+        store.r,
+        "commit",
+        [],
+        [item.vectorstore, item.raw_id, item.token, json.dumps(payload, ensure_ascii=False), *vectors],
+    )
+    outcome = _s(res[0])
+    if outcome == "ok":
+        return CommitResult("ok", int(res[1]), int(res[2]), tuple(_s(m) for m in res[3]))
+    if outcome == "mismatch":
+        return CommitResult(
+            "mismatch",
+            detail=f"vectorstore uses embedding model {_s(res[1])!r} with {_s(res[2])} dimensions",
+        )
+    return CommitResult(outcome)
+
+
+def fail(
+    store: Store,
+    settings: Settings,
+    item: Claim,
+    error: str,
+    *,
+    retryable: bool,
+    min_delay: float = 0.0,
+) -> tuple[str, float]:
+    """Back to the queue with exponential backoff and jitter, or into the dead set."""
+    res = fcall(
+        store.r,
+        "fail",
+        [],
+        [
+            item.vectorstore,
+            item.raw_id,
+            item.token,
+            error[:2000],
+            1 if retryable else 0,
+            settings.max_attempts,
+            settings.retry_base_seconds,
+            settings.retry_max_seconds,
+            random.random(),
+            min_delay,
+        ],
+    )
+    return _s(res[0]), float(res[1]) if len(res) > 1 else 0.0
+
+
+def redrive(store: Store, vectorstore: str, raw_id: str) -> tuple[str, str]:
+    """A dead item back to the queue with a fresh attempt budget: ('queued', pending count), or
+    ('not_dead', its status; '' when there is no such record)."""
+    outcome, detail = fcall(store.r, "redrive", [], [vectorstore, raw_id])
+    return _s(outcome), _s(detail)
+
+
+def heartbeat(
+    store: Store,
+    settings: Settings,
+    version: str,
+    *,
+    rate: float | None = None,
+    weight: float = 1.0,
+    starting: bool = False,
+) -> None:
+    """Stamp background_processor:status; a measured rate is blended in with `weight`."""
+    fcall(
+        store.r,
+        "heartbeat",
+        [],
+        [
+            settings.processing_interval_seconds,
+            version,
+            f"{rate:.4f}" if rate is not None else "",
+            f"{weight:.4f}",
+            "1" if starting else "",
+        ],
+    )
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """The queue as processing_status shows it, read at one server time."""
+
+    now: float
+    queue_size: int
+    processor: dict[str, str]  # background_processor:status
+    processed_today: int
+    last_processed_at: str
+    pending: int
+    in_flight: int
+    dead: int
+    oldest_pending: float | None
+    all_in_flight: int
+    all_dead: int
+
+
+def status(store: Store, vectorstore: str) -> QueueStatus:
+    (now, queue_size, flat, today, last, pending, inflight, dead, oldest, all_inflight, all_dead) = fcall(
+        store.r, "status", [], [vectorstore], readonly=True
+    )
+    return QueueStatus(
+        now=float(now),
+        queue_size=int(queue_size),
+        processor=dict(zip(flat[::2], flat[1::2], strict=True)),
+        processed_today=int(today),
+        last_processed_at=last,
+        pending=int(pending),
+        in_flight=int(inflight),
+        dead=int(dead),
+        oldest_pending=float(oldest) if oldest else None,
+        all_in_flight=int(all_inflight),
+        all_dead=int(all_dead),
+    )

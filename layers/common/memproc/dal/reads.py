@@ -1,0 +1,239 @@
+"""Reads of the memory hierarchy, each a constant number of pipelined round trips.
+
+Every command touches only one vectorstore's indexes and the records they name, so a read costs
+O(log N + results) whatever else Redis holds. Records come back as `memproc.records` shapes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from memproc.dal import memory_index
+from memproc.dal.connection import Store
+from memproc.dal.functions import fcall
+from memproc.keys import VectorstoreKeys
+from memproc.records import RAW_FIELDS, TRANSCRIPT_FIELDS, MemoryRecord, RawRecord, SummaryRecord
+from memproc.transcript import decode_transcript
+
+SESSION_RAW_LIMIT = 100
+
+
+def _score(v: float | None, default: str) -> str:
+    return default if v is None else repr(float(v))
+
+
+@dataclass(frozen=True)
+class Newest:
+    """Newest-first entries of a zset index with scores in [bottom, top], at most `count`."""
+
+    key: str
+    top: float | None
+    bottom: float | None
+    count: int
+
+
+@dataclass(frozen=True)
+class Members:
+    """Every member of a set (a session's memory ids)."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One session summary with its expiry."""
+
+    session_id: str
+
+
+IndexRead = Newest | Members | Summary
+
+
+def index_entries(store: Store, vk: VectorstoreKeys, reads: dict[str, IndexRead]) -> dict[str, Any]:
+    """One round trip for several index reads: rows [(member, score)] for `Newest`, a set for
+    `Members`, a `SummaryRecord` (or None) for `Summary`."""
+    pipe = store.r.pipeline(transaction=False)
+    for read in reads.values():
+        if isinstance(read, Newest):
+            pipe.zrange(
+                read.key,
+                _score(read.top, "+inf"),
+                _score(read.bottom, "-inf"),
+                desc=True,
+                byscore=True,
+                offset=0,
+                num=read.count,
+                withscores=True,
+            )
+        elif isinstance(read, Members):
+            pipe.smembers(read.key)
+        else:
+            pipe.get(vk.session_summary(read.session_id))
+            pipe.expiretime(vk.session_summary(read.session_id))
+    replies = iter(pipe.execute() if len(pipe) else [])
+    out: dict[str, Any] = {}
+    for name, read in reads.items():
+        if isinstance(read, Summary):
+            text, ttl = next(replies), next(replies)
+            out[name] = SummaryRecord.from_json(read.session_id, text, ttl)
+        else:
+            out[name] = next(replies)
+    return out
+
+
+@dataclass
+class Records:
+    """The records behind index entries, in the order asked (missing ones left out)."""
+
+    memories: dict[str, MemoryRecord] = field(default_factory=dict)
+    summaries: list[SummaryRecord] = field(default_factory=list)
+    raws: list[RawRecord] = field(default_factory=list)
+    transcripts: dict[str, str] = field(default_factory=dict)
+
+
+def records(
+    store: Store,
+    vk: VectorstoreKeys,
+    *,
+    memory_ids: Sequence[str] = (),
+    session_ids: Sequence[str] = (),
+    raw_ids: Sequence[str] = (),
+    transcripts: bool = False,
+) -> Records:
+    """One round trip: memories, summaries (with expiry) and raw records (with expiry, and their
+    transcripts on the binary client when asked)."""
+    client: redis.Redis = store.rb if transcripts else store.r
+    pipe = client.pipeline(transaction=False)
+    read_memories = memory_index.queue_get(pipe, vk.name, list(memory_ids))
+    fields = RAW_FIELDS + (TRANSCRIPT_FIELDS if transcripts else ())
+    for sid in session_ids:
+        pipe.get(vk.session_summary(sid))
+        pipe.expiretime(vk.session_summary(sid))
+    for rid in raw_ids:
+        pipe.hmget(vk.raw(rid), fields)
+        pipe.expiretime(vk.raw(rid))
+    replies: Iterator[Any] = iter(pipe.execute() if len(pipe) else [])
+    out = Records(memories=read_memories(replies))
+    for sid in session_ids:
+        summary = SummaryRecord.from_json(sid, next(replies), next(replies))
+        if summary is not None:
+            out.summaries.append(summary)
+    for rid in raw_ids:
+        values, ttl = next(replies), next(replies)
+        raw = RawRecord.from_hash(rid, values[: len(RAW_FIELDS)], ttl)
+        if raw is None:
+            continue  # expired or erased since it was indexed
+        out.raws.append(raw)
+        data, encoding = values[len(RAW_FIELDS) :] or (None, None)
+        if data is not None:
+            out.transcripts[rid] = decode_transcript(data, (encoding or b"").decode())
+    return out
+
+
+def raw_record(store: Store, vk: VectorstoreKeys, raw_id: str) -> RawRecord | None:
+    """One submission's record (never its transcript) in one round trip."""
+    found = records(store, vk, raw_ids=[raw_id]).raws
+    return found[0] if found else None
+
+
+@dataclass(frozen=True)
+class SessionEntries:
+    summary: SummaryRecord | None
+    memory_ids: list[str]
+    raw_ids: list[str]  # newest first, at most SESSION_RAW_LIMIT
+    raw_total: int
+
+
+def session_entries(store: Store, vk: VectorstoreKeys, session_id: str) -> SessionEntries:
+    """A session's summary and the ids of its memories and submissions, in one round trip."""
+    pipe = store.r.pipeline(transaction=False)
+    pipe.get(vk.session_summary(session_id))
+    pipe.expiretime(vk.session_summary(session_id))
+    pipe.smembers(vk.session_memories(session_id))
+    pipe.zrange(vk.session_raws(session_id), 0, SESSION_RAW_LIMIT - 1, desc=True)
+    pipe.zcard(vk.session_raws(session_id))
+    text, ttl, members, raw_ids, raw_total = pipe.execute()
+    summary = SummaryRecord.from_json(session_id, text, ttl)
+    ids = set(members) | set(summary.memory_ids if summary else ())
+    return SessionEntries(summary, sorted(ids), list(raw_ids), int(raw_total))
+
+
+@dataclass(frozen=True)
+class SearchState:
+    embedding_model: str | None
+    dimensions: int | None
+    memories: int
+    waiting: int  # submissions queued or in flight
+    session_pending: bool | None  # with a session: whether it has work queued or in flight
+
+
+def search_state(store: Store, vk: VectorstoreKeys, session_id: str | None) -> SearchState:
+    """What search needs to know before embedding the query, in one round trip."""
+    pipe = store.r.pipeline(transaction=False)
+    pipe.hmget(vk.config, ["embedding_model", "dimensions"])
+    memory_index.queue_count(pipe, vk.name)
+    pipe.zcard(vk.pending)
+    pipe.zcard(vk.inflight)
+    if session_id:
+        pipe.zintercard(2, [vk.session_raws(session_id), vk.pending])
+        pipe.zintercard(2, [vk.session_raws(session_id), vk.inflight])
+    state = pipe.execute()
+    (model, dims), size, pending, inflight = state[:4]
+    return SearchState(
+        embedding_model=model,
+        dimensions=int(dims) if dims else None,
+        memories=int(size),
+        waiting=int(pending) + int(inflight),
+        session_pending=bool(state[4] or state[5]) if session_id else None,
+    )
+
+
+def dead_letter_ids(store: Store, vk: VectorstoreKeys, limit: int) -> tuple[list[str], int]:
+    """The newest dead-lettered raw ids and how many there are."""
+    pipe = store.r.pipeline(transaction=False)
+    pipe.zrange(vk.dead, 0, limit - 1, desc=True)
+    pipe.zcard(vk.dead)
+    ids, total = pipe.execute()
+    return list(ids), int(total)
+
+
+def stats(store: Store, vectorstore: str, days: int, samples: int) -> dict[str, Any]:
+    """Everything GET /stats shows, from one read-only library call."""
+    result: dict[str, Any] = json.loads(
+        fcall(store.r, "stats", [], [vectorstore, days, samples], readonly=True)
+    )
+    return result
+
+
+@dataclass(frozen=True)
+class ProcessingInput:
+    """What the processor reads for one claimed item: the transcript and the session so far."""
+
+    transcript: str | None  # None: erased while the item was held
+    created_at: float
+    metadata: dict[str, Any]
+    summary: SummaryRecord | None
+
+
+def processing_input(store: Store, vectorstore: str, raw_id: str, session_id: str) -> ProcessingInput:
+    """One round trip on the binary client (transcripts may be stored compressed)."""
+    vk = VectorstoreKeys(vectorstore)
+    pipe = store.rb.pipeline(transaction=False)
+    pipe.hmget(vk.raw(raw_id), ["session_data", "session_data_encoding", "created_at", "metadata"])
+    pipe.get(vk.session_summary(session_id))
+    (data, encoding, created, metadata), summary = pipe.execute()
+    try:
+        meta = json.loads(metadata or b"{}")
+    except ValueError:
+        meta = {}
+    return ProcessingInput(
+        transcript=None if data is None else decode_transcript(data, (encoding or b"").decode()),
+        created_at=float(created or 0),
+        metadata=meta if isinstance(meta, dict) else {},
+        summary=SummaryRecord.from_json(session_id, summary),
+    )

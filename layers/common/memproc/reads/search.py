@@ -1,0 +1,128 @@
+"""GET search: semantic search over discrete memories, filtered inside the memory index.
+
+Round trips: the vectorstore's state (embedding config, size, queue), the nearest-neighbour query,
+the hits' records. The query embedding is skipped when there is nothing to search.
+"""
+
+from __future__ import annotations
+
+import json
+from array import array
+from typing import Any
+
+from memproc.dal import memory_index, reads
+from memproc.dal.connection import Store
+from memproc.errors import Conflict, Unavailable
+from memproc.keys import VectorstoreKeys
+from memproc.mappers import search_result
+from memproc.schemas.requests import SearchQuery
+from memproc.schemas.responses import SearchFilters, SearchResponse, SearchResult
+from memproc.settings import Settings
+from memproc.timeutil import iso
+from memproc.validation import require_session_id, require_vectorstore
+
+_provider: tuple[Settings, Any] | None = None
+
+
+def embedding_provider(settings: Settings) -> Any:
+    """The configured LLM provider for query embeddings, built once per process (the OpenAI
+    client keeps its connection pool across warm invocations). Imported lazily: only search
+    needs it, and the LLM package is the heaviest import of the layer."""
+    global _provider
+    if _provider is None or _provider[0] is not settings:
+        from memproc.llm import make_provider
+
+        _provider = (settings, make_provider(settings))
+    return _provider[1]
+
+
+def vsim_filter(q: SearchQuery) -> str | None:
+    """The vector-set FILTER expression, built only from validated, typed values: the memory
+    type from a closed set and the session id (checked against SESSION_ID_RE, so it holds no
+    quote or backslash) as JSON string literals, dates as numbers. No user text is interpolated."""
+    parts: list[str] = []
+    if q.memory_type is not None:
+        parts.append(f".memory_type == {json.dumps(q.memory_type)}")
+    if q.session_id is not None:
+        parts.append(f"{json.dumps(require_session_id(q.session_id))} in .source_sessions")
+    if q.min_score is not None:
+        parts.append(f".created_at >= {q.min_score:.6f}")
+    if q.max_score is not None:
+        parts.append(f".created_at <= {q.max_score:.6f}")
+    return " and ".join(parts) or None
+
+
+def _note(q: SearchQuery, state: reads.SearchState, found: bool) -> str | None:
+    if found:
+        return None
+    if state.session_pending:
+        return (
+            f"session {q.session_id!r} has submissions queued or being processed; their memories "
+            "become searchable once processed"
+        )
+    if state.waiting and not q.session_id:
+        return (
+            f"{state.waiting} submission(s) of this vectorstore are queued or being processed; their "
+            "memories become searchable once processed"
+        )
+    return None
+
+
+def search(
+    store: Store, settings: Settings, vectorstore: str, q: SearchQuery, provider: Any = None
+) -> SearchResponse:
+    vk = require_vectorstore(vectorstore)
+    state = reads.search_state(store, vk, q.session_id)
+    results: list[SearchResult] = []
+    if state.memories:  # nothing to search yet: no embedding call either
+        provider = provider or embedding_provider(settings)
+        results = _nearest(store, vk, q, state, provider)
+    return SearchResponse(
+        vectorstore_name=vectorstore,
+        query=q.q,
+        k=q.k,
+        filters=SearchFilters(
+            session_id=q.session_id,
+            memory_type=q.memory_type,
+            start_date=iso(q.min_score),
+            end_date=iso(q.max_score),
+        ),
+        results=results,
+        count=len(results),
+        pending_sessions=state.waiting,
+        session_pending=state.session_pending,
+        note=_note(q, state, bool(results)),
+    )
+
+
+def _nearest(
+    store: Store, vk: VectorstoreKeys, q: SearchQuery, state: reads.SearchState, provider: Any
+) -> list[SearchResult]:
+    vectorstore = vk.name
+    if state.dimensions and (
+        state.dimensions != provider.dimensions or state.embedding_model != provider.embedding_model
+    ):
+        raise Conflict(
+            f"vectorstore {vectorstore!r} holds {state.dimensions}-dimension vectors from embedding model "
+            f"{state.embedding_model!r}, but this deployment embeds queries with "
+            f"{provider.embedding_model!r} ({provider.dimensions} dimensions); set "
+            "EMBEDDING_MODEL/EMBEDDING_DIMENSIONS to match",
+            code="embedding_mismatch",
+        )
+    from memproc.llm import LLMError
+
+    try:
+        vectors, _ = provider.embed([q.q])
+    except LLMError as exc:
+        headers = {"Retry-After": str(max(1, int(exc.retry_after)))} if exc.retry_after else None
+        raise Unavailable(
+            f"the embedding service failed: {exc}", code="embedding_unavailable", headers=headers
+        ) from None
+    try:
+        hits = memory_index.nearest(store, vectorstore, array("f", vectors[0]).tobytes(), q.k, vsim_filter(q))
+    except memory_index.DimensionMismatch as exc:
+        raise Conflict(
+            f"query vector does not fit vectorstore {vectorstore!r}: {exc}", code="embedding_mismatch"
+        ) from None
+    found = reads.records(store, vk, memory_ids=[mid for mid, _ in hits])
+    return [search_result(found.memories[mid], sim) for mid, sim in hits if mid in found.memories]

@@ -1,0 +1,56 @@
+"""Where work stands: the processor and queue (processing_status) and one submission (raw/{id})."""
+
+from __future__ import annotations
+
+from memproc.dal import queue, reads
+from memproc.dal.connection import Store
+from memproc.errors import NotFound
+from memproc.mappers import raw_view
+from memproc.schemas.responses import ProcessingStatus, RawMemoryResponse, RetentionPolicy, VectorstoreQueue
+from memproc.settings import Settings
+from memproc.timeutil import iso
+from memproc.validation import require_raw_id, require_vectorstore
+
+
+def processing_status(store: Store, settings: Settings, vectorstore: str) -> ProcessingStatus:
+    require_vectorstore(vectorstore)
+    s = queue.status(store, vectorstore)
+    beat = s.processor.get("last_heartbeat")
+    interval = int(s.processor.get("interval_seconds") or settings.processing_interval_seconds)
+    # A scheduled processor beats at least once an interval; allow one missed beat.
+    running = beat is not None and s.now - float(beat) <= 2 * interval + 5
+    rate = s.processor.get("rate_per_second")
+    return ProcessingStatus(
+        vectorstore_name=vectorstore,
+        processor_running=running,
+        last_heartbeat=iso(beat),
+        queue_size=s.queue_size,
+        in_flight=s.all_in_flight,
+        dead_letters=s.all_dead,
+        processed_today=s.processed_today,
+        last_processed_at=iso(s.last_processed_at or s.processor.get("last_processed_at")),
+        processing_interval_seconds=interval,
+        processing_rate_per_second=float(rate) if rate else None,
+        retention_policy=RetentionPolicy(
+            raw_memory_days=settings.raw_retention_days, session_days=settings.session_retention_days
+        ),
+        vectorstore=VectorstoreQueue(
+            pending=s.pending,
+            in_flight=s.in_flight,
+            dead=s.dead,
+            oldest_pending_age_seconds=(
+                round(max(0.0, s.now - s.oldest_pending), 3) if s.oldest_pending is not None else None
+            ),
+        ),
+    )
+
+
+def raw_status(store: Store, vectorstore: str, raw_id: str) -> RawMemoryResponse:
+    """One submission's state in one round trip (the transcript is never read)."""
+    vk = require_vectorstore(vectorstore)
+    record = reads.raw_record(store, vk, require_raw_id(raw_id))
+    if record is None:
+        raise NotFound(
+            f"no raw memory {raw_id!r} in vectorstore {vectorstore!r}", code="raw_memory_not_found"
+        )
+    return RawMemoryResponse(vectorstore_name=vectorstore, **raw_view(record).model_dump())

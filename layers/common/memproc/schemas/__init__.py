@@ -1,0 +1,1 @@
+"""API shapes: what clients send (requests) and what they get back (responses)."""

@@ -1,0 +1,143 @@
+"""What clients send: the store_raw body and every route's query parameters.
+
+Query models forbid unknown names, so a typo cannot silently widen a query or an erasure.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from memproc.records import MEMORY_TYPES
+from memproc.timeutil import parse_instant
+from memproc.validation import SESSION_ID_RE, SESSION_ID_RULE
+
+HierarchyLevel = Literal["discrete", "summary", "raw", "all"]
+
+
+class StoreRawRequest(BaseModel):
+    """Body of POST /store_raw: one complete chat session."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    session_data: StrictStr = Field(min_length=1, description="The complete chat transcript")
+    session_id: StrictStr | None = Field(None, description="Generated when absent")
+    metadata: dict[str, Any] | None = Field(None, description="Free-form JSON object, at most 16 KiB")
+
+    @field_validator("session_data")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("session_data must not be blank")
+        return v
+
+
+def _instant(value: Any, *, end_of_day: bool = False) -> datetime:
+    if not isinstance(value, str) or not value.strip():
+        raise PydanticCustomError("invalid_date", "must be an ISO 8601 date or date-time")
+    try:
+        return parse_instant(value, end_of_day=end_of_day)
+    except ValueError as exc:
+        raise PydanticCustomError("invalid_date", "{reason}", {"reason": str(exc)}) from None
+
+
+def _check_session_id(value: str | None) -> str | None:
+    if value is not None and not SESSION_ID_RE.fullmatch(value):
+        raise PydanticCustomError("invalid_session_id", SESSION_ID_RULE)
+    return value
+
+
+class QueryParams(BaseModel):
+    """Query-string parameters: unknown names are refused, so a typo cannot widen a query."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DateRange(QueryParams):
+    start_date: datetime | None = Field(None, description="ISO 8601; naive means UTC")
+    end_date: datetime | None = Field(None, description="ISO 8601; a bare date includes the whole day")
+
+    @field_validator("start_date", mode="before")
+    @classmethod
+    def _start(cls, v: Any) -> datetime | None:
+        return None if v is None else _instant(v)
+
+    @field_validator("end_date", mode="before")
+    @classmethod
+    def _end(cls, v: Any) -> datetime | None:
+        return None if v is None else _instant(v, end_of_day=True)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DateRange:
+        if self.start_date and self.end_date and self.start_date > self.end_date:
+            raise PydanticCustomError("invalid_date_range", "start_date must not be after end_date")
+        return self
+
+    @property
+    def min_score(self) -> float | None:
+        return self.start_date.timestamp() if self.start_date else None
+
+    @property
+    def max_score(self) -> float | None:
+        return self.end_date.timestamp() if self.end_date else None
+
+
+class HierarchyQuery(DateRange):
+    session_id: str | None = None
+    memory_type: HierarchyLevel = "all"
+    limit: int = Field(50, ge=1, le=1000, description="Items per group")
+    cursor: str | None = Field(
+        None, min_length=1, max_length=4096, description="next_cursor of a previous page"
+    )
+
+    _session = field_validator("session_id")(_check_session_id)
+
+
+class SessionQuery(QueryParams):
+    include_transcript: bool = False
+
+
+class NoParams(QueryParams):
+    """Routes that take no query parameters."""
+
+
+class SearchQuery(DateRange):
+    q: str = Field(min_length=1, max_length=2000, description="Text to search for")
+    k: int = Field(10, ge=1, le=100, description="Number of results")
+    session_id: str | None = None
+    memory_type: str | None = Field(
+        None, description="fact, preference, insight, event, goal or relationship"
+    )
+
+    _session = field_validator("session_id")(_check_session_id)
+
+    @field_validator("q")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise PydanticCustomError("invalid_q", "q must not be blank")
+        return v
+
+    @field_validator("memory_type")
+    @classmethod
+    def _known_type(cls, v: str | None) -> str | None:
+        if v is not None and v not in MEMORY_TYPES:
+            raise PydanticCustomError(
+                "invalid_memory_type",
+                "memory_type must be one of: {types}",
+                {"types": ", ".join(MEMORY_TYPES)},
+            )
+        return v
+
+
+class CleanupQuery(QueryParams):
+    retention_days: int | None = Field(None, ge=1, le=3650, description="Default: RAW_RETENTION_DAYS")
+    dry_run: bool = False
+    limit: int = Field(1000, ge=1, le=10_000, description="Index entries examined per pass")
+
+
+class DeadLettersQuery(QueryParams):
+    limit: int = Field(50, ge=1, le=1000)

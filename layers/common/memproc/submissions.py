@@ -1,0 +1,105 @@
+"""Work into the queue: store_raw's submissions and the redrive of a dead letter.
+
+A submission costs one Redis round trip (the library's `enqueue` dedupes, checks admission, stores
+and queues it). Re-posting the same transcript for the same session is answered with the first
+submission's id, so a client may retry a store_raw whose answer it never got.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+
+from memproc.dal import queue
+from memproc.dal.connection import Store
+from memproc.errors import Conflict, NotFound, PayloadTooLarge, Unavailable
+from memproc.schemas.requests import StoreRawRequest
+from memproc.schemas.responses import RetryResponse, StoreRawResponse
+from memproc.settings import Settings
+from memproc.timeutil import iso
+from memproc.transcript import encode_transcript
+from memproc.validation import require_raw_id, require_session_id, require_vectorstore
+
+
+def estimated_seconds(position: int, rate: str, idle: str, interval: str, settings: Settings) -> float:
+    """When the item should be processed: the wait for the next scheduled run (none while the
+    processor is draining, half an interval on average otherwise) plus the position over the
+    processor's measured rate (sessions/s; the configured default before the first measurement)."""
+    per_second = float(rate) if rate else settings.default_rate_per_second
+    period = float(interval) if interval else float(settings.processing_interval_seconds)
+    draining = idle != "" and float(idle) < 2.0
+    wait = 0.0 if draining or position == 0 else period / 2
+    return round(wait + position / max(per_second, 1e-6), 2)
+
+
+def submit(store: Store, settings: Settings, vectorstore: str, request: StoreRawRequest) -> StoreRawResponse:
+    """store_raw: validate, then one round trip (dedupe, admission, store, enqueue, position)."""
+    require_vectorstore(vectorstore)
+    session_id = require_session_id(request.session_id) if request.session_id else uuid.uuid4().hex
+    metadata = json.dumps(request.metadata or {}, separators=(",", ":"), ensure_ascii=False)
+    if len(metadata.encode()) > settings.max_metadata_bytes:
+        raise PayloadTooLarge(
+            f"metadata is larger than {settings.max_metadata_bytes} bytes", code="metadata_too_large"
+        )
+    data, encoding = encode_transcript(request.session_data, settings)
+    done = queue.enqueue(
+        store,
+        settings,
+        queue.Submission(
+            vectorstore=vectorstore,
+            raw_id=uuid.uuid4().hex,
+            session_id=session_id,
+            data=data,
+            encoding=encoding,
+            metadata_json=metadata,
+            digest=hashlib.sha256(f"{session_id}\0{request.session_data}".encode()).hexdigest(),
+            length=len(request.session_data),
+        ),
+    )
+    if done.outcome in ("queue_full", "vectorstore_full"):
+        # Suggest coming back when about 1% of the queue has drained.
+        backlog = max(1, done.queue_size // 100)
+        retry_after = max(1, int(estimated_seconds(backlog, done.rate, done.idle, done.interval, settings)))
+        which = (
+            "the processing queue" if done.outcome == "queue_full" else f"vectorstore {vectorstore!r}'s queue"
+        )
+        raise Unavailable(
+            f"{which} is full ({done.queue_size} items waiting); retry later",
+            code=done.outcome,
+            headers={"Retry-After": str(retry_after)},
+        )
+    # Round-robin: an item at rank k in its vectorstore waits for at most k items of each other
+    # active vectorstore.
+    position = (
+        min(done.queue_size, done.pending_rank * max(done.active_vectorstores, 1)) if done.pending_rank else 0
+    )
+    return StoreRawResponse(
+        raw_memory_id=done.raw_id,
+        session_id=session_id,
+        vectorstore_name=vectorstore,
+        status=done.status,
+        duplicate=done.outcome == "duplicate",
+        queued_at=iso(done.created_at) or "",
+        queue_position=position,
+        queue_size=done.queue_size,
+        estimated_processing_time=estimated_seconds(position, done.rate, done.idle, done.interval, settings),
+    )
+
+
+def retry_dead_letter(store: Store, vectorstore: str, raw_id: str) -> RetryResponse:
+    """Redrive one dead-lettered submission with a fresh attempt budget."""
+    require_vectorstore(vectorstore)
+    require_raw_id(raw_id)
+    outcome, detail = queue.redrive(store, vectorstore, raw_id)
+    if outcome == "queued":
+        return RetryResponse(vectorstore_name=vectorstore, raw_memory_id=raw_id, pending=int(detail))
+    if not detail:
+        raise NotFound(
+            f"no raw memory {raw_id!r} in vectorstore {vectorstore!r}", code="raw_memory_not_found"
+        )
+    raise Conflict(
+        f"raw memory {raw_id!r} is {detail}, not dead-lettered; only dead letters can be retried",
+        code="not_dead",
+        details={"status": detail},
+    )
