@@ -8,36 +8,25 @@ Redis round trips per session stay constant however large the vectorstore grows.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
-import signal
 import threading
 import time
 from array import array
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from memproc import __version__
 from memproc.dal import queue as q
 from memproc.dal import reads
 from memproc.dal.connection import Store, StoreError
-from memproc.dal.functions import LIBRARY_VERSION
 from memproc.llm import Extraction, LLMError, LLMProvider, Usage
 from memproc.settings import Settings
 from memproc.timeutil import session_time
 
 log = logging.getLogger("memproc.processor")
-
-# Test hook: SIGKILL this process at a named stage, to prove the protocol survives it.
-CRASH_AT = os.environ.get("MEMPROC_CRASH_AT", "")
-
-
-def _crash_point(stage: str) -> None:
-    if stage == CRASH_AT:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -85,6 +74,28 @@ class DrainReport:
         self.memories_merged += o.memories_merged
         self.tokens_in += o.usage.tokens_in
         self.tokens_out += o.usage.tokens_out
+
+
+@dataclass(frozen=True)
+class Work:
+    """What one item asks of the LLM: the whole transcript, or only what is new since its
+    session's summary (a re-posted, longer version of a processed session costs its delta)."""
+
+    transcript: str
+    text: str
+    mode: str  # full | delta
+    previous_summary: str | None
+    session_time: datetime
+
+
+def _plan(loaded: reads.ProcessingInput) -> Work:
+    transcript, summary = loaded.transcript or "", loaded.summary
+    when = session_time(loaded.metadata, loaded.created_at)
+    if summary and summary.processed_length:
+        done = summary.processed_length
+        if done <= len(transcript) and _sha256(transcript[:done]) == summary.processed_sha256:
+            return Work(transcript, transcript[done:], "delta", summary.summary, when)
+    return Work(transcript, transcript, "full", None, when)
 
 
 def _sha256(text: str) -> str:
@@ -136,51 +147,25 @@ class Processor:
         loaded = reads.processing_input(self.store, item.vectorstore, item.raw_id, item.session_id)
         if loaded.transcript is None:
             return Outcome(item, "stale")  # erased while we held it; nothing to write
-        transcript, summary = loaded.transcript, loaded.summary
-        when = session_time(loaded.metadata, loaded.created_at)
-
-        # A re-posted, longer version of a processed session: extract only the new suffix.
-        mode, previous, text = "full", None, transcript
-        if summary and summary.processed_length:
-            done = summary.processed_length
-            if done <= len(transcript) and _sha256(transcript[:done]) == summary.processed_sha256:
-                mode, previous, text = "delta", summary.summary, transcript[done:]
-        _crash_point("after_claim")
-
-        if text.strip():
-            extraction, usage = self.provider.extract(text, session_timestamp=when, previous_summary=previous)
-            vectors, embed_usage = self.provider.embed([m.text for m in extraction.memories])
-            usage = usage + embed_usage
-        else:
-            mode, extraction, usage, vectors = (
-                "unchanged",
-                Extraction.model_construct(memories=[], summary="", topics=[]),
-                Usage(),
-                [],
-            )
-        _crash_point("after_llm")
-
+        work = _plan(loaded)
+        extraction, usage, vectors = self.extract(work)
         payload = {
             "memories": [m.model_dump() for m in extraction.memories],
-            "summary": extraction.summary if extraction.summary else (previous or ""),
+            "summary": extraction.summary if extraction.summary else (work.previous_summary or ""),
             "topics": extraction.topics,
             "tokens_in": usage.tokens_in,
             "tokens_out": usage.tokens_out,
-            "processed_length": len(transcript),
-            "processed_sha256": _sha256(transcript),
+            "processed_length": len(work.transcript),
+            "processed_sha256": _sha256(work.transcript),
             "raw_retention": self.settings.raw_retention_seconds,
             "session_retention": self.settings.session_retention_seconds,
             "threshold": self.settings.merge_similarity_threshold,
             "embedding_model": self.provider.embedding_model,
             "dimensions": self.provider.dimensions,
             "processing_ms": int((time.monotonic() - started) * 1000),
-            "mode": mode,
+            "mode": work.mode if work.text.strip() else "unchanged",
         }
-        blobs = [_fp32(v) for v in vectors]
-        if CRASH_AT == "mid_commit":
-            self._send_commit_and_die(item, payload, blobs)
-        result = q.commit(self.store, item, payload, blobs)
-        _crash_point("after_commit")
+        result = self.commit(item, payload, [_fp32(v) for v in vectors])
         if result.outcome == "mismatch":
             failed, _ = q.fail(
                 self.store,
@@ -195,21 +180,19 @@ class Processor:
             return Outcome(item, "stale", usage=usage)
         return Outcome(item, "processed", result.created, result.merged, usage)
 
-    def _send_commit_and_die(self, item: q.Claim, payload: dict[str, Any], blobs: list[bytes]) -> None:
-        """Test hook: the commit leaves this process, then the process dies before the reply."""
-        conn = self.store.r.connection_pool.get_connection()
-        fn = f"commit_{LIBRARY_VERSION}"
-        conn.send_command(
-            "FCALL",
-            fn,
-            0,
-            item.vectorstore,
-            item.raw_id,
-            item.token,
-            json.dumps(payload, ensure_ascii=False),
-            *blobs,
+    def extract(self, work: Work) -> tuple[Extraction, Usage, list[list[float]]]:
+        """The LLM calls of one item: one extraction (per chunk) and one embeddings call."""
+        if not work.text.strip():
+            return Extraction.model_construct(memories=[], summary="", topics=[]), Usage(), []
+        extraction, usage = self.provider.extract(
+            work.text, session_timestamp=work.session_time, previous_summary=work.previous_summary
         )
-        os.kill(os.getpid(), signal.SIGKILL)
+        vectors, embed_usage = self.provider.embed([m.text for m in extraction.memories])
+        return extraction, usage + embed_usage, vectors
+
+    def commit(self, item: q.Claim, payload: dict[str, Any], vectors: list[bytes]) -> q.CommitResult:
+        """Everything the item produced, and its ack, in one atomic call fenced by its token."""
+        return q.commit(self.store, item, payload, vectors)
 
     def drain(
         self,

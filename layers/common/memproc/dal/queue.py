@@ -113,14 +113,13 @@ class CommitResult:
     detail: str = ""
 
 
+def commit_args(item: Claim, payload: dict[str, Any], vectors: list[bytes]) -> list[Any]:
+    return [item.vectorstore, item.raw_id, item.token, json.dumps(payload, ensure_ascii=False), *vectors]
+
+
 def commit(store: Store, item: Claim, payload: dict[str, Any], vectors: list[bytes]) -> CommitResult:
     """Write everything a processed item produced and ack it, only if `item.token` still owns it."""
-    res = fcall(
-        store.r,
-        "commit",
-        [],
-        [item.vectorstore, item.raw_id, item.token, json.dumps(payload, ensure_ascii=False), *vectors],
-    )
+    res = fcall(store.r, "commit", [], commit_args(item, payload, vectors))
     outcome = _s(res[0])
     if outcome == "ok":
         return CommitResult("ok", int(res[1]), int(res[2]), tuple(_s(m) for m in res[3]))
