@@ -3,7 +3,7 @@
 ``OpenAIProvider`` talks to OpenAI or any OpenAI-compatible server (``OPENAI_BASE_URL``) through the
 official SDK, with our own retry policy so the queue sees a clear retryable/permanent verdict.
 ``OfflineProvider`` is deterministic and network-free (heuristic extraction, hashing embeddings);
-it is what runs when no API key is configured, and the fake OpenAI server reuses its heuristics.
+it is what runs when no API key is configured.
 
 This module must stay importable without ``openai``: the store_raw Lambda imports ``memproc`` but
 never talks to the LLM, so the SDK is imported lazily inside ``OpenAIProvider.__init__``.
@@ -55,7 +55,6 @@ __all__ = [
     "parse_extraction",
     "resolve_relative_dates",
     "sanitize",
-    "unpack_user_message",
 ]
 
 logger = logging.getLogger("memproc.llm")
@@ -305,32 +304,6 @@ def build_messages(
         {"role": "system", "content": SYSTEM_PROMPT},
         {"role": "user", "content": "\n\n".join(parts)},
     ]
-
-
-_TRANSCRIPT_BLOCK_RE = re.compile(rf"<{TRANSCRIPT_TAG}>\n(.*?)\n</{TRANSCRIPT_TAG}>", re.DOTALL)
-_SUMMARY_BLOCK_RE = re.compile(rf"<{SUMMARY_TAG}>\n(.*?)\n</{SUMMARY_TAG}>", re.DOTALL)
-_TIMESTAMP_LINE_RE = re.compile(rf"^{re.escape(SESSION_TIMESTAMP_LABEL)}\s*(\S+)", re.MULTILINE)
-
-
-def unpack_user_message(content: str) -> tuple[str | None, datetime | None, str | None]:
-    """Inverse of ``build_messages`` for the user message: (transcript, session timestamp, summary).
-
-    Lives next to the builder so the two never drift apart; the fake OpenAI server uses it.
-    """
-    transcript = _TRANSCRIPT_BLOCK_RE.search(content)
-    summary = _SUMMARY_BLOCK_RE.search(content)
-    ts_match = _TIMESTAMP_LINE_RE.search(content)
-    ts: datetime | None = None
-    if ts_match:
-        try:
-            ts = datetime.fromisoformat(ts_match.group(1))
-        except ValueError:
-            ts = None
-    return (
-        transcript.group(1) if transcript else None,
-        ts,
-        summary.group(1) if summary else None,
-    )
 
 
 # ---------------------------------------------------------------------------------------------
