@@ -127,6 +127,16 @@ def test_importing_llm_does_not_import_openai() -> None:
     assert result.returncode == 0, result.stderr
 
 
+def test_the_request_schemas_do_not_import_llm() -> None:
+    # The memory types are domain vocabulary (memproc.records), not something models borrow from llm.
+    code = (
+        "import sys, memproc.models; memproc.models.SearchQuery(q='tea', memory_type='fact'); "
+        "assert 'memproc.llm' not in sys.modules, 'models imported llm'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
 # --- extraction over HTTP ---------------------------------------------------------------------
 
 

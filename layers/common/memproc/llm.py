@@ -24,9 +24,11 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeVar, get_args, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from memproc.records import MEMORY_TYPES, MemoryType
 
 if TYPE_CHECKING:
     from memproc.settings import Settings
@@ -34,13 +36,11 @@ if TYPE_CHECKING:
 __all__ = [
     "EXTRACTION_JSON_SCHEMA",
     "INJECTION_PATTERNS",
-    "MEMORY_TYPES",
     "SYSTEM_PROMPT",
     "ExtractedMemory",
     "Extraction",
     "LLMError",
     "LLMProvider",
-    "MemoryType",
     "OfflineProvider",
     "OpenAIProvider",
     "PermanentLLMError",
@@ -64,9 +64,6 @@ T = TypeVar("T")
 # ---------------------------------------------------------------------------------------------
 # Schema
 # ---------------------------------------------------------------------------------------------
-
-MemoryType = Literal["fact", "preference", "insight", "event", "goal", "relationship"]
-MEMORY_TYPES: tuple[str, ...] = get_args(MemoryType)
 
 MAX_MEMORY_CHARS = 1000
 MAX_TAGS = 10

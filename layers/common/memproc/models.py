@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, m
 from pydantic_core import PydanticCustomError
 
 from memproc.keys import SESSION_ID_RE
+from memproc.records import MEMORY_TYPES
 
 RawStatus = Literal["queued", "processing", "processed", "error"]
 
@@ -215,8 +216,6 @@ class SearchQuery(DateRange):
     @field_validator("memory_type")
     @classmethod
     def _known_type(cls, v: str | None) -> str | None:
-        from memproc.llm import MEMORY_TYPES  # pure-python module; imported only when searching
-
         if v is not None and v not in MEMORY_TYPES:
             raise PydanticCustomError(
                 "invalid_memory_type",
