@@ -10,7 +10,7 @@ mocking it.
 
     with FakeOpenAI() as fake:
         settings = load_settings(openai_api_key="test", openai_base_url=fake.base_url)
-        fake.fail_next("429", retry_after=2)
+        fake.fail_next("429", retry_after_ms=1)  # the SDK retries after 1 ms
 
 Standalone: ``python tests/fake_openai.py --port 8099 --latency 0.2``.
 """
@@ -68,7 +68,8 @@ class RecordedRequest:
 class _Failure:
     kind: str
     path: str  # "chat" | "embeddings" | "any"
-    retry_after: float | None = None
+    retry_after: float | str | None = None
+    retry_after_ms: float | None = None
 
     def applies_to(self, endpoint: str) -> bool:
         wanted = _KIND_ENDPOINTS.get(self.kind)
@@ -262,18 +263,36 @@ class FakeOpenAI:
             raise ValueError(f"path must be 'chat', 'embeddings' or 'any', not {path!r}")
 
     def fail_next(
-        self, kind: str, count: int = 1, path: str = "any", retry_after: float | None = None
+        self,
+        kind: str,
+        count: int = 1,
+        path: str = "any",
+        retry_after: float | str | None = None,
+        retry_after_ms: float | None = None,
     ) -> None:
-        """Queue ``count`` failures of ``kind``; each is consumed by the next request it applies to."""
-        self._check(kind, path)
-        with self._lock:
-            self._queue.extend(_Failure(kind, path, retry_after) for _ in range(count))
+        """Queue ``count`` failures of ``kind``; each is consumed by the next request it applies to.
 
-    def fail_always(self, kind: str, path: str = "any", retry_after: float | None = None) -> None:
-        """Fail every applicable request (after the queued ones) until ``clear_failures``."""
+        An HTTP status failure sends ``Retry-After: <retry_after>`` (seconds, or a string such as an
+        HTTP date, as it is) and ``retry-after-ms: <retry_after_ms>`` when given; a 429 without
+        either sends ``Retry-After: 1``, as OpenAI does. Tests pass a small ``retry_after_ms`` so the
+        SDK's retries wait milliseconds, not seconds.
+        """
         self._check(kind, path)
         with self._lock:
-            self._always.append(_Failure(kind, path, retry_after))
+            self._queue.extend(_Failure(kind, path, retry_after, retry_after_ms) for _ in range(count))
+
+    def fail_always(
+        self,
+        kind: str,
+        path: str = "any",
+        retry_after: float | str | None = None,
+        retry_after_ms: float | None = None,
+    ) -> None:
+        """Fail every applicable request (after the queued ones) until ``clear_failures``; headers as
+        for ``fail_next``."""
+        self._check(kind, path)
+        with self._lock:
+            self._always.append(_Failure(kind, path, retry_after, retry_after_ms))
 
     def clear_failures(self) -> None:
         with self._lock:
@@ -365,9 +384,13 @@ class FakeOpenAI:
         status = int(failure.kind)
         code, message = _STATUS_TEXT.get(status, ("server_error", "The server had an error"))
         headers: dict[str, str] = {}
-        if status == 429 or failure.retry_after is not None:
-            value = failure.retry_after if failure.retry_after is not None else 1
-            headers["Retry-After"] = f"{value:g}"
+        retry_after = failure.retry_after
+        if status == 429 and retry_after is None and failure.retry_after_ms is None:
+            retry_after = 1
+        if retry_after is not None:
+            headers["Retry-After"] = retry_after if isinstance(retry_after, str) else f"{retry_after:g}"
+        if failure.retry_after_ms is not None:
+            headers["retry-after-ms"] = f"{failure.retry_after_ms:g}"
         handler.send_json(status, _error(code, f"{message} (injected {status})"), headers)
 
     def _chat(self, handler: _Handler, body: Any, failure: str | None) -> None:

@@ -1,5 +1,10 @@
 """The OpenAI provider: OpenAI or any compatible server (``OPENAI_BASE_URL``) through the official
-SDK.
+SDK, which also does the in-call retrying.
+
+What the SDK cannot know is left here: which of its final exceptions the queue should retry
+(``RetryableLLMError``, carrying the server's ``Retry-After`` as ``retry_after``) and which not
+(``PermanentLLMError``), and that a malformed reply, which is not an HTTP error, deserves one more
+try.
 
 The SDK is imported inside ``OpenAIProvider.__init__``, not here: the store_raw Lambda imports
 memproc but never talks to the LLM, and should not pay for loading openai.
@@ -11,8 +16,6 @@ import email.utils
 import functools
 import logging
 import math
-import random
-import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -26,6 +29,8 @@ from memproc.llm.prompt import build_messages
 from memproc.llm.schema import EXTRACTION_JSON_SCHEMA, Extraction
 
 if TYPE_CHECKING:
+    import openai
+
     from memproc.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -62,29 +67,36 @@ def _retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
-class OpenAIProvider(ChunkedExtractor):
-    """OpenAI (or any compatible server) through the official SDK, with our own retry policy.
+def _gave_up(request_headers: Mapping[str, str], retry_after: float | None = None) -> str:
+    """How the SDK's retries ended, as the tail of an error message, e.g.
+    ``" (gave up after 3 attempts; the server asks to wait 2s)"``.
 
-    The SDK's retries are off (``max_retries=0``): within one call we retry 5xx, 408/409, 429,
-    timeouts and connection errors up to ``llm_max_retries`` times with exponential backoff and
-    jitter, honouring ``Retry-After`` up to ``retry_after_cap`` seconds. Anything longer, or an
-    exhausted budget, surfaces as ``RetryableLLMError`` (with ``retry_after`` when the server gave
-    one) so the queue backs the item off instead of a worker sleeping on it.
+    The SDK numbers its attempts in the ``x-stainless-retry-count`` request header (0 for the first).
+    """
+    parts: list[str] = []
+    count = request_headers.get("x-stainless-retry-count", "")
+    if count.isdigit():
+        attempts = int(count) + 1
+        parts.append(f"gave up after {attempts} attempt{'s' if attempts > 1 else ''}")
+    if retry_after is not None:
+        parts.append(f"the server asks to wait {retry_after:g}s")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
+class OpenAIProvider(ChunkedExtractor):
+    """OpenAI (or any compatible server) through the official SDK, retries included.
+
+    The client is built with ``max_retries=llm_max_retries``: it retries 408, 409, 429, 5xx,
+    timeouts and connection errors, waits what ``retry-after-ms`` / ``retry-after`` ask up to two
+    minutes (exponential backoff with jitter when they ask nothing), obeys ``x-should-retry``, and
+    does not retry a response that asks for a longer wait. The exception it finally raises becomes
+    ``RetryableLLMError`` (with the server's ``retry_after``, the queue's minimum delay before the
+    item's next attempt: a worker never sleeps minutes on one item) or ``PermanentLLMError``.
     """
 
     name = "openai"
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        sleep: Callable[[float], None] = time.sleep,
-        rng: random.Random | None = None,
-        retry_after_cap: float = 60.0,
-        backoff_base: float = 0.5,
-        backoff_cap: float = 8.0,
-        client: Any = None,
-    ) -> None:
+    def __init__(self, settings: Settings) -> None:
         import openai  # lazy: see the module docstring
 
         self._openai = openai
@@ -93,82 +105,50 @@ class OpenAIProvider(ChunkedExtractor):
         self.dimensions = settings.embedding_dimensions
         self._float_embeddings = settings.embedding_encoding == "float"
         self.chunk_chars = settings.llm_chunk_chars
-        self.max_retries = settings.llm_max_retries
         self.timeout = settings.llm_timeout_seconds
-        self.retry_after_cap = retry_after_cap
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
-        self._sleep = sleep
-        self._rng = rng or random.Random()
-        if client is None:
-            api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
-            if not api_key:
-                raise ValueError("OpenAIProvider needs OPENAI_API_KEY")
-            client = openai.OpenAI(
-                api_key=api_key,
-                base_url=settings.openai_base_url,
-                timeout=settings.llm_timeout_seconds,
-                max_retries=0,
-            )
-        self._client = client
+        api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+        if not api_key:
+            raise ValueError("OpenAIProvider needs OPENAI_API_KEY")
+        self._client = openai.OpenAI(
+            api_key=api_key,
+            base_url=settings.openai_base_url,
+            timeout=settings.llm_timeout_seconds,
+            max_retries=settings.llm_max_retries,
+        )
 
     def close(self) -> None:
         """Close the HTTP connection pool."""
         self._client.close()
 
-    # -- retry machinery ------------------------------------------------------------------------
+    # -- the verdict on what the SDK's retries left ---------------------------------------------
 
-    def _backoff(self, attempt: int) -> float:
-        """Exponential backoff with "equal jitter": half fixed, half random, capped."""
-        delay = min(self.backoff_cap, self.backoff_base * (2**attempt))
-        return delay / 2 + self._rng.uniform(0, delay / 2)
-
-    def _classify(self, exc: Exception, what: str) -> LLMError | None:
-        """Map an SDK exception to our retryable/permanent verdict (None: not an SDK error)."""
+    def _verdict(self, exc: openai.OpenAIError, what: str) -> LLMError:
+        """Our retryable/permanent verdict on an SDK exception, with status and server message."""
         o = self._openai
         if isinstance(exc, o.APITimeoutError):
-            return RetryableLLMError(f"{what}: timed out after {self.timeout:g}s")
+            return RetryableLLMError(
+                f"{what}: timed out after {self.timeout:g}s{_gave_up(exc.request.headers)}"
+            )
         if isinstance(exc, o.APIConnectionError):
-            return RetryableLLMError(f"{what}: connection error: {exc}")
+            return RetryableLLMError(f"{what}: connection error: {exc}{_gave_up(exc.request.headers)}")
         if isinstance(exc, o.APIStatusError):
             status = exc.status_code
-            retry_after = _retry_after_seconds(exc.response.headers)
             detail = exc.body.get("message") if isinstance(exc.body, dict) else None
             message = f"{what}: HTTP {status}: {detail or exc.message}"
             if status in (408, 409, 429) or status >= 500:
-                return RetryableLLMError(message, retry_after=retry_after)
-            return PermanentLLMError(message)
-        if isinstance(exc, o.APIResponseValidationError | o.OpenAIError):
-            return RetryableLLMError(f"{what}: {type(exc).__name__}: {exc}")
-        return None
-
-    def _with_retries(self, what: str, call: Callable[[], T]) -> T:
-        attempt = 0
-        while True:
-            try:
-                return call()
-            except Exception as exc:
-                error = self._classify(exc, what)
-                if error is None:
-                    raise
-                if not error.retryable:
-                    raise error from exc
-                if error.retry_after is not None and error.retry_after > self.retry_after_cap:
-                    raise RetryableLLMError(
-                        f"{error} (server asks to wait {error.retry_after:g}s, more than we wait in-call)",
-                        retry_after=error.retry_after,
-                    ) from exc
-                if attempt >= self.max_retries:
-                    raise RetryableLLMError(
-                        f"{error} (gave up after {attempt + 1} attempt{'s' if attempt else ''})",
-                        retry_after=error.retry_after,
-                    ) from exc
-                delay = error.retry_after if error.retry_after is not None else self._backoff(attempt)
-                attempt += 1
-                logger.warning(
-                    "%s; retry %d/%d in %.2fs", error, attempt, self.max_retries, delay, exc_info=False
+                retry_after = _retry_after_seconds(exc.response.headers)
+                return RetryableLLMError(
+                    message + _gave_up(exc.request.headers, retry_after), retry_after=retry_after
                 )
-                self._sleep(delay)
+            return PermanentLLMError(message)
+        return RetryableLLMError(f"{what}: {type(exc).__name__}: {exc}")
+
+    def _call(self, what: str, create: Callable[[], T]) -> T:
+        """``create()`` (the SDK retries inside it); an SDK error that remains becomes our verdict."""
+        try:
+            return create()
+        except self._openai.OpenAIError as exc:
+            raise self._verdict(exc, what) from exc
 
     # -- extraction -----------------------------------------------------------------------------
 
@@ -193,9 +173,10 @@ class OpenAIProvider(ChunkedExtractor):
             temperature=0,
         )
         usage = Usage()
-        malformed_retries = 1  # a malformed reply is retried once, without sleeping
+        # A malformed reply is a 200 to the SDK, so it is ours to retry: once, at once.
+        malformed_retries = 1
         while True:
-            response = self._with_retries("chat completion", create)
+            response = self._call("chat completion", create)
             if response.usage is not None:
                 usage += Usage(
                     tokens_in=response.usage.prompt_tokens or 0,
@@ -243,7 +224,7 @@ class OpenAIProvider(ChunkedExtractor):
                 dimensions=self.dimensions,
                 **options,
             )
-            response = self._with_retries("embeddings", create)
+            response = self._call("embeddings", create)
             data = sorted(response.data, key=lambda item: item.index)
             if len(data) != len(batch):
                 raise RetryableLLMError(f"embeddings: asked for {len(batch)} vectors, got {len(data)}")
