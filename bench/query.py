@@ -149,14 +149,14 @@ def memory_text(rng: random.Random, sentences: list[str]) -> str:
 
 
 def unit_vectors(texts: list[str], seed: int) -> list[bytes]:
-    """Embeddings for bulk-loaded memories: the fake LLM's hashing embedding of the text (so query
+    """Embeddings for bulk-loaded memories: the fake LLM's embedding of the text (so query
     embeddings are in the same space) plus low-rank noise, like clustered real embeddings; FP32."""
     import numpy as np
 
-    from memproc.llm import hashing_embedding
+    from tests.fake_openai import embedding
 
     rng = np.random.default_rng(seed)
-    h = np.array([hashing_embedding(t, DIMENSIONS) for t in texts], dtype=np.float32)
+    h = np.array([embedding(t, DIMENSIONS) for t in texts], dtype=np.float32)
     low = rng.standard_normal((len(texts), 16)) @ rng.standard_normal((16, DIMENSIONS))
     low /= np.linalg.norm(low, axis=1, keepdims=True)
     v = h + 0.7 * low.astype(np.float32)

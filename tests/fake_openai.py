@@ -1,14 +1,16 @@
 """A fake OpenAI-compatible HTTP server for tests, benchmarks and local development.
 
-Stdlib only. It speaks just enough of the API for memproc (``POST /v1/chat/completions`` with a
-``json_schema`` response format, ``POST /v1/embeddings``), answers deterministically with the
-offline provider's heuristics and hashing embeddings, and can be told to fail in the ways a real
-server does (5xx, 429 with Retry-After, hanging requests, malformed output, refusals, wrong vector
-sizes) so the real ``openai`` client can be exercised end to end without mocking it.
+Stdlib only, and nothing from memproc: a fake that reused production code would pass its own
+regressions. It speaks just enough of the API for memproc (``POST /v1/chat/completions`` with a
+``json_schema`` response format, ``POST /v1/embeddings``), answers deterministically with a small
+model of its own (``extract`` and ``embedding`` below say exactly what it does), and can be told to
+fail in the ways a real server does (5xx, 429 with Retry-After, hanging requests, malformed output,
+refusals, wrong vector sizes) so the real ``openai`` client can be exercised end to end without
+mocking it.
 
     with FakeOpenAI() as fake:
         settings = load_settings(openai_api_key="test", openai_base_url=fake.base_url)
-        fake.fail_next("429", retry_after=2)
+        fake.fail_next("429", retry_after_ms=1)  # the SDK retries after 1 ms
 
 Standalone: ``python tests/fake_openai.py --port 8099 --latency 0.2``.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import hashlib
 import json
 import re
 import signal
@@ -27,14 +30,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
-from memproc.llm import hashing_embedding, heuristic_extraction, unpack_user_message
-
-__all__ = ["FAILURE_KINDS", "FakeOpenAI", "RecordedRequest", "main"]
+__all__ = ["FAILURE_KINDS", "FakeOpenAI", "RecordedRequest", "embedding", "extract", "main"]
 
 # Kinds accepted by fail_next/fail_always, besides any HTTP status "4xx"/"5xx" given as a string.
 FAILURE_KINDS = frozenset({"timeout", "disconnect", "malformed", "refusal", "bad_dimensions"})
@@ -67,7 +68,8 @@ class RecordedRequest:
 class _Failure:
     kind: str
     path: str  # "chat" | "embeddings" | "any"
-    retry_after: float | None = None
+    retry_after: float | str | None = None
+    retry_after_ms: float | None = None
 
     def applies_to(self, endpoint: str) -> bool:
         wanted = _KIND_ENDPOINTS.get(self.kind)
@@ -261,18 +263,36 @@ class FakeOpenAI:
             raise ValueError(f"path must be 'chat', 'embeddings' or 'any', not {path!r}")
 
     def fail_next(
-        self, kind: str, count: int = 1, path: str = "any", retry_after: float | None = None
+        self,
+        kind: str,
+        count: int = 1,
+        path: str = "any",
+        retry_after: float | str | None = None,
+        retry_after_ms: float | None = None,
     ) -> None:
-        """Queue ``count`` failures of ``kind``; each is consumed by the next request it applies to."""
-        self._check(kind, path)
-        with self._lock:
-            self._queue.extend(_Failure(kind, path, retry_after) for _ in range(count))
+        """Queue ``count`` failures of ``kind``; each is consumed by the next request it applies to.
 
-    def fail_always(self, kind: str, path: str = "any", retry_after: float | None = None) -> None:
-        """Fail every applicable request (after the queued ones) until ``clear_failures``."""
+        An HTTP status failure sends ``Retry-After: <retry_after>`` (seconds, or a string such as an
+        HTTP date, as it is) and ``retry-after-ms: <retry_after_ms>`` when given; a 429 without
+        either sends ``Retry-After: 1``, as OpenAI does. Tests pass a small ``retry_after_ms`` so the
+        SDK's retries wait milliseconds, not seconds.
+        """
         self._check(kind, path)
         with self._lock:
-            self._always.append(_Failure(kind, path, retry_after))
+            self._queue.extend(_Failure(kind, path, retry_after, retry_after_ms) for _ in range(count))
+
+    def fail_always(
+        self,
+        kind: str,
+        path: str = "any",
+        retry_after: float | str | None = None,
+        retry_after_ms: float | None = None,
+    ) -> None:
+        """Fail every applicable request (after the queued ones) until ``clear_failures``; headers as
+        for ``fail_next``."""
+        self._check(kind, path)
+        with self._lock:
+            self._always.append(_Failure(kind, path, retry_after, retry_after_ms))
 
     def clear_failures(self) -> None:
         with self._lock:
@@ -364,9 +384,13 @@ class FakeOpenAI:
         status = int(failure.kind)
         code, message = _STATUS_TEXT.get(status, ("server_error", "The server had an error"))
         headers: dict[str, str] = {}
-        if status == 429 or failure.retry_after is not None:
-            value = failure.retry_after if failure.retry_after is not None else 1
-            headers["Retry-After"] = f"{value:g}"
+        retry_after = failure.retry_after
+        if status == 429 and retry_after is None and failure.retry_after_ms is None:
+            retry_after = 1
+        if retry_after is not None:
+            headers["Retry-After"] = retry_after if isinstance(retry_after, str) else f"{retry_after:g}"
+        if failure.retry_after_ms is not None:
+            headers["retry-after-ms"] = f"{failure.retry_after_ms:g}"
         handler.send_json(status, _error(code, f"{message} (injected {status})"), headers)
 
     def _chat(self, handler: _Handler, body: Any, failure: str | None) -> None:
@@ -378,9 +402,7 @@ class FakeOpenAI:
         user_content = next(
             (str(m.get("content") or "") for m in reversed(messages) if m.get("role") == "user"), ""
         )
-        transcript, session_ts, previous_summary = unpack_user_message(user_content)
-        if transcript is None:
-            transcript = user_content
+        transcript, session_ts, previous_summary = _unpack(user_content)
         refusal: str | None = None
         if failure == "malformed":
             content: str | None = '{"memories": [{"text": "truncated'
@@ -389,11 +411,12 @@ class FakeOpenAI:
         else:
             payload = self.extraction_for(transcript) if self.extraction_for is not None else None
             if payload is None:
-                payload = heuristic_extraction(
+                payload = extract(
                     transcript,
-                    session_timestamp=session_ts or datetime.now(UTC),
+                    session_timestamp=session_ts,
                     previous_summary=previous_summary,
-                ).model_dump(mode="json")
+                    max_memories=_max_memories(body),
+                )
             content = json.dumps(payload)
         prompt_tokens = sum(len(str(m.get("content") or "")) for m in messages) // 4
         completion_tokens = len(content or refusal or "") // 4
@@ -446,11 +469,11 @@ class FakeOpenAI:
         as_base64 = body.get("encoding_format") == "base64"
         data = []
         for index, text in enumerate(inputs):
-            vector = hashing_embedding(text, returned)
-            embedding: Any = (
+            vector = embedding(text, returned)
+            encoded: Any = (
                 base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode() if as_base64 else vector
             )
-            data.append({"object": "embedding", "index": index, "embedding": embedding})
+            data.append({"object": "embedding", "index": index, "embedding": encoded})
         prompt_tokens = sum(len(t) for t in inputs) // 4
         with self._lock:
             self._counters.tokens_in += prompt_tokens
@@ -463,6 +486,198 @@ class FakeOpenAI:
                 "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
             },
         )
+
+
+# -- the fake model ------------------------------------------------------------------------------
+# Deliberately small and independent of memproc's offline heuristics, so tests of the OpenAI path
+# check memproc against documented, fixed behaviour rather than against itself.
+
+_TRANSCRIPT_RE = re.compile(r"<transcript>\n(.*?)\n</transcript>", re.DOTALL)
+_SUMMARY_RE = re.compile(r"<previous_summary>\n(.*?)\n</previous_summary>", re.DOTALL)
+_TIMESTAMP_RE = re.compile(r"^Session timestamp:\s*(\S+)", re.MULTILINE)
+_ROLE_RE = re.compile(r"^\s*(user|human|assistant|ai|bot|system|developer|tool)\s*:\s?(.*)$", re.IGNORECASE)
+_SENTENCE_END_RE = re.compile(r"(?<=[.!?])\s+")
+_ABBREVIATIONS = ("Mr.", "Mrs.", "Ms.", "Dr.", "St.")
+_FIRST_PERSON_RE = re.compile(r"\b(I|I'm|I've|I'll|I'd|[Mm]y)\b")
+_CONTRACTIONS = (
+    (re.compile(r"\bI'm\b|\bI am\b"), "the user is"),
+    (re.compile(r"\bI've\b"), "the user has"),
+    (re.compile(r"\bI'll\b"), "the user will"),
+    (re.compile(r"\bI'd\b"), "the user would"),
+)
+_I_VERB_RE = re.compile(r"\bI ([a-z']+)")
+_IRREGULAR_VERBS = {"have": "has", "don't": "doesn't", "haven't": "hasn't"}
+_UNCHANGED_VERBS = frozenset(
+    ["was", "had", "did", "went", "got", "can", "could", "will", "would", "should", "must", "may", "might"]
+)
+_RELATIVE_DAYS = {"yesterday": -1, "today": 0, "tomorrow": 1}
+_RELATIVE_DAY_RE = re.compile(r"\b(yesterday|today|tomorrow)\b", re.IGNORECASE)
+_TYPE_RULES = (
+    ("goal", re.compile(r"\b(wants?|plans?|hopes?|going) to\b|\bwill\b", re.IGNORECASE)),
+    ("preference", re.compile(r"\b(prefers?|loves?|likes?|enjoys?|hates?|favou?rite)\b", re.IGNORECASE)),
+)
+_TAG_WORD_RE = re.compile(r"[a-z][a-z'-]{2,}")
+_NOT_TAGS = frozenset({
+    "the", "user", "user's", "and", "with", "for", "over", "that", "this", "was", "are", "has", "have",
+    "from", "into", "about",
+})  # fmt: skip
+_EMBEDDING_WORD_RE = re.compile(r"[a-z0-9']+")
+
+
+def _unpack(content: str) -> tuple[str, datetime | None, str | None]:
+    """(transcript, session timestamp, previous summary) from the user message memproc builds.
+
+    Without a ``<transcript>`` block the whole message is the transcript.
+    """
+    transcript = _TRANSCRIPT_RE.search(content)
+    summary = _SUMMARY_RE.search(content)
+    stamp = _TIMESTAMP_RE.search(content)
+    when: datetime | None = None
+    if stamp:
+        with contextlib.suppress(ValueError):
+            when = datetime.fromisoformat(stamp.group(1))
+    return (
+        transcript.group(1) if transcript else content,
+        when,
+        summary.group(1) if summary else None,
+    )
+
+
+def _max_memories(body: dict[str, Any]) -> int:
+    """The ``maxItems`` the request's schema puts on memories, as a structured-output model obeys it."""
+    schema = body["response_format"]["json_schema"]["schema"]
+    limit = schema.get("properties", {}).get("memories", {}).get("maxItems", 50)
+    return int(limit) if isinstance(limit, int) else 50
+
+
+def _turns(transcript: str) -> list[tuple[str, str]]:
+    """(role, text) per message: a JSON message list, or ``role: text`` lines (a line without a
+    prefix continues the message before it); a transcript without any prefix is all the user's."""
+    with contextlib.suppress(ValueError):
+        data = json.loads(transcript)
+        if isinstance(data, dict):
+            data = data.get("messages")
+        if isinstance(data, list):
+            return [
+                (str(m.get("role", "")).lower(), str(m.get("content") or ""))
+                for m in data
+                if isinstance(m, dict)
+            ]
+    lines = [line for line in transcript.splitlines() if line.strip()]
+    if not any(_ROLE_RE.match(line) for line in lines):
+        return [("user", line) for line in lines]
+    turns: list[tuple[str, str]] = []
+    for line in lines:
+        match = _ROLE_RE.match(line)
+        if match:
+            turns.append((match.group(1).lower(), match.group(2)))
+        elif turns:
+            turns[-1] = (turns[-1][0], f"{turns[-1][1]} {line.strip()}")
+    return turns
+
+
+def _sentences(text: str) -> list[str]:
+    """Split at . ! ? followed by a space, except after Mr. Mrs. Ms. Dr. St."""
+    sentences: list[str] = []
+    for piece in _SENTENCE_END_RE.split(text.strip()):
+        if sentences and sentences[-1].endswith(_ABBREVIATIONS):
+            sentences[-1] += " " + piece
+        elif piece:
+            sentences.append(piece)
+    return sentences
+
+
+def _verb_for_the_user(verb: str) -> str:
+    """ "work" -> "works", "watch" -> "watches", "study" -> "studies", "don't" -> "doesn't"; past
+    tenses, modals and other contractions stay as they are."""
+    if verb in _IRREGULAR_VERBS:
+        return _IRREGULAR_VERBS[verb]
+    if verb in _UNCHANGED_VERBS or verb.endswith("ed") or "'" in verb:
+        return verb
+    if verb.endswith("y") and verb[-2:-1] not in tuple("aeiou"):
+        return verb[:-1] + "ies"
+    return verb + ("es" if verb.endswith(("s", "sh", "ch", "x", "o")) else "s")
+
+
+def extract(
+    transcript: str,
+    *,
+    session_timestamp: datetime | None,
+    previous_summary: str | None = None,
+    max_memories: int = 50,
+) -> dict[str, Any]:
+    """What the fake model answers, as the JSON object memproc's schema asks for.
+
+    Every sentence of a user message that speaks in the first person (I, I'm, my, ...) and is not a
+    question becomes one memory, in order, up to ``max_memories``, rewritten for "the user" ("I work"
+    -> "the user works", "my" -> "the user's"). Nothing is filtered: an injected instruction in the
+    first person is copied like any other sentence. "yesterday", "today" and "tomorrow" become
+    "on <date>" relative to the session timestamp (when there is one), which makes the memory an
+    event; otherwise "wants to", "plans to", "will", ... make a goal, "prefer", "love", "like", ...
+    a preference, anything else a fact. Confidence is 0.9; tags are the first four words of three or
+    more letters that are not "the", "user", "and", ...; topics are the tags of all memories, first
+    five. The summary is "Conversation with N messages." (N counts every message), appended to the
+    previous summary as "... Then N more messages." in a continuation.
+    """
+    turns = _turns(transcript)
+    memories: list[dict[str, Any]] = []
+    for role, text in turns:
+        if role not in ("user", "human"):
+            continue
+        for sentence in _sentences(text):
+            if sentence.endswith("?") or not _FIRST_PERSON_RE.search(sentence):
+                continue
+            if len(memories) < max_memories:
+                memories.append(_memory(sentence, session_timestamp))
+    topics: list[str] = []
+    for memory in memories:
+        topics += [tag for tag in memory["tags"] if tag not in topics]
+    if previous_summary:
+        summary = f"{previous_summary} Then {len(turns)} more messages."
+    else:
+        summary = f"Conversation with {len(turns)} messages."
+    return {"memories": memories, "summary": summary, "topics": topics[:5]}
+
+
+def _memory(sentence: str, session_timestamp: datetime | None) -> dict[str, Any]:
+    text = sentence.strip().rstrip(".!")
+    for pattern, replacement in _CONTRACTIONS:
+        text = pattern.sub(replacement, text)
+    text = _I_VERB_RE.sub(lambda m: f"the user {_verb_for_the_user(m.group(1))}", text)
+    text = re.sub(r"\b[Mm]y\b", "the user's", text)
+    text = re.sub(r"\bI\b|\bme\b", "the user", text)
+    dated = False
+    if session_timestamp is not None:
+
+        def on_day(match: re.Match[str]) -> str:
+            nonlocal dated
+            dated = True
+            day = session_timestamp.date() + timedelta(days=_RELATIVE_DAYS[match.group(1).lower()])
+            return f"on {day.isoformat()}"
+
+        text = _RELATIVE_DAY_RE.sub(on_day, text)
+    text = text[:1].upper() + text[1:] + "."
+    memory_type = "event" if dated else next((t for t, rule in _TYPE_RULES if rule.search(text)), "fact")
+    words = [w for w in _TAG_WORD_RE.findall(text.lower()) if w not in _NOT_TAGS]
+    tags = list(dict.fromkeys(words))[:4]
+    return {"text": text, "memory_type": memory_type, "confidence": 0.9, "tags": tags}
+
+
+def embedding(text: str, dimensions: int) -> list[float]:
+    """A deterministic unit vector: each word, and the whole text, adds ±1 at two sha256-chosen
+    coordinates. Identical texts give identical vectors; texts sharing words point the same way
+    (so a search for "green tea" finds the memory about green tea); any other difference, word
+    order included, moves the vector, so distinct memories stay apart."""
+    vector = [0.0] * dimensions
+    for feature in [*_EMBEDDING_WORD_RE.findall(text.lower()), text]:
+        digest = hashlib.sha256(feature.encode()).digest()
+        for offset in (0, 8):
+            number = int.from_bytes(digest[offset : offset + 8], "big")
+            vector[number % dimensions] += 1.0 if number >> 63 else -1.0
+    norm = sum(v * v for v in vector) ** 0.5
+    if norm == 0:  # every feature cancelled out: any fixed unit vector will do
+        return [1.0] + [0.0] * (dimensions - 1)
+    return [v / norm for v in vector]
 
 
 def _error(code: str, message: str) -> dict[str, Any]:

@@ -181,12 +181,14 @@ def test_a_server_error_is_retried_with_backoff(fake_llm: Any, r: redis.Redis) -
 
 def test_retries_within_the_provider_recover_from_500_and_timeout(fake_llm: Any, r: redis.Redis) -> None:
     store("user123", CHAT, "s-1")
-    fake_llm.fail_next("500", count=1)
+    fake_llm.fail_next("500", count=1, retry_after_ms=1)
     fake_llm.fail_next("timeout", count=1)
     n = len(fake_llm.requests)
     report = drain(llm_max_retries=2, llm_timeout_seconds=2.0)
     assert report.processed == 1
-    assert len([q for q in fake_llm.requests[n:] if q.path.endswith("/chat/completions")]) == 3
+    chat = [q for q in fake_llm.requests[n:] if q.path.endswith("/chat/completions")]
+    assert len(chat) == 3
+    assert [q.headers["x-stainless-retry-count"] for q in chat] == ["0", "1", "2"]  # the SDK's retries
 
 
 def test_429_honours_retry_after(fake_llm: Any, r: redis.Redis) -> None:

@@ -1,0 +1,122 @@
+"""Long transcripts: split at message boundaries, extract chunk by chunk with a running summary,
+merge.
+
+Both providers extract the same way so that a long session gives the same shape of result
+whichever is configured; each only supplies the call for one chunk (``ChunkedExtractor``).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from memproc.llm.base import Usage
+from memproc.llm.safety import sanitize
+from memproc.llm.schema import MAX_MEMORIES, MAX_TOPICS, ExtractedMemory, Extraction
+
+# A line that starts a message: "user: ...", "[assistant]: ...". Chunks are cut before such lines.
+ROLE_PREFIX_RE = re.compile(
+    r"^\s*\[?(?P<role>user|human|assistant|ai|bot|system|developer|tool|agent|model)\]?\s*:\s?(?P<text>.*)$",
+    re.IGNORECASE,
+)
+
+
+def _hard_split(text: str, max_chars: int) -> list[str]:
+    """Split one over-long line, at whitespace when there is some in the last fifth of a piece."""
+    pieces: list[str] = []
+    while len(text) > max_chars:
+        cut = text.rfind(" ", int(max_chars * 0.8), max_chars)
+        cut = cut + 1 if cut > 0 else max_chars
+        pieces.append(text[:cut])
+        text = text[cut:]
+    if text:
+        pieces.append(text)
+    return pieces
+
+
+def chunk_transcript(transcript: str, max_chars: int) -> list[str]:
+    """Split a transcript into pieces of at most ``max_chars``, on message boundaries where possible.
+
+    A message is a line with a role prefix plus its continuation lines; without role prefixes every
+    line is a message. ``"".join(chunks) == transcript`` always holds.
+    """
+    if max_chars < 1:
+        raise ValueError("max_chars must be >= 1")
+    if len(transcript) <= max_chars:
+        return [transcript]
+    lines = transcript.splitlines(keepends=True)
+    has_roles = any(ROLE_PREFIX_RE.match(line) for line in lines)
+    messages: list[str] = []
+    for line in lines:
+        if messages and has_roles and not ROLE_PREFIX_RE.match(line):
+            messages[-1] += line
+        else:
+            messages.append(line)
+
+    chunks: list[str] = []
+    current: list[str] = []
+    size = 0
+
+    def add(piece: str) -> None:
+        nonlocal size
+        if current and size + len(piece) > max_chars:
+            chunks.append("".join(current))
+            current.clear()
+            size = 0
+        current.append(piece)
+        size += len(piece)
+
+    for message in messages:
+        if len(message) <= max_chars:
+            add(message)
+            continue
+        for line in message.splitlines(keepends=True):
+            for piece in [line] if len(line) <= max_chars else _hard_split(line, max_chars):
+                add(piece)
+    if current:
+        chunks.append("".join(current))
+    return chunks
+
+
+def norm_key(text: str) -> str:
+    """What two memory texts are duplicates by: their words, lowercased."""
+    return " ".join(re.findall(r"\w+", text.lower()))
+
+
+class ChunkedExtractor:
+    """What both providers share: ``extract`` runs ``_extract_one`` per chunk and merges the parts."""
+
+    chunk_chars: int
+
+    def _extract_one(
+        self, chunk: str, session_timestamp: datetime, previous_summary: str | None
+    ) -> tuple[Extraction, Usage]:
+        raise NotImplementedError
+
+    def extract(
+        self, transcript: str, *, session_timestamp: datetime, previous_summary: str | None = None
+    ) -> tuple[Extraction, Usage]:
+        """One call per chunk with the running summary; memories merged, deduplicated and sanitized."""
+        if not transcript.strip():
+            return Extraction(summary=previous_summary or "Empty conversation."), Usage()
+        summary = previous_summary
+        memories: list[ExtractedMemory] = []
+        topics: list[str] = []
+        seen: set[str] = set()
+        usage = Usage()
+        for chunk in chunk_transcript(transcript, self.chunk_chars):
+            part, part_usage = self._extract_one(chunk, session_timestamp, summary)
+            usage += part_usage
+            for memory in part.memories:
+                key = norm_key(memory.text)
+                if key not in seen:
+                    seen.add(key)
+                    memories.append(memory)
+            topics.extend(t for t in part.topics if t not in topics)
+            summary = part.summary
+        if len(memories) > MAX_MEMORIES:
+            ranked = sorted(range(len(memories)), key=lambda i: -memories[i].confidence)[:MAX_MEMORIES]
+            memories = [memories[i] for i in sorted(ranked)]
+        assert summary is not None  # at least one chunk ran
+        merged = Extraction(memories=memories, summary=summary, topics=topics[:MAX_TOPICS])
+        return sanitize(merged), usage

@@ -1,0 +1,240 @@
+"""The OpenAI provider: OpenAI or any compatible server (``OPENAI_BASE_URL``) through the official
+SDK, which also does the in-call retrying.
+
+What the SDK cannot know is left here: which of its final exceptions the queue should retry
+(``RetryableLLMError``, carrying the server's ``Retry-After`` as ``retry_after``) and which not
+(``PermanentLLMError``), and that a malformed reply, which is not an HTTP error, deserves one more
+try.
+
+The SDK is imported inside ``OpenAIProvider.__init__``, not here: the store_raw Lambda imports
+memproc but never talks to the LLM, and should not pay for loading openai.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import functools
+import logging
+import math
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import ValidationError
+
+from memproc.llm.base import LLMError, PermanentLLMError, RetryableLLMError, Usage, l2_normalise
+from memproc.llm.chunking import ChunkedExtractor
+from memproc.llm.parsing import parse_extraction
+from memproc.llm.prompt import build_messages
+from memproc.llm.schema import EXTRACTION_JSON_SCHEMA, Extraction
+
+if TYPE_CHECKING:
+    import openai
+
+    from memproc.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# The embeddings endpoint accepts at most 2048 inputs per request; more is split (rare: ~50 per session).
+_EMBED_BATCH = 2048
+
+
+def _retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds from ``retry-after-ms`` / ``retry-after`` (delta-seconds or HTTP date), else None."""
+    if not headers:
+        return None
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return max(0.0, float(value) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def _gave_up(request_headers: Mapping[str, str], retry_after: float | None = None) -> str:
+    """How the SDK's retries ended, as the tail of an error message, e.g.
+    ``" (gave up after 3 attempts; the server asks to wait 2s)"``.
+
+    The SDK numbers its attempts in the ``x-stainless-retry-count`` request header (0 for the first).
+    """
+    parts: list[str] = []
+    count = request_headers.get("x-stainless-retry-count", "")
+    if count.isdigit():
+        attempts = int(count) + 1
+        parts.append(f"gave up after {attempts} attempt{'s' if attempts > 1 else ''}")
+    if retry_after is not None:
+        parts.append(f"the server asks to wait {retry_after:g}s")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
+class OpenAIProvider(ChunkedExtractor):
+    """OpenAI (or any compatible server) through the official SDK, retries included.
+
+    The client is built with ``max_retries=llm_max_retries``: it retries 408, 409, 429, 5xx,
+    timeouts and connection errors, waits what ``retry-after-ms`` / ``retry-after`` ask up to two
+    minutes (exponential backoff with jitter when they ask nothing), obeys ``x-should-retry``, and
+    does not retry a response that asks for a longer wait. The exception it finally raises becomes
+    ``RetryableLLMError`` (with the server's ``retry_after``, the queue's minimum delay before the
+    item's next attempt: a worker never sleeps minutes on one item) or ``PermanentLLMError``.
+    """
+
+    name = "openai"
+
+    def __init__(self, settings: Settings) -> None:
+        import openai  # lazy: see the module docstring
+
+        self._openai = openai
+        self.chat_model = settings.llm_model
+        self.embedding_model = settings.embedding_model
+        self.dimensions = settings.embedding_dimensions
+        self._float_embeddings = settings.embedding_encoding == "float"
+        self.chunk_chars = settings.llm_chunk_chars
+        self.timeout = settings.llm_timeout_seconds
+        api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+        if not api_key:
+            raise ValueError("OpenAIProvider needs OPENAI_API_KEY")
+        self._client = openai.OpenAI(
+            api_key=api_key,
+            base_url=settings.openai_base_url,
+            timeout=settings.llm_timeout_seconds,
+            max_retries=settings.llm_max_retries,
+        )
+
+    def close(self) -> None:
+        """Close the HTTP connection pool."""
+        self._client.close()
+
+    # -- the verdict on what the SDK's retries left ---------------------------------------------
+
+    def _verdict(self, exc: openai.OpenAIError, what: str) -> LLMError:
+        """Our retryable/permanent verdict on an SDK exception, with status and server message."""
+        o = self._openai
+        if isinstance(exc, o.APITimeoutError):
+            return RetryableLLMError(
+                f"{what}: timed out after {self.timeout:g}s{_gave_up(exc.request.headers)}"
+            )
+        if isinstance(exc, o.APIConnectionError):
+            return RetryableLLMError(f"{what}: connection error: {exc}{_gave_up(exc.request.headers)}")
+        if isinstance(exc, o.APIStatusError):
+            status = exc.status_code
+            detail = exc.body.get("message") if isinstance(exc.body, dict) else None
+            message = f"{what}: HTTP {status}: {detail or exc.message}"
+            if status in (408, 409, 429) or status >= 500:
+                retry_after = _retry_after_seconds(exc.response.headers)
+                return RetryableLLMError(
+                    message + _gave_up(exc.request.headers, retry_after), retry_after=retry_after
+                )
+            return PermanentLLMError(message)
+        return RetryableLLMError(f"{what}: {type(exc).__name__}: {exc}")
+
+    def _call(self, what: str, create: Callable[[], T]) -> T:
+        """``create()`` (the SDK retries inside it); an SDK error that remains becomes our verdict."""
+        try:
+            return create()
+        except self._openai.OpenAIError as exc:
+            raise self._verdict(exc, what) from exc
+
+    # -- extraction -----------------------------------------------------------------------------
+
+    def _extract_one(
+        self, chunk: str, session_timestamp: datetime, previous_summary: str | None
+    ) -> tuple[Extraction, Usage]:
+        messages = build_messages(
+            chunk, session_timestamp=session_timestamp, previous_summary=previous_summary
+        )
+        create = functools.partial(
+            self._client.chat.completions.create,
+            model=self.chat_model,
+            messages=messages,
+            response_format={
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "memory_extraction",
+                    "strict": True,
+                    "schema": EXTRACTION_JSON_SCHEMA,
+                },
+            },
+            temperature=0,
+        )
+        usage = Usage()
+        # A malformed reply is a 200 to the SDK, so it is ours to retry: once, at once.
+        malformed_retries = 1
+        while True:
+            response = self._call("chat completion", create)
+            if response.usage is not None:
+                usage += Usage(
+                    tokens_in=response.usage.prompt_tokens or 0,
+                    tokens_out=response.usage.completion_tokens or 0,
+                )
+            choice = response.choices[0] if response.choices else None
+            message = choice.message if choice is not None else None
+            if message is not None and getattr(message, "refusal", None):
+                raise PermanentLLMError(f"model refused: {message.refusal}")
+            if choice is not None and choice.finish_reason == "content_filter":
+                raise PermanentLLMError("model output was blocked by the content filter")
+            try:
+                if message is None:
+                    raise ValueError("response has no choices")
+                extraction = parse_extraction(
+                    message.content, fallback_summary=previous_summary or "No durable information."
+                )
+            except (ValueError, ValidationError) as exc:
+                reason = f"malformed extraction (finish_reason={getattr(choice, 'finish_reason', None)}): "
+                reason += str(exc).splitlines()[0][:300]
+                if malformed_retries > 0:
+                    malformed_retries -= 1
+                    logger.warning("%s; retrying once", reason)
+                    continue
+                raise RetryableLLMError(reason) from exc
+            return extraction, usage
+
+    # -- embeddings -----------------------------------------------------------------------------
+
+    def embed(self, texts: list[str]) -> tuple[list[list[float]], Usage]:
+        if not texts:
+            return [], Usage()
+        vectors: list[list[float]] = []
+        usage = Usage()
+        for start in range(0, len(texts), _EMBED_BATCH):
+            batch = list(texts[start : start + _EMBED_BATCH])
+            # base64 (the SDK's default) decodes each vector in one call; "float" makes the SDK
+            # build every number as a model field, ~90% of the processor's CPU at 1536 dimensions.
+            # EMBEDDING_ENCODING=float is for compatible servers that lack base64.
+            options: dict[str, Any] = {"encoding_format": "float"} if self._float_embeddings else {}
+            create = functools.partial(
+                self._client.embeddings.create,
+                model=self.embedding_model,
+                input=batch,
+                dimensions=self.dimensions,
+                **options,
+            )
+            response = self._call("embeddings", create)
+            data = sorted(response.data, key=lambda item: item.index)
+            if len(data) != len(batch):
+                raise RetryableLLMError(f"embeddings: asked for {len(batch)} vectors, got {len(data)}")
+            for item in data:
+                if len(item.embedding) != self.dimensions:
+                    raise PermanentLLMError(
+                        f"embeddings: model {self.embedding_model!r} returned {len(item.embedding)} "
+                        f"dimensions, but EMBEDDING_DIMENSIONS is {self.dimensions}"
+                    )
+                vectors.append(l2_normalise(item.embedding))
+            if response.usage is not None:
+                usage += Usage(tokens_in=response.usage.prompt_tokens or 0)
+        return vectors, usage
