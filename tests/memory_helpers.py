@@ -4,6 +4,7 @@ and snapshot what Redis holds so a test can prove an operation left other data u
 from __future__ import annotations
 
 import json
+from array import array
 from typing import Any
 
 import redis
@@ -30,6 +31,27 @@ def store(
 def drain(**overrides: Any) -> Any:
     settings = load_settings(**overrides) if overrides else get_settings()
     return build_processor(settings).drain()
+
+
+def commit_payload(dimensions: int = 64) -> tuple[dict[str, Any], list[bytes]]:
+    """What a processor would write for one memory."""
+    payload = {
+        "memories": [{"text": "The user erased this.", "memory_type": "fact", "confidence": 0.9, "tags": []}],
+        "summary": "late",
+        "topics": [],
+        "tokens_in": 1,
+        "tokens_out": 1,
+        "processed_length": 1,
+        "processed_sha256": "0" * 64,
+        "raw_retention": 30 * 86400,
+        "session_retention": 365 * 86400,
+        "threshold": 0.99,
+        "embedding_model": "text-embedding-3-small",
+        "dimensions": dimensions,
+        "processing_ms": 1,
+        "mode": "full",
+    }
+    return payload, [array("f", [1.0] + [0.0] * (dimensions - 1)).tobytes()]
 
 
 def vector_elements(r: redis.Redis, vs: str) -> dict[str, dict[str, Any]]:

@@ -133,8 +133,9 @@ def test_a_dry_run_lists_without_deleting(scene: Scene, r: redis.Redis) -> None:
 
 def test_index_entries_of_vanished_records_are_trimmed(scene: Scene, r: redis.Redis) -> None:
     other = snapshot(r, "user10")
-    # What TTLs (and a stray VREM) would leave behind.
+    # What TTLs (and a stray VREM, and an erased memory set) would leave behind.
     r.delete(U1.raw(scene.old), U1.session_summary("s-new"), U1.raw(scene.new))
+    r.delete(U1.session_memories("s-new"))
     gone = next(iter(r.smembers(U1.session_memories("s-old"))))
     r.execute_command("VREM", "user1", gone)
     b = cleanup().body
@@ -155,6 +156,15 @@ def test_index_entries_of_vanished_records_are_trimmed(scene: Scene, r: redis.Re
     assert all(r.zscore(U1.raw_index, rid) is not None for rid in scene.live)
     assert snapshot(r, "user10") == other
     assert cleanup().body["trimmed_index_entries"]["total"] == 0
+
+
+def test_a_session_whose_summary_expired_stays_indexed_while_its_memories_live(
+    scene: Scene, r: redis.Redis
+) -> None:
+    r.delete(U1.session_summary("s-new"))  # the summary's retention ran out; memories are permanent
+    assert r.scard(U1.session_memories("s-new")) > 0
+    assert cleanup().body["trimmed_index_entries"]["session_index"] == 0
+    assert r.zscore(U1.session_index, "s-new") is not None  # so erasing the vectorstore finds it
 
 
 def test_records_the_queue_lost_are_reconciled(scene: Scene, r: redis.Redis) -> None:

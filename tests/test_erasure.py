@@ -5,7 +5,6 @@ vectorstores such as `user10` next to `user1`), and a processor racing the erasu
 from __future__ import annotations
 
 import json
-from array import array
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -19,7 +18,7 @@ from memproc.dal.connection import get_store
 from memproc.processor import build_processor
 from memproc.settings import get_settings
 from tests.api_client import call, mem_path
-from tests.memory_helpers import drain, everything, snapshot, store, vector_elements
+from tests.memory_helpers import commit_payload, drain, everything, snapshot, store, vector_elements
 
 U1 = keys.VectorstoreKeys("user1")
 TEA = "user: I prefer green tea over coffee.\nuser: I live in Porto.\n"
@@ -64,27 +63,6 @@ def scene(fake_llm: Any, r: redis.Redis) -> Scene:
 
 def keys_mentioning(r: redis.Redis, text: str) -> list[str]:
     return sorted(k for k in r.scan_iter(count=1000) if text in k)
-
-
-def commit_payload(dimensions: int = 64) -> tuple[dict[str, Any], list[bytes]]:
-    """What a processor would write for one memory."""
-    payload = {
-        "memories": [{"text": "The user erased this.", "memory_type": "fact", "confidence": 0.9, "tags": []}],
-        "summary": "late",
-        "topics": [],
-        "tokens_in": 1,
-        "tokens_out": 1,
-        "processed_length": 1,
-        "processed_sha256": "0" * 64,
-        "raw_retention": 30 * 86400,
-        "session_retention": 365 * 86400,
-        "threshold": 0.99,
-        "embedding_model": "text-embedding-3-small",
-        "dimensions": dimensions,
-        "processing_ms": 1,
-        "mode": "full",
-    }
-    return payload, [array("f", [1.0] + [0.0] * (dimensions - 1)).tobytes()]
 
 
 def test_erasing_a_session(scene: Scene, r: redis.Redis) -> None:

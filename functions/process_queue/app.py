@@ -34,6 +34,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     metrics.add_metric("SessionsProcessed", MetricUnit.Count, report.processed)
     metrics.add_metric("SessionsRetried", MetricUnit.Count, report.retried)
     metrics.add_metric("QueueDeadLettered", MetricUnit.Count, report.dead)
+    metrics.add_metric("RecordsLost", MetricUnit.Count, report.lost)
     metrics.add_metric("MemoriesCreated", MetricUnit.Count, report.memories_created)
     metrics.add_metric("LLMTokens", MetricUnit.Count, report.tokens_in + report.tokens_out)
     summary = {**asdict(report), "rate_per_second": report.rate}

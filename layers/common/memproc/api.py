@@ -9,7 +9,9 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
+from memproc.dal.connection import StoreError, store_failure
 from memproc.errors import ApiError, InvalidInput
+from memproc.observability import logger
 from memproc.schemas.responses import ErrorBody, ErrorResponse
 from memproc.settings import get_settings
 
@@ -81,6 +83,17 @@ def make_resolver() -> APIGatewayRestResolver:
         ]
         summary = "; ".join(f"{d['location']}: {d['message']}" for d in details)
         return error_response(422, "validation_error", f"invalid request: {summary}", details)
+
+    @app.exception_handler(StoreError)
+    def _store_error(exc: StoreError) -> Response[Any]:
+        failure = store_failure(exc)
+        if failure is None:
+            raise exc  # a bug, not a store condition: Lambda reports it
+        code, reason = failure
+        logger.warning("store failure", extra={"code": code, "error": str(exc)[:300]})
+        # A store_raw whose answer was lost may be sent again safely: it is deduplicated.
+        retry_after = "5" if code == "store_unavailable" else "30"
+        return error_response(503, code, f"{reason}; retry later", headers={"Retry-After": retry_after})
 
     @app.not_found
     def _not_found(exc: Exception) -> Response[Any]:

@@ -36,6 +36,8 @@ VECTORSTORE_KEYS: dict[str, str] = {
     "session_summary": "session_summary:",
     "session_memories": "session_memories:",
     "session_raws": "session_raws:",
+    # A session's unfinished submissions in submission order: only the first may be claimed.
+    "session_queue": "session_queue:",
     "dedupe": "dedupe:",
     "daily_stats": "processing_stats:",
     "raw_index": "raw_index",
@@ -47,6 +49,8 @@ VECTORSTORE_KEYS: dict[str, str] = {
     "config": "config",
     "counters": "counters",
     "cleanup": "cleanup",
+    # Raw id -> session id of every unfinished submission (to find its session queue).
+    "queued_sessions": "queued_sessions",
 }
 
 
@@ -86,6 +90,9 @@ class VectorstoreKeys:
     def session_raws(self, session_id: str) -> str:
         return self._key("session_raws", session_id)
 
+    def session_queue(self, session_id: str) -> str:
+        return self._key("session_queue", session_id)
+
     def dedupe(self, digest: str) -> str:
         return self._key("dedupe", digest)
 
@@ -123,6 +130,10 @@ class VectorstoreKeys:
     @property
     def counters(self) -> str:
         return self._key("counters")
+
+    @property
+    def queued_sessions(self) -> str:
+        return self._key("queued_sessions")
 
     @property
     def cleanup(self) -> str:

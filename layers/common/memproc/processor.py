@@ -45,8 +45,10 @@ class DrainReport:
     processed: int = 0
     retried: int = 0
     dead: int = 0
-    stale: int = 0
+    stale: int = 0  # fenced out: the item was reclaimed or erased while this worker held it
     reaped: int = 0
+    lost: int = 0  # queue entries whose raw record was gone (evicted?), dead-lettered as such
+    renewed: int = 0
     memories_created: int = 0
     memories_merged: int = 0
     tokens_in: int = 0
@@ -83,19 +85,9 @@ class Work:
 
     transcript: str
     text: str
-    mode: str  # full | delta
+    mode: str  # full | delta | covered (a longer version of it was already processed)
     previous_summary: str | None
     session_time: datetime
-
-
-def _plan(loaded: reads.ProcessingInput) -> Work:
-    transcript, summary = loaded.transcript or "", loaded.summary
-    when = session_time(loaded.metadata, loaded.created_at)
-    if summary and summary.processed_length:
-        done = summary.processed_length
-        if done <= len(transcript) and _sha256(transcript[:done]) == summary.processed_sha256:
-            return Work(transcript, transcript[done:], "delta", summary.summary, when)
-    return Work(transcript, transcript, "full", None, when)
 
 
 def _sha256(text: str) -> str:
@@ -147,7 +139,7 @@ class Processor:
         loaded = reads.processing_input(self.store, item.vectorstore, item.raw_id, item.session_id)
         if loaded.transcript is None:
             return Outcome(item, "stale")  # erased while we held it; nothing to write
-        work = _plan(loaded)
+        work = self.plan(item, loaded)
         extraction, usage, vectors = self.extract(work)
         payload = {
             "memories": [m.model_dump() for m in extraction.memories],
@@ -163,7 +155,7 @@ class Processor:
             "embedding_model": self.provider.embedding_model,
             "dimensions": self.provider.dimensions,
             "processing_ms": int((time.monotonic() - started) * 1000),
-            "mode": work.mode if work.text.strip() else "unchanged",
+            "mode": work.mode if work.text.strip() or work.mode == "covered" else "unchanged",
         }
         result = self.commit(item, payload, [_fp32(v) for v in vectors])
         if result.outcome == "mismatch":
@@ -179,6 +171,22 @@ class Processor:
         if result.outcome != "ok":
             return Outcome(item, "stale", usage=usage)
         return Outcome(item, "processed", result.created, result.merged, usage)
+
+    def plan(self, item: q.Claim, loaded: reads.ProcessingInput) -> Work:
+        """Full, delta or nothing: a re-posted, longer version of a processed session costs only its
+        new part; an older, shorter one processed after it (a late redrive) costs nothing when the
+        processed transcript starts with it."""
+        transcript, summary = loaded.transcript or "", loaded.summary
+        when = session_time(loaded.metadata, loaded.created_at)
+        if summary and summary.processed_length:
+            done = summary.processed_length
+            if done <= len(transcript) and _sha256(transcript[:done]) == summary.processed_sha256:
+                return Work(transcript, transcript[done:], "delta", summary.summary, when)
+            if done > len(transcript) and summary.processed_raw_id not in (None, item.raw_id):
+                longer = reads.transcript(self.store, item.vectorstore, summary.processed_raw_id)
+                if longer is not None and longer.startswith(transcript):
+                    return Work(transcript, "", "covered", summary.summary, when)
+        return Work(transcript, transcript, "full", None, when)
 
     def extract(self, work: Work) -> tuple[Extraction, Usage, list[list[float]]]:
         """The LLM calls of one item: one extraction (per chunk) and one embeddings call."""
@@ -204,14 +212,25 @@ class Processor:
         stop: threading.Event | None = None,
         progress: Callable[[DrainReport], None] | None = None,
     ) -> DrainReport:
-        """Process until the queue has nothing eligible, time runs short, or `stop` is set."""
+        """Process until the queue has nothing eligible, time runs short, or `stop` is set.
+
+        Leases of items held longer than a third of LEASE_SECONDS are renewed, so long work is
+        never reaped while this worker lives, and a dead worker's items come back within a lease.
+        """
         concurrency = concurrency or self.settings.concurrency
         batch_size = batch_size or self.settings.batch_size
         report = DrainReport()
         started = time.monotonic()
-        q.heartbeat(self.store, self.settings, __version__, starting=True)
-        running: set[Future[Outcome]] = set()
+        policy = q.heartbeat(self.store, self.settings, __version__, starting=True)
+        if policy != "noeviction":
+            log.warning(
+                "the store's maxmemory-policy is %r: an evicting store can delete queued sessions; "
+                "set it to noeviction (store_raw refuses new sessions until then)",
+                policy,
+            )
+        running: dict[Future[Outcome], tuple[q.Claim, float]] = {}
         mean_seconds = 0.0
+        renew_after = self.settings.lease_seconds / 3
 
         def may_claim() -> bool:
             if stop is not None and stop.is_set():
@@ -220,6 +239,17 @@ class Processor:
                 return False
             # Leave time for the slowest item we expect, and never less than 10 s.
             return remaining_seconds is None or remaining_seconds() > max(10.0, 3 * mean_seconds)
+
+        def renew_leases() -> float:
+            """Renew the leases due; seconds until the next is due."""
+            now = time.monotonic()
+            due = [(fut, claim) for fut, (claim, at) in running.items() if now - at >= renew_after]
+            if due:
+                gone = q.renew(self.store, self.settings, [claim for _, claim in due])
+                report.renewed += len(due) - len(gone)
+                for fut, claim in due:
+                    running[fut] = (claim, now)
+            return max(0.1, min((at + renew_after - now for _, at in running.values()), default=renew_after))
 
         with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="memproc") as pool:
             # handled-count when a claim last came back short: the queue looked empty then.
@@ -238,14 +268,18 @@ class Processor:
                         want = min(want, max_items - report.handled - len(running))
                     batch = q.claim(self.store, self.settings, want)
                     report.reaped += batch.reaped
-                    running.update(pool.submit(self.process, item) for item in batch.items)
+                    report.lost += batch.lost
+                    claimed_at = time.monotonic()
+                    for item in batch.items:
+                        running[pool.submit(self.process, item)] = (item, claimed_at)
                     empty_at = report.handled if len(batch.items) < want else None
                 if not running:
                     if empty_at is None and may_claim():
                         continue
                     break
-                done, running = wait(running, return_when=FIRST_COMPLETED)
+                done, _ = wait(running, timeout=renew_leases(), return_when=FIRST_COMPLETED)
                 for fut in done:
+                    del running[fut]
                     outcome = fut.result()
                     report.add(outcome)
                     n = report.handled

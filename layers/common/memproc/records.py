@@ -160,6 +160,7 @@ class SummaryRecord(BaseModel):
     updated_at: Epoch = None
     processed_length: OptionalCount = None
     processed_sha256: Text = None
+    processed_raw_id: Text = None  # the submission whose transcript the processed prefix is
     tokens_in: Count = 0
     tokens_out: Count = 0
     expires_at: Epoch = None

@@ -24,7 +24,9 @@ class Settings(BaseSettings):
     redis_port: int = Field(6379, ge=1, le=65535)
     redis_db: int = Field(0, ge=0)
     redis_secret_arn: str | None = None
-    redis_socket_timeout_seconds: float = Field(5.0, gt=0)
+    # Bounded, so an unreachable or frozen store is a fast 503, not a request that hangs.
+    redis_connect_timeout_seconds: float = Field(1.0, gt=0)
+    redis_socket_timeout_seconds: float = Field(2.0, gt=0)
 
     # LLM: without a key (or secret) the offline provider is used.
     openai_api_key: SecretStr | None = None
@@ -45,7 +47,8 @@ class Settings(BaseSettings):
 
     # Queue.
     max_attempts: int = Field(5, ge=1, le=100)
-    lease_seconds: int = Field(300, ge=5)
+    # Renewed every third of it while a worker lives; after a crash the item is back within it.
+    lease_seconds: int = Field(60, ge=5)
     retry_base_seconds: float = Field(5.0, ge=0)
     retry_max_seconds: float = Field(900.0, ge=0)
     max_queue_size: int = Field(1_000_000, ge=1)

@@ -57,6 +57,15 @@ def submit(store: Store, settings: Settings, vectorstore: str, request: StoreRaw
             length=len(request.session_data),
         ),
     )
+    if done.outcome == "store_evicting":
+        # An evicting store can delete an accepted session before it is processed: refuse new work
+        # until the operator sets noeviction (memproc rechecks the policy every minute).
+        raise Unavailable(
+            f"the memory store's maxmemory-policy is {done.status!r}, which can evict queued sessions; "
+            "set it to noeviction",
+            code="store_evicting",
+            headers={"Retry-After": "60"},
+        )
     if done.outcome in ("queue_full", "vectorstore_full"):
         # Suggest coming back when about 1% of the queue has drained.
         backlog = max(1, done.queue_size // 100)
@@ -94,6 +103,12 @@ def retry_dead_letter(store: Store, vectorstore: str, raw_id: str) -> RetryRespo
     outcome, detail = queue.redrive(store, vectorstore, raw_id)
     if outcome == "queued":
         return RetryResponse(vectorstore_name=vectorstore, raw_memory_id=raw_id, pending=int(detail))
+    if outcome == "lost":
+        raise Conflict(
+            f"raw memory {raw_id!r} was lost before it was processed (evicted, or deleted outside memproc); "
+            "there is nothing left to retry: submit the session again",
+            code="record_lost",
+        )
     if not detail:
         raise NotFound(
             f"no raw memory {raw_id!r} in vectorstore {vectorstore!r}", code="raw_memory_not_found"

@@ -7,11 +7,25 @@ from functools import cache
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from memproc.settings import Settings, get_settings
 
 # What a failed Redis call raises, for code above the data-access layer to catch.
 StoreError = redis.RedisError
+
+
+def store_failure(exc: Exception) -> tuple[str, str] | None:
+    """What a failed Redis call means to a client: (code, reason) for a store that is down, busy or
+    full (answered 503 with Retry-After), None for anything else (a bug: 5xx)."""
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return "store_full", "the memory store is full"
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | redis.BusyLoadingError):
+        return "store_unavailable", f"the memory store is unavailable ({type(exc).__name__})"
+    if isinstance(exc, redis.ReadOnlyError):  # a failover in progress: the old primary is a replica
+        return "store_unavailable", "the memory store is failing over"
+    return None
 
 
 @dataclass(frozen=True)
@@ -36,12 +50,16 @@ def redis_url(settings: Settings) -> str:
 
 
 @cache
-def _store(url: str, timeout: float) -> Store:
+def _store(url: str, connect_timeout: float, timeout: float) -> Store:
     common: dict[str, Any] = {
         "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
+        "socket_connect_timeout": connect_timeout,
         "health_check_interval": 30,
         "max_connections": 512,
+        # One quick retry, for a pooled connection a restart or failover closed. Not on timeouts:
+        # redis-py's default (10 retries) turns a frozen store into a minute-long hang, and a
+        # retried write that did run is answered by the library as a duplicate or as stale.
+        "retry": Retry(ExponentialBackoff(cap=0.2, base=0.05), 1, supported_errors=(redis.ConnectionError,)),
     }
     text = redis.Redis.from_url(url, decode_responses=True, **common)
     binary = redis.Redis.from_url(url, decode_responses=False, **common)
@@ -50,4 +68,4 @@ def _store(url: str, timeout: float) -> Store:
 
 def get_store(settings: Settings | None = None) -> Store:
     s = settings or get_settings()
-    return _store(redis_url(s), s.redis_socket_timeout_seconds)
+    return _store(redis_url(s), s.redis_connect_timeout_seconds, s.redis_socket_timeout_seconds)

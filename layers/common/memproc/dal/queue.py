@@ -39,7 +39,7 @@ class Submission:
 class Enqueued:
     """What `enqueue` answers: the outcome and what the time estimate needs."""
 
-    outcome: str  # queued | duplicate | queue_full | vectorstore_full
+    outcome: str  # queued | duplicate | queue_full | vectorstore_full | store_evicting
     raw_id: str
     created_at: str
     pending_rank: int  # 1-based position among the vectorstore's pending items (0: not waiting)
@@ -78,30 +78,44 @@ def enqueue(store: Store, settings: Settings, s: Submission) -> Enqueued:
 
 @dataclass(frozen=True)
 class Claim:
+    """One claimed item. `token` fences the worker's later calls: every claim of the item gets a
+    new one, never reused (not even after a redrive); `attempt` counts claims since the last redrive."""
+
     vectorstore: str
     raw_id: str
     token: str
     session_id: str
-
-    @property
-    def attempt(self) -> int:
-        return int(self.token)
+    attempt: int
 
 
 @dataclass(frozen=True)
 class ClaimBatch:
     items: list[Claim]
-    reaped: int
-    buried: int
+    reaped: int  # expired leases put back in the queue
+    buried: int  # expired leases of a last attempt, dead-lettered
+    lost: int = 0  # queue entries whose raw record was gone, dead-lettered as "record lost"
 
 
 def claim(store: Store, settings: Settings, limit: int, reap_limit: int = 100) -> ClaimBatch:
-    items, reaped, buried = fcall(
+    items, reaped, buried, lost = fcall(
         store.r, "claim", [], [limit, settings.lease_seconds, settings.max_attempts, reap_limit]
     )
     return ClaimBatch(
-        [Claim(_s(vs), _s(rid), _s(tok), _s(sid)) for vs, rid, tok, sid in items], int(reaped), int(buried)
+        [Claim(_s(vs), _s(rid), _s(tok), _s(sid), int(n)) for vs, rid, tok, sid, n in items],
+        int(reaped),
+        int(buried),
+        int(lost),
     )
+
+
+def renew(store: Store, settings: Settings, items: list[Claim]) -> set[str]:
+    """Extend the leases of items this worker still holds; the raw ids it no longer holds."""
+    if not items:
+        return set()
+    args: list[Any] = [settings.lease_seconds]
+    for item in items:
+        args += [item.vectorstore, item.raw_id, item.token]
+    return {_s(rid) for rid in fcall(store.r, "renew", [], args)}
 
 
 @dataclass(frozen=True)
@@ -162,8 +176,9 @@ def fail(
 
 
 def redrive(store: Store, vectorstore: str, raw_id: str) -> tuple[str, str]:
-    """A dead item back to the queue with a fresh attempt budget: ('queued', pending count), or
-    ('not_dead', its status; '' when there is no such record)."""
+    """A dead item back to the queue with a fresh attempt budget: ('queued', pending count),
+    ('not_dead', its status; '' when there is no such record) or ('lost', '') for a record lost
+    before it was processed (nothing is left to process)."""
     outcome, detail = fcall(store.r, "redrive", [], [vectorstore, raw_id])
     return _s(outcome), _s(detail)
 
@@ -176,9 +191,10 @@ def heartbeat(
     rate: float | None = None,
     weight: float = 1.0,
     starting: bool = False,
-) -> None:
-    """Stamp background_processor:status; a measured rate is blended in with `weight`."""
-    fcall(
+) -> str:
+    """Stamp background_processor:status (a measured rate is blended in with `weight`); returns
+    the store's maxmemory-policy."""
+    _, policy = fcall(
         store.r,
         "heartbeat",
         [],
@@ -190,6 +206,7 @@ def heartbeat(
             "1" if starting else "",
         ],
     )
+    return _s(policy)
 
 
 @dataclass(frozen=True)
@@ -207,11 +224,12 @@ class QueueStatus:
     oldest_pending: float | None
     all_in_flight: int
     all_dead: int
+    eviction_policy: str  # the store's maxmemory-policy; anything but noeviction can lose work
 
 
 def status(store: Store, vectorstore: str) -> QueueStatus:
-    (now, queue_size, flat, today, last, pending, inflight, dead, oldest, all_inflight, all_dead) = fcall(
-        store.r, "status", [], [vectorstore], readonly=True
+    (now, queue_size, flat, today, last, pending, inflight, dead, oldest, all_inflight, all_dead, policy) = (
+        fcall(store.r, "status", [], [vectorstore], readonly=True)
     )
     return QueueStatus(
         now=float(now),
@@ -225,4 +243,5 @@ def status(store: Store, vectorstore: str) -> QueueStatus:
         oldest_pending=float(oldest) if oldest else None,
         all_in_flight=int(all_inflight),
         all_dead=int(all_dead),
+        eviction_policy=_s(policy),
     )

@@ -210,6 +210,13 @@ def stats(store: Store, vectorstore: str, days: int, samples: int) -> dict[str, 
     return result
 
 
+def transcript(store: Store, vectorstore: str, raw_id: str) -> str | None:
+    """One submission's transcript (None when it is gone)."""
+    values: list[Any] = store.rb.hmget(VectorstoreKeys(vectorstore).raw(raw_id), list(TRANSCRIPT_FIELDS))
+    data, encoding = values
+    return None if data is None else decode_transcript(data, (encoding or b"").decode())
+
+
 @dataclass(frozen=True)
 class ProcessingInput:
     """What the processor reads for one claimed item: the transcript and the session so far."""

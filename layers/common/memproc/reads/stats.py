@@ -44,6 +44,7 @@ def _day(date: str, h: dict[str, str]) -> DailyStats:
         processed=processed,
         errors=int(h.get("error_count", 0)),
         dead=dead,
+        lost=int(h.get("lost_count", 0)),
         memories_created=int(h.get("memories_created", 0)),
         memories_merged=int(h.get("memories_merged", 0)),
         tokens_in=int(h.get("tokens_in", 0)),

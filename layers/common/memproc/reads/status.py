@@ -12,6 +12,16 @@ from memproc.timeutil import iso
 from memproc.validation import require_raw_id, require_vectorstore
 
 
+def degraded(eviction_policy: str) -> list[str]:
+    """Reasons the store may lose accepted work."""
+    if eviction_policy == "noeviction":
+        return []
+    return [
+        f"maxmemory-policy is {eviction_policy!r}: the store may evict queued sessions (store_raw refuses "
+        "new ones); set it to noeviction"
+    ]
+
+
 def processing_status(store: Store, settings: Settings, vectorstore: str) -> ProcessingStatus:
     require_vectorstore(vectorstore)
     s = queue.status(store, vectorstore)
@@ -34,6 +44,8 @@ def processing_status(store: Store, settings: Settings, vectorstore: str) -> Pro
         retention_policy=RetentionPolicy(
             raw_memory_days=settings.raw_retention_days, session_days=settings.session_retention_days
         ),
+        eviction_policy=s.eviction_policy,
+        degraded=degraded(s.eviction_policy),
         vectorstore=VectorstoreQueue(
             pending=s.pending,
             in_flight=s.in_flight,

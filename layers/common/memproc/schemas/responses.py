@@ -53,6 +53,10 @@ class ProcessingStatus(BaseModel):
     processing_rate_per_second: float | None
     retention_policy: RetentionPolicy
     vectorstore: VectorstoreQueue
+    eviction_policy: str = Field(description="The store's maxmemory-policy; noeviction is expected")
+    degraded: list[str] = Field(
+        description="Why the service cannot promise to keep every session (empty: it can)"
+    )
 
 
 class ErrorBody(BaseModel):
@@ -215,6 +219,7 @@ class DailyStats(BaseModel):
     processed: int = 0
     errors: int = Field(0, description="Failed attempts (retried or dead-lettered)")
     dead: int = 0
+    lost: int = Field(0, description="Queued sessions whose raw record was gone (evicted?), dead-lettered")
     memories_created: int = 0
     memories_merged: int = 0
     tokens_in: int = 0

@@ -50,17 +50,34 @@ local HOMES = {
   error = {k.dead, DEAD, 'dead_at', 'restored_dead'},
 }
 
+-- A parked item (queued behind an earlier submission of its session) whose session queue no
+-- longer starts with a live submission: the one in front was lost or left without moving the
+-- line on. Let the line move (which re-queues the first waiting item).
+local function stuck_line(vs, id, dry)
+  local sid = redis.call('HGET', k.queued_sessions(vs), id)
+  if not sid then return nil end
+  local first = redis.call('ZRANGE', k.session_queue(vs, sid), 0, 0)[1]
+  if not first or first == id then return nil end
+  local status = redis.call('HGET', k.raw(vs, first), 'status')
+  if status == 'queued' or status == 'processing' then return nil end
+  if not dry then leave_line(vs, first, sid) end
+  return 'unparked'
+end
+
 local function reconcile(vs, id, status, now, dry)
   local home = HOMES[status]
   if not home then return nil end
   local key = k.raw(vs, id)
   local mine = redis.call('ZSCORE', home[1](vs), id)
   local global = redis.call('ZSCORE', home[2], key)
+  if status == 'queued' and tonumber(mine or '0') == PARKED then return stuck_line(vs, id, dry) end
   if mine and global then return nil end
   if not dry then
     local at = tonumber(mine or global or redis.call('HGET', key, home[3]) or '') or now
     if status == 'queued' then
-      enqueue_at(vs, id, at)  -- also gives its vectorstore a turn
+      local sid = redis.call('HGET', k.queued_sessions(vs), id)
+      local first = sid and redis.call('ZRANGE', k.session_queue(vs, sid), 0, 0)[1]
+      if first and first ~= id then park(vs, id) else enqueue_at(vs, id, at) end
     else
       redis.call('ZADD', home[2], at, key)
       redis.call('ZADD', home[1](vs), at, id)
@@ -78,14 +95,17 @@ end
 --  memories: a rolling walk over memory_index (entries whose vector set element is gone).
 -- Cursors live in {vs}:cleanup; a dry run reads them but writes nothing.
 -- ARGV: vs, retention seconds, limit, dry (1/0).  Returns a JSON receipt.
-redis.register_function('cleanup___VERSION__', function(keys, argv)
+-- Flagged allow-oom: on a store at maxmemory it must still run to free memory (it deletes before
+-- it writes its cursors). See: https://redis.io/docs/latest/develop/programmability/functions-intro/
+redis.register_function{function_name = 'cleanup___VERSION__', flags = {'allow-oom'},
+  callback = function(keys, argv)
   local vs, retention, n, dry = argv[1], tonumber(argv[2]), tonumber(argv[3]), argv[4] == '1'
   local state = k.cleanup(vs)
   local now = now_s()
   local cutoff = now - retention
   local deleted = {}
   local trimmed = {raw_index = 0, session_index = 0, session_raws = 0, memory_index = 0}
-  local repaired = {requeued = 0, restored_in_flight = 0, restored_dead = 0, ready = 0}
+  local repaired = {requeued = 0, restored_in_flight = 0, restored_dead = 0, ready = 0, unparked = 0}
   local examined = {}
   local done = {}
   local seen = {}
@@ -104,10 +124,11 @@ redis.register_function('cleanup___VERSION__', function(keys, argv)
     function(id, score)
       seen[id] = true
       local key = k.raw(vs, id)
-      local h = redis.call('HMGET', key, 'status', 'session_id', 'created_at')
+      local h = redis.call('HMGET', key, 'status', 'session_id', 'created_at', 'redriven_at')
       if not h[1] then
         trim('raw_index', k.raw_index(vs), id)
-      elseif h[1] == 'processed' and (tonumber(h[3]) or score) < cutoff and not queued_anywhere(vs, id) then
+      elseif h[1] == 'processed' and retained_until(h[3] or score, h[4], 0) < cutoff
+          and not queued_anywhere(vs, id) then
         deleted[#deleted + 1] = id
         if not dry then
           local counts = {raw_memories = 0, queue_entries = 0, dedupe_keys = 0}
@@ -132,7 +153,9 @@ redis.register_function('cleanup___VERSION__', function(keys, argv)
       for _, id in ipairs(redis.call('ZRANGE', rkey, 0, 99)) do
         if redis.call('EXISTS', k.raw(vs, id)) == 0 then trim('session_raws', rkey, id) end
       end
-      if redis.call('EXISTS', k.session_summary(vs, sid)) == 0 then
+      -- A session stays indexed while its summary or any of its (permanent) memories exists, so
+      -- erasing the vectorstore finds every session's keys at any age.
+      if redis.call('EXISTS', k.session_summary(vs, sid), k.session_memories(vs, sid)) == 0 then
         trim('session_index', k.session_index(vs), sid)
       end
     end)
@@ -150,4 +173,4 @@ redis.register_function('cleanup___VERSION__', function(keys, argv)
   end
   return cjson.encode({now = now, cutoff = cutoff, deleted = deleted, trimmed = trimmed,
     reconciled = repaired, examined = examined, complete = done, live_kept = kept_live})
-end)
+end}

@@ -40,11 +40,48 @@ local function enqueue_at(vs, id, due)
   redis.call('ZADD', READY, 'LT', due, vs)
 end
 
+-- A session's submissions are processed one at a time, in submission order: each waits in its
+-- session queue, and only the first is eligible. The others are "parked": queued, counted in
+-- RAW_MEMORY_QUEUE and the vectorstore's pending set, but at score +inf, so no claim takes them.
+local PARKED = 1 / 0  -- +inf (the math library is not available while a library loads)
+
+-- Add an item to its session queue; true when it must wait behind an earlier submission.
+local function line_up(vs, id, sid, at)
+  redis.call('ZADD', k.session_queue(vs, sid), at, id)
+  redis.call('HSET', k.queued_sessions(vs), id, sid)
+  return redis.call('ZRANGE', k.session_queue(vs, sid), 0, 0)[1] ~= id
+end
+
+local function park(vs, id)
+  redis.call('ZADD', QUEUE, PARKED, k.raw(vs, id))
+  redis.call('ZADD', k.pending(vs), PARKED, id)
+end
+
+-- Take an item out of its session queue; returns the session id (nil: it was in none).
+local function drop_from_line(vs, id, sid)
+  sid = sid or redis.call('HGET', k.queued_sessions(vs), id)
+  redis.call('HDEL', k.queued_sessions(vs), id)
+  if sid then redis.call('ZREM', k.session_queue(vs, sid), id) end
+  return sid
+end
+
+-- The item is done (processed, dead or lost): the next one of its session becomes eligible, at
+-- the time it would have been (its retry time, else when it was submitted).
+local function leave_line(vs, id, sid)
+  sid = drop_from_line(vs, id, sid)
+  if not sid then return end
+  local nxt = redis.call('ZRANGE', k.session_queue(vs, sid), 0, 0)[1]
+  if not nxt or tonumber(redis.call('ZSCORE', k.pending(vs), nxt) or '0') ~= PARKED then return end
+  local h = redis.call('HMGET', k.raw(vs, nxt), 'status', 'next_attempt_at', 'created_at')
+  if h[1] == 'queued' then enqueue_at(vs, nxt, tonumber(h[2] or h[3]) or now_s()) end
+end
+
 local function release(vs, id)
   redis.call('ZREM', INFLIGHT, k.raw(vs, id))
   redis.call('ZREM', k.inflight(vs), id)
 end
 
+-- Dead-letter an item (a move, never a drop): terminal until redriven.
 local function bury(vs, id, now, err)
   local key = k.raw(vs, id)
   redis.call('HSET', key, 'status', 'error', 'last_error', err, 'dead_at', string.format('%.6f', now))
@@ -53,12 +90,20 @@ local function bury(vs, id, now, err)
   redis.call('ZADD', k.dead(vs), now, id)
   bump(vs, now, {error_count = 1, dead_count = 1})
   redis.call('HINCRBY', STATUS, 'error_count', 1)
+  leave_line(vs, id, redis.call('HGET', key, 'session_id'))
 end
 
--- Is this worker still the owner of the item?  Returns the raw hash fields or nil.
+-- When a processed transcript expires: retention counts from submission, or from the last
+-- redrive (a redrive is a resubmission, so a late one is not deleted the moment it is processed).
+local function retained_until(created_at, redriven_at, retention)
+  return math.floor(math.max(tonumber(created_at) or 0, tonumber(redriven_at) or 0) + retention)
+end
+
+-- Is this worker still the owner of the item?  Its token must be the item's current fencing
+-- token, which every claim increments and nothing ever resets.  Returns the raw hash fields.
 local function fenced(vs, id, token)
-  local h = redis.call('HMGET', k.raw(vs, id), 'status', 'processing_attempts', 'session_id',
-    'created_at', 'dedupe_digest')
+  local h = redis.call('HMGET', k.raw(vs, id), 'status', 'lease_token', 'session_id',
+    'created_at', 'dedupe_digest', 'processing_attempts', 'redriven_at')
   if h[1] ~= 'processing' or h[2] ~= token then return nil end
   return h
 end
@@ -77,6 +122,14 @@ local function without(list, value)
   local out = {}
   for _, v in ipairs(as_list(list)) do if v ~= value then out[#out + 1] = v end end
   return out
+end
+
+-- Decoded JSON object text, or {} for anything else (absent, invalid, not an object).
+local function json_object(text)
+  if type(text) ~= 'string' then return {} end
+  local ok, v = pcall(cjson.decode, text)
+  if ok and type(v) == 'table' then return v end
+  return {}
 end
 
 local function json_list(text)
@@ -120,5 +173,7 @@ local function purge_raw(vs, id, sid, counts)
   redis.call('ZREM', k.raw_index(vs), id)
   local owner = h[1] or sid
   if owner then redis.call('ZREM', k.session_raws(vs, owner), id) end
+  -- Only erasure purges unfinished work, and it erases the whole session: the line need not move.
+  drop_from_line(vs, id, owner)
   return json_list(h[3]), h[1]
 end
