@@ -180,7 +180,7 @@ def full(fake_llm: Any, r: redis.Redis) -> Iterator[None]:
     store("user1", CHAT, "s-1")
     store("user1", "user: I play the cello.", "s-2")
     drain()
-    r.config_set("maxmemory", max(1, int(r.info("memory")["used_memory"]) - 1024))
+    r.config_set("maxmemory", 1)  # every write that may grow memory is now refused (noeviction)
     yield
     r.config_set("maxmemory", 0)
 

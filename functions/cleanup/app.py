@@ -28,7 +28,7 @@ app = make_resolver()
 @tracer.capture_method
 def cleanup(vectorstore_name: str) -> Response[Any]:
     q = parse_query(CleanupQuery, app)
-    receipt = retention.cleanup(get_store(), get_settings(), vectorstore_name, q)
+    receipt = retention.cleanup(get_store(), get_settings(), path_arg(vectorstore_name), q)
     logger.info(
         "cleanup",
         extra={
@@ -45,26 +45,30 @@ def cleanup(vectorstore_name: str) -> Response[Any]:
 @tracer.capture_method
 def delete_memory(vectorstore_name: str, memory_id: str) -> Response[Any]:
     parse_query(NoParams, app)
-    return json_response(200, retention.erase_memory(get_store(), vectorstore_name, path_arg(memory_id)))
+    return json_response(
+        200, retention.erase_memory(get_store(), path_arg(vectorstore_name), path_arg(memory_id))
+    )
 
 
 @app.delete("/api/memory/<vectorstore_name>/session/<session_id>")
 @tracer.capture_method
 def delete_session(vectorstore_name: str, session_id: str) -> Response[Any]:
     parse_query(NoParams, app)
-    return json_response(200, retention.erase_session(get_store(), vectorstore_name, path_arg(session_id)))
+    return json_response(
+        200, retention.erase_session(get_store(), path_arg(vectorstore_name), path_arg(session_id))
+    )
 
 
 @app.delete("/api/memory/<vectorstore_name>")
 @tracer.capture_method
 def delete_vectorstore(vectorstore_name: str) -> Response[Any]:
     parse_query(NoParams, app)
-    receipt = retention.erase_vectorstore(get_store(), vectorstore_name)
+    receipt = retention.erase_vectorstore(get_store(), path_arg(vectorstore_name))
     # 202: a vectorstore too large for one request is partly erased; DELETE again to finish.
     return json_response(200 if receipt.complete else 202, receipt)
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:

@@ -23,20 +23,26 @@ app = make_resolver()
 @app.get("/api/memory/<vectorstore_name>/processing_status")
 @tracer.capture_method
 def processing_status(vectorstore_name: str) -> Response[Any]:
-    return json_response(200, status.processing_status(get_store(), get_settings(), vectorstore_name))
+    parse_query(NoParams, app)
+    return json_response(
+        200, status.processing_status(get_store(), get_settings(), path_arg(vectorstore_name))
+    )
 
 
 @app.get("/api/memory/<vectorstore_name>/raw/<raw_memory_id>")
 @tracer.capture_method
 def raw_status(vectorstore_name: str, raw_memory_id: str) -> Response[Any]:
-    return json_response(200, status.raw_status(get_store(), vectorstore_name, path_arg(raw_memory_id)))
+    parse_query(NoParams, app)
+    return json_response(
+        200, status.raw_status(get_store(), path_arg(vectorstore_name), path_arg(raw_memory_id))
+    )
 
 
 @app.get("/api/memory/<vectorstore_name>/hierarchy")
 @tracer.capture_method
 def get_hierarchy(vectorstore_name: str) -> Response[Any]:
     q = parse_query(HierarchyQuery, app)
-    return json_response(200, hierarchy.hierarchy(get_store(), vectorstore_name, q))
+    return json_response(200, hierarchy.hierarchy(get_store(), path_arg(vectorstore_name), q))
 
 
 @app.get("/api/memory/<vectorstore_name>/session/<session_id>")
@@ -44,7 +50,7 @@ def get_hierarchy(vectorstore_name: str) -> Response[Any]:
 def session(vectorstore_name: str, session_id: str) -> Response[Any]:
     q = parse_query(SessionQuery, app)
     details = sessions.session_details(
-        get_store(), vectorstore_name, path_arg(session_id), include_transcript=q.include_transcript
+        get_store(), path_arg(vectorstore_name), path_arg(session_id), include_transcript=q.include_transcript
     )
     return json_response(200, details)
 
@@ -53,33 +59,33 @@ def session(vectorstore_name: str, session_id: str) -> Response[Any]:
 @tracer.capture_method
 def get_stats(vectorstore_name: str) -> Response[Any]:
     parse_query(NoParams, app)
-    return json_response(200, stats.stats(get_store(), vectorstore_name))
+    return json_response(200, stats.stats(get_store(), path_arg(vectorstore_name)))
 
 
 @app.get("/api/memory/<vectorstore_name>/search")
 @tracer.capture_method
 def get_search(vectorstore_name: str) -> Response[Any]:
     q = parse_query(SearchQuery, app)
-    return json_response(200, search.search(get_store(), get_settings(), vectorstore_name, q))
+    return json_response(200, search.search(get_store(), get_settings(), path_arg(vectorstore_name), q))
 
 
 @app.get("/api/memory/<vectorstore_name>/dead_letters")
 @tracer.capture_method
 def get_dead_letters(vectorstore_name: str) -> Response[Any]:
     q = parse_query(DeadLettersQuery, app)
-    return json_response(200, dead_letters.dead_letters(get_store(), vectorstore_name, q.limit))
+    return json_response(200, dead_letters.dead_letters(get_store(), path_arg(vectorstore_name), q.limit))
 
 
 @app.post("/api/memory/<vectorstore_name>/raw/<raw_memory_id>/retry")
 @tracer.capture_method
 def retry(vectorstore_name: str, raw_memory_id: str) -> Response[Any]:
     parse_query(NoParams, app)
-    result = submissions.retry_dead_letter(get_store(), vectorstore_name, path_arg(raw_memory_id))
+    result = submissions.retry_dead_letter(get_store(), path_arg(vectorstore_name), path_arg(raw_memory_id))
     logger.info("dead letter redriven", extra={"raw_memory_id": result.raw_memory_id})
     return json_response(200, result)
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from memproc import submissions
-from memproc.api import json_response, make_resolver, resolve
+from memproc.api import json_response, make_resolver, path_arg, resolve
 from memproc.dal.connection import get_store
 from memproc.observability import logger, metrics
 from memproc.schemas.requests import StoreRawRequest
@@ -26,7 +26,7 @@ app = make_resolver()
 
 @app.post("/api/memory/<vectorstore_name>/store_raw")
 def store_raw(vectorstore_name: str, request: Annotated[StoreRawRequest, Body()]) -> Response[Any]:
-    result = submissions.submit(get_store(), get_settings(), vectorstore_name, request)
+    result = submissions.submit(get_store(), get_settings(), path_arg(vectorstore_name), request)
     logger.info(
         "stored raw memory",
         extra={
@@ -39,7 +39,7 @@ def store_raw(vectorstore_name: str, request: Annotated[StoreRawRequest, Body()]
     return json_response(202, result)
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return resolve(app, event, context)

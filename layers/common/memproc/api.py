@@ -9,6 +9,7 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
+from memproc import request_body
 from memproc.dal.connection import StoreError, store_failure
 from memproc.errors import ApiError, InvalidInput
 from memproc.observability import logger
@@ -36,27 +37,10 @@ def json_response(status: int, model: BaseModel) -> Response[Any]:
     )
 
 
-def _screen(event: dict[str, Any]) -> tuple[int, str, str] | None:
-    """What is wrong with the raw request before anything parses it: too large, or not JSON."""
-    body = event.get("body") or ""
-    headers = {k.lower(): v for k, v in (event.get("headers") or {}).items()}
-    content_type = (headers.get("content-type") or "").split(";")[0].strip().lower()
-    if body and content_type and not (content_type == "application/json" or content_type.endswith("+json")):
-        # Otherwise the validator would read e.g. curl's default form encoding as form fields.
-        return 415, "unsupported_media_type", f"send the body as application/json, not {content_type}"
-    size = len(body.encode()) if isinstance(body, str) else len(body)
-    if event.get("isBase64Encoded"):
-        size = size * 3 // 4
-    limit = get_settings().max_body_bytes
-    if size > limit:
-        return 413, "payload_too_large", f"request body is {size} bytes; the limit is {limit} bytes"
-    return None
-
-
 def resolve(app: APIGatewayRestResolver, event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Screen the raw request, so an oversized or non-JSON body costs nothing and stores nothing,
     then let the resolver route and validate it."""
-    problem = _screen(event)
+    problem = request_body.screen(event, get_settings().max_body_bytes)
     if problem is None:
         return app.resolve(event, context)
     status, code, message = problem
@@ -66,7 +50,7 @@ def resolve(app: APIGatewayRestResolver, event: dict[str, Any], context: Any) ->
 
 def make_resolver() -> APIGatewayRestResolver:
     """A REST resolver whose every error is JSON with a stable code and a human message."""
-    app = APIGatewayRestResolver(enable_validation=True)
+    app = APIGatewayRestResolver(enable_validation=True, json_body_deserializer=request_body.strict_json)
 
     @app.exception_handler(ApiError)
     def _api_error(exc: ApiError) -> Response[Any]:
@@ -75,8 +59,11 @@ def make_resolver() -> APIGatewayRestResolver:
     @app.exception_handler(RequestValidationError)
     def _invalid(exc: RequestValidationError) -> Response[Any]:
         errors = exc.errors()
-        if any(e.get("type") == "json_invalid" for e in errors):
-            return error_response(400, "malformed_json", "the request body is not valid JSON")
+        invalid = next((e for e in errors if e.get("type") == "json_invalid"), None)
+        if invalid is not None:
+            reason = (invalid.get("ctx") or {}).get("error")
+            message = "the request body is not valid JSON" + (f": {reason}" if reason else "")
+            return error_response(400, "malformed_json", message)
         details = [
             {"location": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")}
             for e in errors
@@ -113,7 +100,14 @@ def path_arg(value: str) -> str:
 def parse_query(model: type[Q], app: APIGatewayRestResolver) -> Q:
     """Validate the current request's query-string parameters into ``model``; any problem is a 400
     that names the parameter (code ``invalid_<name>``, or the validator's own code for cross-field
-    rules)."""
+    rules). A parameter given twice is refused: which value was meant is the client's to say."""
+    repeated = sorted(
+        k for k, v in (app.current_event.multi_value_query_string_parameters or {}).items() if len(v) > 1
+    )
+    if repeated:
+        raise InvalidInput(
+            f"query parameter {repeated[0]!r} is given more than once", code="repeated_query_parameter"
+        )
     try:
         return model.model_validate(app.current_event.query_string_parameters or {})
     except ValidationError as exc:

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from memproc.request_body import unstorable
+
 RawStatus = Literal["queued", "processing", "processed", "error"]
 
 MemoryType = Literal["fact", "preference", "insight", "event", "goal", "relationship"]
@@ -85,6 +87,12 @@ def _json_object(v: Any) -> dict[str, Any] | None:
     return v if isinstance(v, dict) else None
 
 
+def _metadata(v: Any) -> dict[str, Any] | None:
+    """Stored before the door checked it, metadata may be too deep to serialise: then it is hidden."""
+    v = _json_object(v)
+    return None if v is None or unstorable(v) else v
+
+
 def _int_or_none(v: Any) -> int | None:
     number = _number_or_none(v)
     return None if number is None else int(number)
@@ -105,7 +113,7 @@ Count = Annotated[int, BeforeValidator(_int_or_zero)]
 OptionalCount = Annotated[int | None, BeforeValidator(_int_or_none)]
 StringList = Annotated[list[str], BeforeValidator(_string_list)]
 OptionalStringList = Annotated[list[str] | None, BeforeValidator(_optional_string_list)]
-JsonObject = Annotated[dict[str, Any] | None, BeforeValidator(_json_object)]
+Metadata = Annotated[dict[str, Any] | None, BeforeValidator(_metadata)]
 
 
 class RawRecord(BaseModel):
@@ -118,7 +126,7 @@ class RawRecord(BaseModel):
     status: RawStatus
     created_at: Epoch = None
     session_length: Count = 0
-    metadata: JsonObject = None
+    metadata: Metadata = None
     processing_attempts: Count = 0
     last_error: Text = None
     next_attempt_at: Epoch = None

@@ -36,7 +36,9 @@ def estimated_seconds(position: int, rate: str, idle: str, interval: str, settin
 def submit(store: Store, settings: Settings, vectorstore: str, request: StoreRawRequest) -> StoreRawResponse:
     """store_raw: validate, then one round trip (dedupe, admission, store, enqueue, position)."""
     require_vectorstore(vectorstore)
-    session_id = require_session_id(request.session_id) if request.session_id else uuid.uuid4().hex
+    # Absent: generated. Given (even empty): checked, so a client's bug is not silently renamed.
+    given = request.session_id
+    session_id = uuid.uuid4().hex if given is None else require_session_id(given)
     metadata = json.dumps(request.metadata or {}, separators=(",", ":"), ensure_ascii=False)
     if len(metadata.encode()) > settings.max_metadata_bytes:
         raise PayloadTooLarge(

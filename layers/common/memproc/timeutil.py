@@ -16,7 +16,12 @@ def iso(epoch: float | str | None) -> str | None:
     """Epoch seconds (as stored in Redis) to ISO 8601 UTC with a Z."""
     if epoch in (None, ""):
         return None
-    return datetime.fromtimestamp(float(epoch), UTC).isoformat().replace("+00:00", "Z")
+    return iso_datetime(datetime.fromtimestamp(float(epoch), UTC))
+
+
+def iso_datetime(moment: datetime | None) -> str | None:
+    """An aware datetime as ISO 8601 UTC with a Z (exact: no round trip through a float)."""
+    return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def parse_time(text: str, *, end_of_day: bool = False) -> datetime:

@@ -25,7 +25,7 @@ from memproc.schemas.responses import (
     RawMemory,
     SessionSummary,
 )
-from memproc.timeutil import iso
+from memproc.timeutil import iso_datetime
 from memproc.validation import require_vectorstore
 
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -194,8 +194,8 @@ def hierarchy(store: Store, vectorstore: str, q: HierarchyQuery) -> HierarchyRes
         filters=HierarchyFilters(
             session_id=sid,
             memory_type=q.memory_type,
-            start_date=iso(q.min_score),
-            end_date=iso(q.max_score),
+            start_date=iso_datetime(q.start_date),
+            end_date=iso_datetime(q.end_date),
             limit=q.limit,
         ),
         discrete_memories=discrete,

@@ -18,7 +18,7 @@ from memproc.mappers import search_result
 from memproc.schemas.requests import SearchQuery
 from memproc.schemas.responses import SearchFilters, SearchResponse, SearchResult
 from memproc.settings import Settings
-from memproc.timeutil import iso
+from memproc.timeutil import iso_datetime
 from memproc.validation import require_session_id, require_vectorstore
 
 _provider: tuple[Settings, Any] | None = None
@@ -84,8 +84,8 @@ def search(
         filters=SearchFilters(
             session_id=q.session_id,
             memory_type=q.memory_type,
-            start_date=iso(q.min_score),
-            end_date=iso(q.max_score),
+            start_date=iso_datetime(q.start_date),
+            end_date=iso_datetime(q.end_date),
         ),
         results=results,
         count=len(results),
