@@ -365,7 +365,7 @@ def compute_metrics(runs: list[CaseRun], *, mode: str, threshold: float) -> Metr
     for run in runs:
         case = run.case
         kept = surviving(run.memories)
-        texts = [mem["text"] for mem in run.memories]
+        texts = sorted(mem["text"] for mem in run.memories)
         submitted = [t for s in case.sessions for t in s.submitted(mode)]
         stated = sorted({f for t in submitted if (f := case.fact_of(t)) is not None})
         lost_facts = [f for f in stated if not set(case.facts[f]) & kept]
@@ -709,7 +709,9 @@ def main(argv: list[str] | None = None) -> int:
             "embedding_model": MODEL,
             "dimensions": DIMENSIONS,
             "main": metrics_json(main_metrics),
-            "sweep": [metrics_json(s) for s in sweep],
+            "sweep": [
+                {k: v for k, v in metrics_json(s).items() if k != "details"} for s in sweep
+            ],  # figures only
         }
         base.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n")
         say(f"wrote {base.relative_to(ROOT)}.md and .json")
