@@ -12,7 +12,7 @@ EVAL_VENV ?= .eval-venv
 EVAL_STAMP := $(EVAL_VENV)/.installed
 
 help: ## Show the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP): pyproject.toml layers/common/requirements.txt
 	@test -x $(PY) || $$(scripts/find_python.sh) -m venv $(VENV)
