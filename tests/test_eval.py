@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from eval.cases import Case, load_cases, texts_to_embed, user_turns
-from eval.run import compute_metrics, run_cases
+from eval.run import CaseRun, compute_metrics, run_cases
 from eval.vectors import DIMENSIONS, load_vectors
 from memproc.llm import PermanentLLMError, make_provider, parse_extraction, sanitize
 from memproc.settings import load_settings
@@ -49,20 +49,24 @@ def subset(cases: dict[str, Case]) -> list[Case]:
     ]
 
 
+def run(chosen: list[Case], mode: str, redis_server: RedisServer, fake: Any, vectors: Any) -> list[CaseRun]:
+    return run_cases(
+        chosen,
+        mode=mode,
+        threshold=THRESHOLD,
+        redis_url=redis_server.url,
+        fake=fake,
+        vectors=vectors,
+        prefix=f"test-{mode}",
+    )
+
+
 def test_the_harness_measures_what_the_vectors_predict(
     env: Any, redis_server: RedisServer, fake_llm_server: Any, cases: dict[str, Case], vectors: Any
 ) -> None:
     chosen = subset(cases)
     tokens_out_before = fake_llm_server.tokens_out
-    runs = run_cases(
-        chosen,
-        mode="naive",
-        threshold=THRESHOLD,
-        redis_url=redis_server.url,
-        fake=fake_llm_server,
-        vectors=vectors,
-        prefix="test",
-    )
+    runs = run(chosen, "naive", redis_server, fake_llm_server, vectors)
     m = compute_metrics(runs, mode="naive", threshold=THRESHOLD)
 
     # dog-max, in order: "has a dog called Max" (new), "Max is the user's dog" (0.878 to it: new),
@@ -109,15 +113,7 @@ def test_reconcile_mode_stops_at_its_extension_point(
     env: Any, redis_server: RedisServer, fake_llm_server: Any, cases: dict[str, Case], vectors: Any
 ) -> None:
     with pytest.raises(NotImplementedError, match="reconcile_reply"):
-        run_cases(
-            [cases["near-rent"]],
-            mode="reconcile",
-            threshold=THRESHOLD,
-            redis_url=redis_server.url,
-            fake=fake_llm_server,
-            vectors=vectors,
-            prefix="test-reconcile",
-        )
+        run([cases["near-rent"]], "reconcile", redis_server, fake_llm_server, vectors)
 
 
 def test_embedding_for_refuses_an_unknown_text_with_400(fake_llm: Any, vectors: Any) -> None:
