@@ -25,6 +25,12 @@ class ApiResponse:
 
 
 @cache
+def api_routes() -> list[tuple[str, str]]:
+    """(method, resource) of every API route in template.yaml."""
+    return sorted({(r.method, r.resource) for r in load_routes(ROOT / "template.yaml")})
+
+
+@cache
 def _table() -> RouteTable:
     return RouteTable(load_routes(ROOT / "template.yaml"))
 
