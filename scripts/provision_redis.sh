@@ -12,8 +12,8 @@ set -euo pipefail
 
 want_binary=0
 [ "${1:-}" = "--binary" ] && want_binary=1
-cache="${MEMPROC_CACHE:-$HOME/.cache/memproc}"
-log() { echo "provision_redis: $*" >&2; }
+# shellcheck source=scripts/provision_lib.sh
+. "$(dirname "$0")/provision_lib.sh"
 
 if [ -n "${REDIS_URL:-}" ] && [ $want_binary = 0 ]; then
   log "using REDIS_URL"
@@ -58,25 +58,13 @@ for bin in "$cache"/redis-*/src/redis-server; do
   fi
 done
 
-# The mirror this machine's apt already uses for Debian's main archive (never a hard-coded host).
-mirror=$( (cat /etc/apt/sources.list 2>/dev/null; cat /etc/apt/sources.list.d/*.list 2>/dev/null) \
-  | awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^(https?|file):/) { print $i; exit } }' \
-  | grep -E '/debian/?$' | head -n1 || true)
-if [ -z "$mirror" ]; then
-  mirror=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null \
-    | awk 'tolower($1) == "uris:" { for (i = 2; i <= NF; i++) print $i }' \
-    | grep -E '/debian/?$' | head -n1 || true)
-fi
+mirror=$(debian_mirror debian)
 [ -n "$mirror" ] || { log "no Debian mirror found in this machine's apt configuration"; exit 1; }
-keyring=/usr/share/keyrings/debian-archive-keyring.gpg
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/lists/partial" "$work/cache/archives/partial" "$work/src"
-echo "deb-src [signed-by=$keyring] $mirror stable main" > "$work/sources.list"
-apt_opts=(-o "Dir::State=$work" -o "Dir::State::Lists=$work/lists" -o "Dir::Cache=$work/cache"
-  -o "Dir::Etc::SourceList=$work/sources.list" -o "Dir::Etc::SourceParts=/dev/null"
-  -o "Dir::State::status=/var/lib/dpkg/status" -o "APT::Sandbox::User=root")
+mkdir -p "$work/src"
+private_apt "$work" "deb-src [signed-by=$keyring] $mirror stable main"
 log "fetching the Debian stable source index from $mirror"
 apt-get "${apt_opts[@]}" -qq update >&2
 # The expected checksum of the upstream tarball comes from the signed Sources index.
