@@ -22,28 +22,8 @@ fi
 
 # A server answers VADD only if it has vector sets; start it briefly on a free port to ask.
 has_vector_sets() {
-  local bin=$1 port dir ok=1
-  "$bin" --version 2>/dev/null | grep -Eq 'v=([89]|[1-9][0-9])\.' || return 1
-  dir=$(mktemp -d)
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  "$bin" --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" --daemonize yes \
-    --pidfile "$dir/pid" --logfile "$dir/log" >/dev/null 2>&1 || { rm -rf "$dir"; return 1; }
-  local cli; cli="$(dirname "$bin")/redis-cli"
-  for _ in $(seq 50); do
-    if python3 - "$port" <<'PY' 2>/dev/null; then ok=0; break; fi
-import socket, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1)
-s.sendall(b"*6\r\n$4\r\nVADD\r\n$5\r\nprobe\r\n$6\r\nVALUES\r\n$1\r\n1\r\n$1\r\n1\r\n$1\r\na\r\n")
-reply = s.recv(64)
-sys.exit(0 if reply.startswith(b":") else 3 if reply.startswith(b"-") else 1)
-PY
-      rc=$?
-      [ $rc = 3 ] && break
-      sleep 0.1
-    done
-  kill "$(cat "$dir/pid" 2>/dev/null)" 2>/dev/null || true
-  rm -rf "$dir"
-  return $ok
+  "$1" --version 2>/dev/null | grep -Eq 'v=([89]|[1-9][0-9])\.' || return 1
+  python3 "$scripts_dir/server_probe.py" "$1" 'VADD probe VALUES 1 1 a' >/dev/null 2>&1
 }
 
 if command -v redis-server >/dev/null 2>&1 && has_vector_sets "$(command -v redis-server)"; then

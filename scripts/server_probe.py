@@ -87,7 +87,7 @@ def main(argv: list[str]) -> int:
                         tail = log.read_text()[-1500:] if log.exists() else ""
                         print(f"{binary} did not start: {err}{tail}", file=sys.stderr)
                         return 2
-                    time.sleep(0.05)
+                    time.sleep(0.01)
             with conn, conn.makefile("rb") as f:
                 for command in commands:
                     conn.sendall(encode(command.split(" ")))
