@@ -25,8 +25,16 @@ venv: $(STAMP) ## Create .venv (python3.13 where installed) and install memproc 
 redis: ## Obtain a Redis 8 with vector sets (REDIS_URL, PATH, cache, or a build of Debian's source)
 	@scripts/provision_redis.sh --binary
 
-test: $(STAMP) ## Set everything up and run the whole test suite against real Redis servers
-	MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh --binary) $(PY) -m pytest $(PYTEST_ARGS)
+engines: $(STAMP) ## Obtain every test engine: Redis 8, Valkey 9, Redis Stack with RediSearch (cached in ~/.cache/memproc)
+	@for e in redis8 valkey9 stack; do p=$$(scripts/provision_engines.sh $$e) && printf '%-8s %s\n' $$e "$$p" || exit 1; done
+
+# Each engine is provisioned (or found in the cache) before pytest starts, so a failed download
+# stops here instead of failing the tests that need that engine.
+test: $(STAMP) ## Set everything up and run the whole test suite against real servers of every engine
+	redis=$$(scripts/provision_redis.sh --binary) && valkey=$$(scripts/provision_engines.sh valkey9) && \
+	stack=$$(scripts/provision_engines.sh stack) && \
+	MEMPROC_REDIS_SERVER=$$redis MEMPROC_VALKEY_SERVER=$$valkey MEMPROC_STACK_SERVER=$$stack \
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 dev: $(STAMP) ## Set everything up; serve the API on http://localhost:5001 (PORT=...) with the processor running
 	MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh) $(VENV)/bin/memproc serve --port $(PORT)
@@ -53,10 +61,10 @@ check: $(STAMP) ## ruff + mypy
 	$(VENV)/bin/ruff format --check layers functions tests bench scripts eval
 	$(VENV)/bin/mypy
 
-clean: ## Remove the venvs (.eval-venv too) and build output (the Redis build cache in ~/.cache/memproc stays)
+clean: ## Remove the venvs (.eval-venv too) and build output (the engines cached in ~/.cache/memproc stay)
 	rm -rf $(VENV) $(TOOLS) $(EVAL_VENV) .aws-sam
 
-.PHONY: help venv redis test dev bench eval eval-vectors check clean
+.PHONY: help venv redis engines test dev bench eval eval-vectors check clean
 
 # --- AWS tooling (SAM CLI + cfn-lint) in their own venv: the SAM CLI pins its own boto3/pydantic. ---
 SAM      := SAM_CLI_TELEMETRY=0 $(TOOLS)/bin/sam

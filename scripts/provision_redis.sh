@@ -12,8 +12,8 @@ set -euo pipefail
 
 want_binary=0
 [ "${1:-}" = "--binary" ] && want_binary=1
-cache="${MEMPROC_CACHE:-$HOME/.cache/memproc}"
-log() { echo "provision_redis: $*" >&2; }
+# shellcheck source=scripts/provision_lib.sh
+. "$(dirname "$0")/provision_lib.sh"
 
 if [ -n "${REDIS_URL:-}" ] && [ $want_binary = 0 ]; then
   log "using REDIS_URL"
@@ -22,28 +22,8 @@ fi
 
 # A server answers VADD only if it has vector sets; start it briefly on a free port to ask.
 has_vector_sets() {
-  local bin=$1 port dir ok=1
-  "$bin" --version 2>/dev/null | grep -Eq 'v=([89]|[1-9][0-9])\.' || return 1
-  dir=$(mktemp -d)
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  "$bin" --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" --daemonize yes \
-    --pidfile "$dir/pid" --logfile "$dir/log" >/dev/null 2>&1 || { rm -rf "$dir"; return 1; }
-  local cli; cli="$(dirname "$bin")/redis-cli"
-  for _ in $(seq 50); do
-    if python3 - "$port" <<'PY' 2>/dev/null; then ok=0; break; fi
-import socket, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1)
-s.sendall(b"*6\r\n$4\r\nVADD\r\n$5\r\nprobe\r\n$6\r\nVALUES\r\n$1\r\n1\r\n$1\r\n1\r\n$1\r\na\r\n")
-reply = s.recv(64)
-sys.exit(0 if reply.startswith(b":") else 3 if reply.startswith(b"-") else 1)
-PY
-      rc=$?
-      [ $rc = 3 ] && break
-      sleep 0.1
-    done
-  kill "$(cat "$dir/pid" 2>/dev/null)" 2>/dev/null || true
-  rm -rf "$dir"
-  return $ok
+  "$1" --version 2>/dev/null | grep -Eq 'v=([89]|[1-9][0-9])\.' || return 1
+  python3 "$scripts_dir/server_probe.py" "$1" 'VADD probe VALUES 1 1 a' >/dev/null 2>&1
 }
 
 if command -v redis-server >/dev/null 2>&1 && has_vector_sets "$(command -v redis-server)"; then
@@ -58,25 +38,13 @@ for bin in "$cache"/redis-*/src/redis-server; do
   fi
 done
 
-# The mirror this machine's apt already uses for Debian's main archive (never a hard-coded host).
-mirror=$( (cat /etc/apt/sources.list 2>/dev/null; cat /etc/apt/sources.list.d/*.list 2>/dev/null) \
-  | awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^(https?|file):/) { print $i; exit } }' \
-  | grep -E '/debian/?$' | head -n1 || true)
-if [ -z "$mirror" ]; then
-  mirror=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null \
-    | awk 'tolower($1) == "uris:" { for (i = 2; i <= NF; i++) print $i }' \
-    | grep -E '/debian/?$' | head -n1 || true)
-fi
+mirror=$(debian_mirror debian)
 [ -n "$mirror" ] || { log "no Debian mirror found in this machine's apt configuration"; exit 1; }
-keyring=/usr/share/keyrings/debian-archive-keyring.gpg
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/lists/partial" "$work/cache/archives/partial" "$work/src"
-echo "deb-src [signed-by=$keyring] $mirror stable main" > "$work/sources.list"
-apt_opts=(-o "Dir::State=$work" -o "Dir::State::Lists=$work/lists" -o "Dir::Cache=$work/cache"
-  -o "Dir::Etc::SourceList=$work/sources.list" -o "Dir::Etc::SourceParts=/dev/null"
-  -o "Dir::State::status=/var/lib/dpkg/status" -o "APT::Sandbox::User=root")
+mkdir -p "$work/src"
+private_apt "$work" "deb-src [signed-by=$keyring] $mirror stable main"
 log "fetching the Debian stable source index from $mirror"
 apt-get "${apt_opts[@]}" -qq update >&2
 # The expected checksum of the upstream tarball comes from the signed Sources index.

@@ -1,9 +1,12 @@
-"""Fixtures: a real Redis 8 server per test session (flushed per test) and settings pointing at it."""
+"""Fixtures: a real Redis 8 server per test session (flushed per test) and settings pointing at it;
+the other engines (Valkey 9, Redis Stack with RediSearch, one-node clusters) per session, started
+only when a test asks for them."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -11,14 +14,45 @@ import redis
 from memproc import settings as settings_module
 from memproc.dal import connection
 from memproc.settings import Settings
-from tests.redis_server import RedisServer
+from tests.redis_server import BINARY_ENV, Engine, RedisServer
+
+
+def _serve(engine: Engine, cluster: bool = False) -> Iterator[RedisServer]:
+    server = RedisServer(engine=engine, cluster=cluster)
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    yield server
-    server.stop()
+    """Redis 8, or what MEMPROC_TEST_ENGINE names (valkey9, stack), as a one-node cluster with
+    MEMPROC_TEST_CLUSTER=1: the whole suite can be pointed at another engine in one go."""
+    engine = cast(Engine, os.environ.get("MEMPROC_TEST_ENGINE", "redis8"))
+    if engine not in BINARY_ENV:
+        raise ValueError(f"MEMPROC_TEST_ENGINE={engine}: not one of {', '.join(BINARY_ENV)}")
+    yield from _serve(engine, cluster=os.environ.get("MEMPROC_TEST_CLUSTER") == "1")
+
+
+@pytest.fixture(scope="session")
+def valkey_server() -> Iterator[RedisServer]:
+    yield from _serve("valkey9")
+
+
+@pytest.fixture(scope="session")
+def stack_server() -> Iterator[RedisServer]:
+    yield from _serve("stack")
+
+
+@pytest.fixture(scope="session")
+def cluster_server() -> Iterator[RedisServer]:
+    """Redis 8 as a one-node cluster."""
+    yield from _serve("redis8", cluster=True)
+
+
+@pytest.fixture(scope="session")
+def valkey_cluster_server() -> Iterator[RedisServer]:
+    """Valkey 9 as a one-node cluster, the shape of MemoryDB (always cluster mode, one shard)."""
+    yield from _serve("valkey9", cluster=True)
 
 
 @pytest.fixture

@@ -1,4 +1,9 @@
-"""Real Redis servers for tests and benchmarks, started on free ports from the provisioned binary."""
+"""Real servers for tests and benchmarks, started on free ports from the provisioned binaries.
+
+Engines: Redis 8 (vector sets, what the product uses today), Valkey 9 (what ElastiCache and
+MemoryDB run) and Redis Stack 7.4 with RediSearch (the FT.* query engine those services offer);
+any of them as a one-node cluster holding all 16384 slots, as MemoryDB always runs.
+"""
 
 from __future__ import annotations
 
@@ -10,25 +15,41 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 import redis
+from redis.cluster import RedisCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 
+Engine = Literal["redis8", "valkey9", "stack"]
+# The variable `make test` exports each engine's binary in.
+BINARY_ENV: dict[Engine, str] = {
+    "redis8": "MEMPROC_REDIS_SERVER",
+    "valkey9": "MEMPROC_VALKEY_SERVER",
+    "stack": "MEMPROC_STACK_SERVER",
+}
 
-def redis_binary() -> str:
-    """MEMPROC_REDIS_SERVER (set by `make test`), else whatever scripts/provision_redis.sh finds."""
-    path = os.environ.get("MEMPROC_REDIS_SERVER")
+
+def engine_binary(engine: Engine) -> str:
+    """The engine's variable (set by `make test`), else what scripts/provision_engines.sh finds
+    (from the cache once provisioned)."""
+    var = BINARY_ENV[engine]
+    path = os.environ.get(var)
     if path:
         return path
     out = subprocess.run(
-        [str(ROOT / "scripts/provision_redis.sh"), "--binary"], check=True, capture_output=True, text=True
+        [str(ROOT / "scripts/provision_engines.sh"), engine], check=True, capture_output=True, text=True
     )
-    os.environ["MEMPROC_REDIS_SERVER"] = out.stdout.strip()
-    return os.environ["MEMPROC_REDIS_SERVER"]
+    os.environ[var] = out.stdout.strip()
+    return os.environ[var]
+
+
+def redis_binary() -> str:
+    return engine_binary("redis8")
 
 
 def free_port() -> int:
@@ -38,45 +59,61 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """One redis-server process with its own port and directory; no persistence."""
+    """One server process of `engine` with its own port and directory; no persistence. With
+    `cluster`, a one-node cluster that owns every slot (ready once CLUSTER INFO says ok)."""
 
-    def __init__(self, binary: str | None = None) -> None:
-        self.binary = binary or redis_binary()
+    def __init__(
+        self, binary: str | None = None, *, engine: Engine = "redis8", cluster: bool = False
+    ) -> None:
+        self.engine = engine
+        self.cluster = cluster
+        self.binary = binary or engine_binary(engine)
         self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="memproc-redis-")
-        self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.dir,
-                "--logfile",
-                os.path.join(self.dir, "log"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        self.dir = tempfile.mkdtemp(prefix=f"memproc-{engine}-")
+        log = os.path.join(self.dir, "log")
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        args += ["--save", "", "--appendonly", "no", "--dir", self.dir, "--logfile", log]
+        if cluster:
+            # An explicit bus port: the default (port + 10000) may be taken or past 65535.
+            args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+            args += ["--cluster-port", str(free_port())]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.url = f"redis://127.0.0.1:{self.port}/0"
         client = self.client()
+        self._wait(client.ping, "did not start")
+        if cluster:
+            client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+            # A master reports ok only ~2 s after it started (Redis' and Valkey's rejoin delay).
+            self._wait(lambda: client.cluster("INFO")["cluster_state"] == "ok", "cluster_state stayed fail")
+        info = client.info("server")
+        # Valkey reports redis_version 7.2.4 for client compatibility and its own in valkey_version.
+        self.server_name: str = info.get("server_name", "redis")
+        self.version: str = str(info.get("valkey_version", info["redis_version"]))
+
+    def _wait(self, ready: Callable[[], object], what: str) -> None:
+        """Poll a starting server until `ready()` is true, bounded (10 s)."""
         deadline = time.monotonic() + 10
         while True:
             try:
-                client.ping()
-                break
+                if ready():
+                    return
             except redis.ConnectionError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start: {self.log()}") from None
-                time.sleep(0.02)
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                log = self.log()
+                self.stop()
+                raise RuntimeError(f"{self.engine} {what}: {log}")
+            time.sleep(0.02)
 
     def client(self, decode: bool = True) -> redis.Redis:
+        """A plain connection to the node (in a one-node cluster every key is local to it)."""
         return redis.Redis.from_url(self.url, decode_responses=decode)
+
+    def cluster_client(self, decode: bool = True) -> RedisCluster:
+        """The cluster-aware client, as an application on MemoryDB would connect."""
+        if not self.cluster:
+            raise ValueError("not started with cluster=True")
+        return RedisCluster.from_url(self.url, decode_responses=decode)
 
     def log(self) -> str:
         try:
