@@ -165,9 +165,10 @@ redis.register_function{function_name = 'cleanup___VERSION__', flags = {'allow-o
       if redis.call('VISMEMBER', vs, mid) == 0 then trim('memory_index', k.memory_index(vs), mid) end
     end)
 
-  -- A vectorstore with waiting items must be in the ready set, or no claim ever serves it.
+  -- A vectorstore with waiting items must be in the ready set, or no claim ever serves it (items
+  -- parked behind their session's in-flight one get a turn when that one is done).
   local head = redis.call('ZRANGE', k.pending(vs), 0, 0, 'WITHSCORES')
-  if #head > 0 and not redis.call('ZSCORE', READY, vs) then
+  if #head > 0 and tonumber(head[2]) ~= PARKED and not redis.call('ZSCORE', READY, vs) then
     repaired.ready = 1
     if not dry then redis.call('ZADD', READY, head[2], vs) end
   end
