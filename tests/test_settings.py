@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import boto3
 import pytest
+import redis
 from moto import mock_aws
 
 from memproc import llm
@@ -57,6 +58,67 @@ def test_redis_url_from_secrets_manager(
     res = call("POST", mem_path("user123", "/store_raw"), json_body={"session_data": "user: hi"})
     assert res.status == 202
     assert redis_server.client().zcard("RAW_MEMORY_QUEUE") == 1
+
+
+# Every character an ElastiCache AUTH token may hold besides letters and digits (the template's
+# generated secret keeps to them): the URL must carry them through percent-encoding.
+PASSWORD = "Pw-16+chars!&#$^<>-x9Z"
+
+
+def _password_secret(value: str = PASSWORD) -> str:
+    return str(boto3.client("secretsmanager").create_secret(Name="memproc/store", SecretString=value)["ARN"])
+
+
+def test_managed_store_settings_give_a_tls_client_with_username_and_password(
+    aws: None, env: pytest.MonkeyPatch
+) -> None:
+    """What the template hands the functions for ElastiCache/MemoryDB: host, port, TLS, username and
+    the ARN of the secret that holds the password."""
+    env.delenv("REDIS_URL")
+    env.setenv("REDIS_HOST", "master.memproc.abc123.use1.cache.amazonaws.com")
+    env.setenv("REDIS_PORT", "6379")
+    env.setenv("REDIS_TLS", "true")
+    env.setenv("REDIS_USERNAME", "default")
+    env.setenv("REDIS_PASSWORD_SECRET_ARN", _password_secret())
+    get_settings.cache_clear()
+    settings = get_settings()
+
+    url = connection.redis_url(settings)
+    assert url.startswith("rediss://default:")
+    assert PASSWORD not in url  # percent-encoded, so '#' cannot end the URL early
+    store = connection.get_store(settings)
+    for client in (store.r, store.rb):
+        assert client.connection_pool.connection_class is redis.SSLConnection
+        kwargs = client.connection_pool.connection_kwargs
+        assert (kwargs["host"], kwargs["port"], kwargs["db"]) == (settings.redis_host, 6379, 0)
+        assert (kwargs["username"], kwargs["password"]) == ("default", PASSWORD)
+
+
+def test_without_tls_or_password_the_url_is_plain(env: pytest.MonkeyPatch) -> None:
+    settings = load_settings(redis_url=None, redis_host="10.0.0.5", redis_port=6380, redis_db=2)
+    assert connection.redis_url(settings) == "redis://10.0.0.5:6380/2"
+
+
+def test_password_from_secrets_manager_authenticates_an_acl_user(
+    aws: None, env: pytest.MonkeyPatch, redis_server: RedisServer
+) -> None:
+    """The whole path against a real server: an ACL user whose password only the secret knows."""
+    admin = redis_server.client()
+    admin.acl_setuser("memproc-app", enabled=True, passwords=[f"+{PASSWORD}"], keys=["*"], commands=["+@all"])
+    try:
+        env.delenv("REDIS_URL")
+        env.setenv("REDIS_HOST", "127.0.0.1")
+        env.setenv("REDIS_PORT", str(redis_server.port))
+        env.setenv("REDIS_USERNAME", "memproc-app")
+        env.setenv("REDIS_PASSWORD_SECRET_ARN", _password_secret())
+        get_settings.cache_clear()
+        connection._store.cache_clear()
+        res = call("POST", mem_path("user123", "/store_raw"), json_body={"session_data": "user: hi"})
+        assert res.status == 202
+        assert admin.zcard("RAW_MEMORY_QUEUE") == 1
+        assert connection.get_store().r.acl_whoami() == "memproc-app"
+    finally:
+        admin.acl_deluser("memproc-app")
 
 
 def test_openai_key_from_secrets_manager(aws: None, env: pytest.MonkeyPatch) -> None:

@@ -18,11 +18,17 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
 
-    # Redis: REDIS_URL wins; otherwise host/port/db. On AWS the URL may come from Secrets Manager.
+    # Redis: REDIS_URL wins, then REDIS_SECRET_ARN (a secret holding the URL); otherwise the URL is
+    # built from host/port/db, TLS and an optional username and password. The managed stores the
+    # template creates (ElastiCache, MemoryDB) use the latter: REDIS_PASSWORD_SECRET_ARN names a
+    # secret whose value is the password itself, so it never sits in the environment.
     redis_url: str | None = None
     redis_host: str = "localhost"
     redis_port: int = Field(6379, ge=1, le=65535)
     redis_db: int = Field(0, ge=0)
+    redis_tls: bool = False
+    redis_username: str | None = None
+    redis_password_secret_arn: str | None = None
     redis_secret_arn: str | None = None
     # Bounded, so an unreachable or frozen store is a fast 503, not a request that hangs.
     redis_connect_timeout_seconds: float = Field(1.0, gt=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
+from urllib.parse import quote
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -37,16 +38,32 @@ class Store:
     rb: redis.Redis
 
 
+def _secret_value(arn: str) -> str:
+    """A Secrets Manager secret's string, cached for five minutes (warm invocations reuse it)."""
+    from aws_lambda_powertools.utilities.parameters import get_secret
+
+    secret = get_secret(arn, max_age=300)
+    return secret.strip() if isinstance(secret, str) else secret.decode().strip()
+
+
 def redis_url(settings: Settings) -> str:
-    """REDIS_URL, else a Secrets Manager secret holding it, else REDIS_HOST/PORT/DB."""
+    """REDIS_URL, else a Secrets Manager secret holding it, else one built from REDIS_HOST/PORT/DB,
+    REDIS_TLS (``rediss://``) and, when REDIS_PASSWORD_SECRET_ARN is set, REDIS_USERNAME (optional)
+    with the password that secret holds.
+
+    Username and password are percent-encoded: redis-py decodes them again, and a generated
+    password may hold ``#``, ``&`` or ``$``, which would otherwise end or corrupt the URL.
+    """
     if settings.redis_url:
         return settings.redis_url
     if settings.redis_secret_arn:
-        from aws_lambda_powertools.utilities.parameters import get_secret
-
-        secret = get_secret(settings.redis_secret_arn, max_age=300)
-        return secret.strip() if isinstance(secret, str) else secret.decode().strip()
-    return f"redis://{settings.redis_host}:{settings.redis_port}/{settings.redis_db}"
+        return _secret_value(settings.redis_secret_arn)
+    scheme = "rediss" if settings.redis_tls else "redis"
+    userinfo = ""
+    if settings.redis_password_secret_arn:
+        password = quote(_secret_value(settings.redis_password_secret_arn), safe="")
+        userinfo = f"{quote(settings.redis_username or '', safe='')}:{password}@"
+    return f"{scheme}://{userinfo}{settings.redis_host}:{settings.redis_port}/{settings.redis_db}"
 
 
 @cache

@@ -1,0 +1,295 @@
+"""template.yaml per deployment scenario: what gets created, how it is secured, what the functions get.
+
+Each scenario is the SAM-translated template with its Conditions evaluated for that scenario's
+parameter values (tests/template_render.py), i.e. the resources CloudFormation would create.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.template_render import SCENARIOS, render, rules_violated, translate
+
+MODES = {"ElastiCache", "MemoryDB", "External"}
+FUNCTIONS = ["StoreRawFunction", "QueryFunction", "CleanupFunction", "ProcessQueueFunction"]
+STORE_SECRET = {"Ref": "StoreSecret"}
+# How SAM's AWSSecretsManagerGetSecretValuePolicy template names the OpenAI key's secret.
+OPENAI_SECRET = {"Fn::Sub": ["${secretArn}", {"secretArn": {"Ref": "OpenAISecretArn"}}]}
+DYNAMIC_PASSWORD = {"Fn::Sub": "{{resolve:secretsmanager:${StoreSecret}:SecretString}}"}
+VPC_RESOURCES = {
+    "Vpc",
+    "PublicSubnet",
+    "PrivateSubnetA",
+    "PrivateSubnetB",
+    "InternetGateway",
+    "NatGateway",
+    "NatAddress",
+    "SecretsManagerEndpoint",
+}
+ELASTICACHE = {"ReplicationGroup", "ElastiCacheParameterGroup", "ElastiCacheSubnetGroup"}
+MEMORYDB = {"MemoryDBCluster", "MemoryDBParameterGroup", "MemoryDBSubnetGroup", "MemoryDBUser", "MemoryDBAcl"}
+# RedisProvisioning x (own subnets | none); the other scenarios flip the remaining conditions.
+MAIN_SCENARIOS = [f"{m}{s}" for m in ("elasticache", "memorydb", "external") for s in ("", "-own-subnets")]
+
+
+def scenario(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(parameter overrides, rendered template)."""
+    return SCENARIOS[name], render(translate(), SCENARIOS[name])
+
+
+def mode_of(overrides: dict[str, Any]) -> str:
+    return str(overrides["RedisProvisioning"])
+
+
+def environment(rendered: dict[str, Any], function: str) -> dict[str, Any]:
+    return dict(rendered["Resources"][function]["Properties"]["Environment"]["Variables"])
+
+
+def created(group: set[str], names: set[str]) -> bool:
+    """Whether the whole group is there; a group that exists only in part fails the test."""
+    found = group & names
+    assert found in (set(), group), f"only part of {sorted(group)} exists: {sorted(found)}"
+    return bool(found)
+
+
+def strings(node: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """Every string in a template with its path."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from strings(v, f"{path}/{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from strings(v, f"{path}/{i}")
+    elif isinstance(node, str):
+        yield path, node
+
+
+def test_the_scenarios_cover_every_mode_with_and_without_own_subnets() -> None:
+    pairs = {(mode_of(SCENARIOS[n]), bool(SCENARIOS[n].get("SubnetIds"))) for n in MAIN_SCENARIOS}
+    assert pairs == {(m, s) for m in MODES for s in (False, True)}
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_every_scenario_passes_the_template_rules(name: str) -> None:
+    assert rules_violated(translate(), SCENARIOS[name]) == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "broken"),
+    [
+        ({"RedisProvisioning": "External"}, "needs RedisSecretArn or RedisUrl"),
+        ({"RedisProvisioning": "ElastiCache", "RedisUrl": "redis://x:6379"}, "External only"),
+        ({"RedisProvisioning": "MemoryDB", "SubnetIds": ["subnet-0a1b2c3d4e5f60001"]}, "needs VpcId"),
+        ({"RedisProvisioning": "ElastiCache", "SecurityGroupIds": ["sg-0a1b2c3d4e5f60000"]}, "only together"),
+        (
+            {"RedisProvisioning": "External", "RedisUrl": "redis://x", "SubnetIds": ["subnet-0a1b2c3d4e5f6"]},
+            "need SecurityGroupIds",
+        ),
+    ],
+)
+def test_rules_refuse_misconfigurations(overrides: dict[str, Any], broken: str) -> None:
+    assert any(broken in message for message in rules_violated(translate(), overrides))
+
+
+@pytest.mark.parametrize("name", MAIN_SCENARIOS)
+def test_the_resources_each_mode_creates(name: str) -> None:
+    overrides, rendered = scenario(name)
+    resources = set(rendered["Resources"])
+    mode, own_subnets = mode_of(overrides), bool(overrides.get("SubnetIds"))
+    managed = mode != "External"
+    assert created(ELASTICACHE, resources) is (mode == "ElastiCache")
+    assert created(MEMORYDB, resources) is (mode == "MemoryDB")
+    assert created({"StoreSecret", "StoreSecurityGroup", "StoreClientSecurityGroup"}, resources) is managed
+    assert created({"StoreEndpoint", "StoreSecretArn"}, set(rendered["Outputs"])) is managed
+    # A VPC (and so a NAT gateway) only for a managed store that was given no subnets.
+    assert created(VPC_RESOURCES, resources) is (managed and not own_subnets)
+    # Everything that was there before stays.
+    assert {*FUNCTIONS, "MemoryApi", "MemoryApiApiKey", "Dashboard", "DeadLetterAlarm"} <= resources
+    assert any(r["Type"] == "AWS::Lambda::LayerVersion" for r in rendered["Resources"].values())
+    assert {"ApiUrl", "ApiKeyId", "DashboardName"} <= set(rendered["Outputs"])
+
+
+def test_the_created_vpc_has_private_subnets_in_two_azs_behind_a_nat() -> None:
+    _, rendered = scenario("elasticache")
+    res = rendered["Resources"]
+    azs = [res[s]["Properties"]["AvailabilityZone"] for s in ("PrivateSubnetA", "PrivateSubnetB")]
+    assert azs == [{"Fn::Select": [i, {"Fn::GetAZs": ""}]} for i in (0, 1)]
+    assert res["NatGateway"]["Properties"]["SubnetId"] == {"Ref": "PublicSubnet"}
+    assert res["PrivateDefaultRoute"]["Properties"]["NatGatewayId"] == {"Ref": "NatGateway"}
+    assert res["PublicDefaultRoute"]["Properties"]["GatewayId"] == {"Ref": "InternetGateway"}
+    endpoint = res["SecretsManagerEndpoint"]["Properties"]
+    assert endpoint["VpcEndpointType"] == "Interface" and endpoint["PrivateDnsEnabled"] is True
+    assert endpoint["ServiceName"] == {"Fn::Sub": "com.amazonaws.${AWS::Region}.secretsmanager"}
+
+
+@pytest.mark.parametrize("name", [n for n in MAIN_SCENARIOS if not n.startswith("external")])
+def test_the_store_admits_only_the_functions_group_on_the_redis_port(name: str) -> None:
+    _, rendered = scenario(name)
+    ingress = rendered["Resources"]["StoreSecurityGroup"]["Properties"]["SecurityGroupIngress"]
+    assert [(r["IpProtocol"], r["FromPort"], r["ToPort"], r["SourceSecurityGroupId"]) for r in ingress] == [
+        ("tcp", 6379, 6379, {"Fn::GetAtt": ["StoreClientSecurityGroup", "GroupId"]})
+    ]
+    store = "ReplicationGroup" if name.startswith("elasticache") else "MemoryDBCluster"
+    props = rendered["Resources"][store]["Properties"]
+    assert props["SecurityGroupIds"] == [{"Fn::GetAtt": ["StoreSecurityGroup", "GroupId"]}]
+    assert props["Port"] == 6379
+
+
+@pytest.mark.parametrize("name", ["elasticache", "elasticache-edges"])
+def test_elasticache_replication_group(name: str) -> None:
+    overrides, rendered = scenario(name)
+    res = rendered["Resources"]
+    group = res["ReplicationGroup"]["Properties"]
+    assert (group["Engine"], group["ClusterMode"], group["NumNodeGroups"]) == ("valkey", "disabled", 1)
+    assert group["TransitEncryptionEnabled"] is True and group["AtRestEncryptionEnabled"] is True
+    assert group["AuthToken"] == DYNAMIC_PASSWORD
+    replicas = overrides.get("StoreReplicas", "1") != "0"
+    assert group["MultiAZEnabled"] is replicas and group["AutomaticFailoverEnabled"] is replicas
+    params = res["ElastiCacheParameterGroup"]["Properties"]
+    family = {"8.2": "valkey8", "9.0": "valkey9"}[overrides.get("ElastiCacheEngineVersion", "8.2")]
+    assert params["CacheParameterGroupFamily"] == family
+    assert params["Properties"]["maxmemory-policy"] == "noeviction"
+    small = overrides.get("ElastiCacheNodeType") == "cache.t4g.small"
+    assert params["Properties"].get("reserved-memory-percent") == ("30" if small else None)
+    assert group["CacheParameterGroupName"] == {"Ref": "ElastiCacheParameterGroup"}
+
+
+@pytest.mark.parametrize("name", ["memorydb", "memorydb-own-subnets", "memorydb-edges"])
+def test_memorydb_cluster(name: str) -> None:
+    overrides, rendered = scenario(name)
+    res = rendered["Resources"]
+    cluster = res["MemoryDBCluster"]["Properties"]
+    assert (cluster["Engine"], cluster["NumShards"], cluster["TLSEnabled"]) == ("valkey", 1, True)
+    assert cluster["NumReplicasPerShard"] == {"Ref": "StoreReplicas"}
+    assert cluster["ACLName"] == {"Ref": "MemoryDBAcl"}
+    assert res["MemoryDBAcl"]["Properties"]["UserNames"] == [{"Ref": "MemoryDBUser"}]
+    user = res["MemoryDBUser"]["Properties"]
+    assert user["AuthenticationMode"] == {"Type": "password", "Passwords": [DYNAMIC_PASSWORD]}
+    params = res["MemoryDBParameterGroup"]["Properties"]
+    assert params["Family"] == "memorydb_valkey7"
+    assert params["Parameters"] == {"maxmemory-policy": "noeviction", "search-enabled": "yes"}
+    created = [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}]
+    subnets = {"Ref": "SubnetIds"} if "SubnetIds" in overrides else created
+    assert res["MemoryDBSubnetGroup"]["Properties"]["SubnetIds"] == subnets
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_no_secret_value_is_written_down(name: str) -> None:
+    overrides, rendered = scenario(name)
+    # Dynamic references to the store's secret appear only where the store takes its password.
+    dynamic = {path for path, s in strings(rendered["Resources"]) if "{{resolve:" in s}
+    expected = {
+        "ElastiCache": {"/ReplicationGroup/Properties/AuthToken/Fn::Sub"},
+        "MemoryDB": {"/MemoryDBUser/Properties/AuthenticationMode/Passwords/0/Fn::Sub"},
+        "External": set(),
+    }[mode_of(overrides)]
+    assert dynamic == expected
+    # The functions get ARNs (references), never a password or token.
+    for function in FUNCTIONS:
+        env = environment(rendered, function)
+        for var, value in env.items():
+            if any(word in var for word in ("PASSWORD", "TOKEN", "SECRET")):
+                assert var.endswith("_ARN") and isinstance(value, dict) and set(value) == {"Ref"}, var
+        assert not any("resolve:" in s for _, s in strings(env))
+    if mode_of(overrides) != "External":
+        secret = rendered["Resources"]["StoreSecret"]["Properties"]
+        assert "SecretString" not in secret and "GenerateSecretString" in secret
+
+
+def test_the_generated_password_fits_elasticache_auth_tokens() -> None:
+    _, rendered = scenario("elasticache")
+    spec = rendered["Resources"]["StoreSecret"]["Properties"]["GenerateSecretString"]
+    assert 16 <= spec["PasswordLength"] <= 128
+    # Of the punctuation, AUTH tokens allow only these; every other mark must be excluded.
+    allowed = set("!&#$^<>-")
+    assert set(spec["ExcludeCharacters"]) == set(string.punctuation) - allowed
+    assert spec.get("IncludeSpace", False) is False
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_functions_join_the_vpc_whenever_the_store_is_private(name: str) -> None:
+    overrides, rendered = scenario(name)
+    managed, own_subnets = mode_of(overrides) != "External", bool(overrides.get("SubnetIds"))
+    client_group = {"Fn::GetAtt": ["StoreClientSecurityGroup", "GroupId"]}
+    for function in FUNCTIONS:
+        vpc = rendered["Resources"][function]["Properties"].get("VpcConfig")
+        if not (managed or own_subnets):
+            assert vpc is None, function
+            continue
+        assert vpc is not None, function
+        if own_subnets:
+            assert vpc["SubnetIds"] == {"Ref": "SubnetIds"}
+        else:
+            assert vpc["SubnetIds"] == [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}]
+        groups = vpc["SecurityGroupIds"]
+        if managed and overrides.get("SecurityGroupIds"):  # yours plus the one the store admits
+            joined = groups["Fn::Split"][1]["Fn::Join"][1]
+            assert joined == [client_group, {"Fn::Join": [",", {"Ref": "SecurityGroupIds"}]}]
+        elif managed:
+            assert groups == [client_group]
+        else:
+            assert groups == {"Ref": "SecurityGroupIds"}
+        role = rendered["Resources"][f"{function}Role"]["Properties"]
+        assert any("AWSLambdaVPCAccessExecutionRole" in str(arn) for arn in role["ManagedPolicyArns"])
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_functions_receive_the_store_connection(name: str) -> None:
+    overrides, rendered = scenario(name)
+    mode = mode_of(overrides)
+    for function in FUNCTIONS:
+        env = environment(rendered, function)
+        assert env["VECTOR_BACKEND"] == ("auto" if mode == "External" else "search")
+        if mode == "External":
+            assert not {"REDIS_HOST", "REDIS_PORT", "REDIS_TLS", "REDIS_PASSWORD_SECRET_ARN"} & set(env)
+            assert env.get("REDIS_SECRET_ARN", env.get("REDIS_URL")) is not None
+            continue
+        store, endpoint = {
+            "ElastiCache": ("ReplicationGroup", "PrimaryEndPoint"),
+            "MemoryDB": ("MemoryDBCluster", "ClusterEndpoint"),
+        }[mode]
+        assert env["REDIS_HOST"] == {"Fn::GetAtt": [store, f"{endpoint}.Address"]}
+        assert env["REDIS_PORT"] == {"Fn::GetAtt": [store, f"{endpoint}.Port"]}
+        assert env["REDIS_TLS"] == "true"
+        assert env["REDIS_USERNAME"] == ("default" if mode == "ElastiCache" else {"Ref": "MemoryDBUser"})
+        assert env["REDIS_PASSWORD_SECRET_ARN"] == STORE_SECRET
+        assert not {"REDIS_URL", "REDIS_SECRET_ARN"} & set(env)
+
+
+def _secret_reads(rendered: dict[str, Any], function: str) -> list[Any]:
+    """The resources of every secretsmanager:GetSecretValue the function's role is granted."""
+    res = rendered["Resources"]
+    role = res[f"{function}Role"]["Properties"]
+    documents = [p["PolicyDocument"] for p in role.get("Policies", [])]
+    documents += [
+        res[arn["Ref"]]["Properties"]["PolicyDocument"]
+        for arn in role["ManagedPolicyArns"]
+        if isinstance(arn, dict) and "Ref" in arn
+    ]
+    reads: list[Any] = []
+    for doc in documents:
+        for statement in doc["Statement"]:
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            if "secretsmanager:GetSecretValue" in actions:
+                resources = statement["Resource"]
+                reads += resources if isinstance(resources, list) else [resources]
+    return reads
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_functions_may_read_exactly_the_store_secret(name: str) -> None:
+    overrides, rendered = scenario(name)
+    mode = mode_of(overrides)
+    store_secret = STORE_SECRET if mode != "External" else {"Ref": "RedisSecretArn"}
+    for function in FUNCTIONS:
+        reads = _secret_reads(rendered, function)
+        if mode == "External" and "RedisSecretArn" not in overrides:
+            assert store_secret not in reads
+        else:
+            assert store_secret in reads, function
+        # Nothing broader: only the store's secret and, where configured, the OpenAI key's.
+        assert all(r in (store_secret, OPENAI_SECRET) for r in reads), reads
