@@ -283,16 +283,22 @@ def _link_stays(text: str, form: str) -> bool:
     return own is not None and own["url"] in text.lower()
 
 
-def injection_reason(text: str) -> str | None:
-    """Why ``text`` must not be stored (the first pattern a folded form matches, or "link"), or
-    None when it reads as a plain statement."""
-    for form in matching_forms(text):
+def _pattern_reason(forms: tuple[str, ...]) -> str | None:
+    for form in forms:
         for reason, pattern in INJECTION_PATTERNS:
             if pattern.search(form):
                 return reason
-        if _URL_RE.search(form) and not _link_stays(text, form):
-            return "link"
     return None
+
+
+def injection_reason(text: str) -> str | None:
+    """Why ``text`` must not be stored (the first pattern a folded form matches, or "link"), or
+    None when it reads as a plain statement."""
+    forms = matching_forms(text)
+    reason = _pattern_reason(forms)
+    if reason is None and any(_URL_RE.search(f) and not _link_stays(text, f) for f in forms):
+        return "link"
+    return reason
 
 
 def _preview(text: str) -> str:
@@ -306,7 +312,8 @@ _SENTENCE_BREAK_RE = re.compile(r"((?<=[.!?])\s+|\s*\n\s*)")
 
 def sanitize_summary(summary: str) -> str:
     """``summary`` without the sentences that match (the rest kept as written); the neutral
-    ``SUMMARY_WITHHELD`` when nothing is left or what is left still matches as a whole."""
+    ``SUMMARY_WITHHELD`` when nothing is left, or when what is left still matches as a whole (an
+    instruction split across sentences). Links are judged per sentence: a summary is not one."""
     pieces = _SENTENCE_BREAK_RE.split(summary)
     kept: list[str] = []
     for sentence, gap in zip(pieces[::2], [*pieces[1::2], ""], strict=True):
@@ -315,10 +322,10 @@ def sanitize_summary(summary: str) -> str:
             kept.append(sentence + gap)
         else:
             logger.warning("dropped a summary sentence (%s): %r", reason, _preview(sentence))
-    if len(kept) == len(pieces[::2]):
-        return summary
-    result = "".join(kept).strip()
-    if not result or injection_reason(result) is not None:
+    result = summary if len(kept) == len(pieces[::2]) else "".join(kept).strip()
+    reason = _pattern_reason(matching_forms(result)) if result else "nothing left"
+    if reason is not None:
+        logger.warning("withheld a summary (%s): %r", reason, _preview(result))
         return SUMMARY_WITHHELD
     return result
 
