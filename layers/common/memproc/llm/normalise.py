@@ -20,13 +20,13 @@ from urllib.parse import unquote
 # then of the punctuation the patterns look for.
 # Capitals are folded before lowercasing because some differ from their small letters (Greek
 # capital eta looks like H, small eta like n). Written as escapes: the letters look like ASCII.
-_LOOKALIKES: dict[str, str] = {
+LOOKALIKES: dict[str, str] = {
     "a": "\u0430\u03b1\u0251\u1d00",  # Cyrillic a, Greek alpha, Latin alpha, small capital A
     "A": "\u0410\u0391",  # Cyrillic A, Greek Alpha
     "b": "\u0432\u044c\u0299",  # Cyrillic ve and soft sign (small-capital B shapes), small capital B
     "B": "\u0412\u0392",  # Cyrillic Ve, Greek Beta
-    "c": "\u0441\u03f2\u1d04",  # Cyrillic es, Greek lunate sigma, small capital C
-    "C": "\u0421\u03f9",  # Cyrillic Es, Greek capital lunate sigma
+    "c": "\u0441\u1d04",  # Cyrillic es, small capital C (NFKC turns Greek lunate sigma into sigma)
+    "C": "\u0421",  # Cyrillic Es
     "d": "\u0501\u1d05",  # Cyrillic komi de, small capital D
     "e": "\u0435\u03b5\u04bd\u1d07",  # Cyrillic ie, Greek epsilon, Cyrillic abkhasian che, small capital E
     "E": "\u0415\u0395",  # Cyrillic Ie, Greek Epsilon
@@ -66,13 +66,13 @@ _LOOKALIKES: dict[str, str] = {
     "Z": "\u0396",  # Greek Zeta
     # punctuation the patterns rely on: apostrophes and quotes, role-label colons, tag brackets, slashes
     "'": "\u2018\u2019\u02bc\u2032",  # curly single quotes, modifier apostrophe, prime
-    '"': "\u201c\u201d\u2033",  # curly double quotes, double prime
+    '"': "\u201c\u201d",  # curly double quotes
     ":": "\ua789\u02d0\u0589\u2236",  # modifier colon, IPA length mark, Armenian full stop, ratio
     "<": "\u2039\u02c2\u1438\u3008",  # single angle quote, modifier arrowhead, syllabics pa, CJK bracket
     ">": "\u203a\u02c3\u1433\u3009",  # the closing ones
     "/": "\u2044\u2215\u29f8",  # fraction slash, division slash, big solidus
 }
-LOOKALIKE_TABLE: dict[int, str] = {ord(char): latin for latin, chars in _LOOKALIKES.items() for char in chars}
+_LOOKALIKE_TABLE = {ord(char): latin for latin, chars in LOOKALIKES.items() for char in chars}
 
 # Letters that render as blank space without being whitespace (Hangul fillers, Braille blank).
 _BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
@@ -107,7 +107,7 @@ def _fold(text: str, invisible_as: str) -> str:
     # NFD then parts accents from their letters, so an accented "admin" matches as "admin".
     text = unicodedata.normalize("NFD", unicodedata.normalize("NFKC", text))
     text = "".join(_folded_char(c, invisible_as) for c in text)
-    text = text.translate(LOOKALIKE_TABLE).casefold()
+    text = text.translate(_LOOKALIKE_TABLE).casefold()
     return _SPACE_RE.sub(" ", text).strip()
 
 
