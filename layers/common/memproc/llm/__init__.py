@@ -1,10 +1,10 @@
 """The one LLM interface (extract, embed) and its two implementations, one concern per module.
 
 ``base`` (the protocol, usage, errors), ``schema`` (what an extraction is), ``prompt`` (what the
-model is sent), ``safety`` (what is never stored), ``parsing`` (what comes back), ``chunking``
-(long sessions), ``offline`` with ``offline_heuristics`` and ``dates`` (the network-free provider),
-``openai_provider`` (the SDK) and ``factory`` (which one runs). The names other modules use are
-re-exported here, so callers import from ``memproc.llm`` and the layout inside can change.
+model is sent), ``safety`` with ``normalise`` (what is never stored), ``parsing`` (what comes back),
+``chunking`` (long sessions), ``offline`` with ``offline_heuristics`` and ``dates`` (the network-free
+provider), ``openai_provider`` (the SDK) and ``factory`` (which one runs). The names other modules
+use are re-exported here, so callers import from ``memproc.llm`` and the layout inside can change.
 
 Importing this package does not import ``openai``: the store_raw Lambda imports ``memproc`` but
 never talks to the LLM, so the SDK is loaded only when an ``OpenAIProvider`` is built.
@@ -21,7 +21,7 @@ from memproc.llm.offline_heuristics import heuristic_extraction
 from memproc.llm.openai_provider import OpenAIProvider
 from memproc.llm.parsing import parse_extraction
 from memproc.llm.prompt import SYSTEM_PROMPT, build_messages
-from memproc.llm.safety import INJECTION_PATTERNS, injection_reason, sanitize
+from memproc.llm.safety import INJECTION_PATTERNS, injection_reason, sanitize, sanitize_summary
 from memproc.llm.schema import EXTRACTION_JSON_SCHEMA, ExtractedMemory, Extraction
 
 __all__ = [
@@ -46,4 +46,5 @@ __all__ = [
     "parse_extraction",
     "resolve_relative_dates",
     "sanitize",
+    "sanitize_summary",
 ]

@@ -98,7 +98,7 @@ class ChunkedExtractor:
     ) -> tuple[Extraction, Usage]:
         """One call per chunk with the running summary; memories merged, deduplicated and sanitized."""
         if not transcript.strip():
-            return Extraction(summary=previous_summary or "Empty conversation."), Usage()
+            return sanitize(Extraction(summary=previous_summary or "Empty conversation.")), Usage()
         summary = previous_summary
         memories: list[ExtractedMemory] = []
         topics: list[str] = []
