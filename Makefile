@@ -33,8 +33,8 @@ bench: $(STAMP) ## Benchmarks vs real Redis 8 + fake LLM -> bench/results/<date>
 	MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh --binary) $(PY) -m bench.run $(if $(FULL),--full,)
 
 check: $(STAMP) ## ruff + mypy
-	$(VENV)/bin/ruff check layers functions tests bench scripts
-	$(VENV)/bin/ruff format --check layers functions tests bench scripts
+	$(VENV)/bin/ruff check layers local functions tests bench scripts
+	$(VENV)/bin/ruff format --check layers local functions tests bench scripts
 	$(VENV)/bin/mypy
 
 clean: ## Remove the venvs and build output (the Redis build cache in ~/.cache/memproc stays)

@@ -9,7 +9,7 @@ from functools import cache
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from memproc.localapi import LambdaContext, RouteTable, build_event, load_handler, load_routes
+from memproc_local.localapi import LambdaContext, RouteTable, build_event, load_handler, load_routes
 from tests.redis_server import ROOT
 
 

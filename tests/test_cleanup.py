@@ -14,9 +14,9 @@ import pytest
 import redis
 
 from memproc import keys, queue, retention
-from memproc.cli import main as cli_main
-from memproc.localapi import LambdaContext, Route, load_handler
 from memproc.settings import get_settings
+from memproc_local.cli import main as cli_main
+from memproc_local.localapi import LambdaContext, Route, load_handler
 from tests.api_client import call, mem_path
 from tests.chats import sessions
 from tests.memory_helpers import drain, everything, snapshot, store, vector_elements

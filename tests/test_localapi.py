@@ -1,4 +1,4 @@
-"""memproc.localapi: the SAM template's API served locally over real HTTP, no mocks.
+"""memproc_local.localapi: the SAM template's API served locally over real HTTP, no mocks.
 
 The fixture template under tests/data/localapi uses short-form intrinsic tags (also in Globals)
 and its handlers echo the event they get, so each test sees exactly what a Lambda would see.
@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from memproc.localapi import (
+from memproc_local.localapi import (
     DEFAULT_MAX_BODY_BYTES,
     LambdaContext,
     LocalApiServer,

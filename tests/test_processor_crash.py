@@ -43,7 +43,7 @@ def run_processor(
         "POWERTOOLS_METRICS_DISABLED": "true",
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "memproc.cli", "process", "--run-once", *args],
+        [sys.executable, "-m", "memproc_local.cli", "process", "--run-once", *args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

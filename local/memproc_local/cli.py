@@ -18,7 +18,7 @@ from typing import Any
 
 from memproc.settings import ConfigurationError, get_settings, load_settings
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]  # local/memproc_local/cli.py -> the project
 
 
 def _progress_printer() -> Any:
@@ -136,7 +136,7 @@ def _dev_redis() -> tuple[str, subprocess.Popen[bytes] | None]:
 
 def _scheduled(function: str, code_uri: str, every: float, stop: threading.Event) -> threading.Thread:
     """Invoke a scheduled function's real handler on an interval, as EventBridge Scheduler would."""
-    from memproc.localapi import LambdaContext, Route, load_handler
+    from memproc_local.localapi import LambdaContext, Route, load_handler
 
     route = Route(
         method="", resource="", function=function, code_uri=Path(code_uri), handler="app.lambda_handler"
@@ -165,7 +165,7 @@ def _scheduled(function: str, code_uri: str, every: float, stop: threading.Event
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from memproc.localapi import LocalApiServer
+    from memproc_local.localapi import LocalApiServer
 
     url, redis_proc = _dev_redis()
     os.environ["REDIS_URL"] = url

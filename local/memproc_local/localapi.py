@@ -31,7 +31,7 @@ Deliberate differences, chosen for clearer local errors:
   not applied; a handler running past its ``Timeout`` (or API Gateway's 29 s) only logs a warning;
   API keys and usage plans are not enforced (as with ``sam local start-api``).
 
-Run it directly with ``python -m memproc.localapi --template template.yaml --port 5001``.
+Run it directly with ``python -m memproc_local.localapi --template template.yaml --port 5001``.
 """
 
 from __future__ import annotations
@@ -393,7 +393,7 @@ def _import_by_path(function: str, path: Path) -> ModuleType:
         raise FileNotFoundError(f"{function}: handler module {path} does not exist")
     safe = "".join(ch if ch.isalnum() else "_" for ch in function)
     digest = hashlib.sha1(str(path).encode(), usedforsecurity=False).hexdigest()[:8]
-    name = f"_memproc_localapi_{safe}_{digest}"
+    name = f"_memproc_local_{safe}_{digest}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ImportError(f"{function}: cannot import {path}")
@@ -1110,7 +1110,7 @@ class LocalApiServer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m memproc.localapi``: serve a template's API until interrupted."""
+    """``python -m memproc_local.localapi``: serve a template's API until interrupted."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--template", type=Path, default=Path("template.yaml"))
     parser.add_argument("--project-root", type=Path, default=None, help="default: the template's directory")
