@@ -404,7 +404,7 @@ def run(cfg: Config) -> SectionResult:
     with fresh_redis() as server, FakeLLM() as fake:
         configure_env(server.url, fake.base_url, EMBEDDING_DIMENSIONS="1536", LLM_TIMEOUT_SECONDS="30")
         from memproc.connection import get_binary_redis, get_redis
-        from memproc_local import localapi
+        from memproc_local import server as localapi
 
         bodies = _bodies(cfg.seed, "w")
         data["session_bytes"] = summarize([len(b["session_data"].encode()) for b in bodies])

@@ -1,4 +1,4 @@
-"""memproc_local.localapi: the SAM template's API served locally over real HTTP, no mocks.
+"""memproc_local: the SAM template's API served locally over real HTTP, no mocks.
 
 The fixture template under tests/data/localapi uses short-form intrinsic tags (also in Globals)
 and its handlers echo the event they get, so each test sees exactly what a Lambda would see.
@@ -23,18 +23,11 @@ from typing import Any
 import pytest
 import yaml
 
-from memproc_local.localapi import (
-    DEFAULT_MAX_BODY_BYTES,
-    LambdaContext,
-    LocalApiServer,
-    Route,
-    RouteTable,
-    _CfnLoader,
-    _handler_file,
-    build_event,
-    load_handler,
-    load_routes,
-)
+from memproc_local.events import LambdaContext, build_event
+from memproc_local.handlers import handler_file, load_handler
+from memproc_local.routing import Route, RouteTable
+from memproc_local.server import DEFAULT_MAX_BODY_BYTES, LocalApiServer
+from memproc_local.template import load_routes, read_template
 
 FIXTURE = Path(__file__).parent / "data" / "localapi"
 TEMPLATE = FIXTURE / "template.yaml"
@@ -127,7 +120,7 @@ def test_load_routes_reads_api_events_and_ignores_the_rest() -> None:
 
 
 def test_short_form_tags_become_long_form() -> None:
-    doc = yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)
+    doc = read_template(TEMPLATE)
     env = doc["Globals"]["Function"]["Environment"]["Variables"]
     assert env["STAGE"] == {"Ref": "Stage"}
     assert env["QUEUE_NAME"] == {"Fn::Sub": "${AWS::StackName}-queue"}
@@ -447,7 +440,7 @@ def test_body_over_limit_is_413_before_the_handler() -> None:
 
 
 def test_413_without_gateway_responses_is_api_gateways_default(tmp_path: Path) -> None:
-    doc = yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)
+    doc = read_template(TEMPLATE)
     del doc["Resources"]["FixtureApi"]
     bare = tmp_path / "template.yaml"
     bare.write_text(yaml.safe_dump(doc))
@@ -535,7 +528,7 @@ def test_real_template_routes_all_have_handlers() -> None:
     routes = load_routes(REAL_TEMPLATE)
     assert routes, "template.yaml declares no Api events"
     for route in routes:
-        module_file, attr = _handler_file(route, PROJECT_ROOT)
+        module_file, attr = handler_file(route, PROJECT_ROOT)
         rel = module_file.relative_to(PROJECT_ROOT)
         assert rel.parts[0] == "functions" and rel.name == "app.py", (route, rel)
         assert module_file.is_file(), f"{route.function}: {rel} is missing"

@@ -136,7 +136,9 @@ def _dev_redis() -> tuple[str, subprocess.Popen[bytes] | None]:
 
 def _scheduled(function: str, code_uri: str, every: float, stop: threading.Event) -> threading.Thread:
     """Invoke a scheduled function's real handler on an interval, as EventBridge Scheduler would."""
-    from memproc_local.localapi import LambdaContext, Route, load_handler
+    from memproc_local.events import LambdaContext
+    from memproc_local.handlers import load_handler
+    from memproc_local.routing import Route
 
     route = Route(
         method="", resource="", function=function, code_uri=Path(code_uri), handler="app.lambda_handler"
@@ -165,7 +167,7 @@ def _scheduled(function: str, code_uri: str, every: float, stop: threading.Event
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from memproc_local.localapi import LocalApiServer
+    from memproc_local.server import LocalApiServer
 
     url, redis_proc = _dev_redis()
     os.environ["REDIS_URL"] = url
