@@ -174,7 +174,8 @@ class MalformedResponse(Exception):
 
 
 def to_http(result: Any) -> tuple[int, list[tuple[str, str]], bytes]:
-    """Translate a Lambda proxy response into status, header lines and body, as API Gateway does."""
+    """Translate a Lambda proxy response into status, header lines and body, as API Gateway does
+    (the server adds API Gateway's default ``Content-Type: application/json`` when there is none)."""
     if not isinstance(result, dict):
         raise MalformedResponse(f"handler returned {type(result).__name__}, not a proxy response dict")
     extra = set(result) - _RESPONSE_KEYS
@@ -202,8 +203,6 @@ def to_http(result: Any) -> tuple[int, list[tuple[str, str]], bytes]:
             raise MalformedResponse(f"multiValueHeaders[{name!r}] must be a list")
         lines.extend((str(name), str(v)) for v in values)
     lines = [(k, v) for k, v in lines if k.lower() not in _HOP_BY_HOP]
-    if not any(k.lower() == "content-type" for k, _ in lines):
-        lines.append(("Content-Type", "application/json"))
     body = result.get("body")
     if body is None:
         data = b""
