@@ -36,6 +36,6 @@ Deliberate differences, chosen for clearer local errors:
   API keys and usage plans are not enforced (as with ``sam local start-api``).
 
 Modules: ``template`` (the SAM template), ``routing`` (the route table), ``events`` (the proxy
-event, ``context`` and response), ``handlers`` (loading them), ``server`` (HTTP, on werkzeug)
-and ``cli`` (the ``memproc`` command).
+event, ``context`` and response), ``handlers`` (loading them), ``server`` (HTTP, on werkzeug),
+``devredis`` (the Redis behind ``memproc serve``) and ``cli`` (the ``memproc`` command).
 """
