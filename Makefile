@@ -64,6 +64,11 @@ lint: $(TOOLS_STAMP) ## sam validate --lint + cfn-lint on template.yaml (zero fi
 build: $(TOOLS_STAMP) ## sam build (functions + CommonLayer with memproc and its deps) into .aws-sam/
 	PATH="$(PY313_BIN):$$PATH" $(SAM) build
 	@test -d .aws-sam/build/CommonLayer/python/memproc || { echo "build: memproc missing from CommonLayer" >&2; exit 1; }
+	@# The dev server, the CLI and PyYAML/werkzeug are local-only (local/memproc_local): never in the layer.
+	@local_only=$$(cd .aws-sam/build/CommonLayer/python && find . -maxdepth 2 \( -path './memproc_local*' \
+	    -o -path './memproc/localapi*' -o -path './memproc/cli.py' -o -path ./yaml -o -path ./_yaml \
+	    -o -ipath './pyyaml*' -o -ipath './werkzeug*' \) -print); \
+	  test -z "$$local_only" || { echo "build: local-only code in CommonLayer:" $$local_only >&2; exit 1; }
 	@echo "CommonLayer: $$(ls .aws-sam/build/CommonLayer/python | wc -l) entries in .aws-sam/build/CommonLayer/python"
 
 deploy: build ## sam deploy with samconfig.toml (first time: .tools/bin/sam deploy --guided)
