@@ -57,8 +57,8 @@ eval-vectors: $(EVAL_STAMP) ## Embed every eval text with all-MiniLM-L6-v2 (.eva
 	HF_HUB_OFFLINE=1 $(EVAL_VENV)/bin/python -m eval.embed
 
 check: $(STAMP) ## ruff + mypy
-	$(VENV)/bin/ruff check layers functions tests bench scripts eval
-	$(VENV)/bin/ruff format --check layers functions tests bench scripts eval
+	$(VENV)/bin/ruff check layers local functions tests bench scripts eval
+	$(VENV)/bin/ruff format --check layers local functions tests bench scripts eval
 	$(VENV)/bin/mypy
 
 clean: ## Remove the venvs (.eval-venv too) and build output (the engines cached in ~/.cache/memproc stay)
@@ -96,6 +96,11 @@ lint: $(TOOLS_STAMP) $(STAMP) ## sam validate --lint + cfn-lint, also per deploy
 build: $(TOOLS_STAMP) ## sam build (functions + CommonLayer with memproc and its deps) into .aws-sam/
 	PATH="$(PY313_BIN):$$PATH" $(SAM) build
 	@test -d .aws-sam/build/CommonLayer/python/memproc || { echo "build: memproc missing from CommonLayer" >&2; exit 1; }
+	@# The dev server, the CLI and PyYAML/werkzeug are local-only (local/memproc_local): never in the layer.
+	@local_only=$$(cd .aws-sam/build/CommonLayer/python && find . -maxdepth 2 \( -path './memproc_local*' \
+	    -o -path './memproc/localapi*' -o -path './memproc/cli.py' -o -path ./yaml -o -path ./_yaml \
+	    -o -ipath './pyyaml*' -o -ipath './werkzeug*' \) -print); \
+	  test -z "$$local_only" || { echo "build: local-only code in CommonLayer:" $$local_only >&2; exit 1; }
 	@echo "CommonLayer: $$(ls .aws-sam/build/CommonLayer/python | wc -l) entries in .aws-sam/build/CommonLayer/python"
 
 deploy: build ## sam deploy with samconfig.toml (first time: .tools/bin/sam deploy --guided)

@@ -94,7 +94,8 @@ def _child(
 def _events() -> dict[str, Any]:
     """One realistic event per function: API Gateway REST events from template.yaml's routes, the
     schedules' inputs for the scheduled ones."""
-    from memproc.localapi import build_event, load_routes
+    from memproc_local.events import build_event
+    from memproc_local.template import load_routes
     from tests.api_client import _table
 
     routes = load_routes(ROOT / "template.yaml")

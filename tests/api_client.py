@@ -9,7 +9,10 @@ from functools import cache
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from memproc.localapi import LambdaContext, RouteTable, build_event, load_handler, load_routes
+from memproc_local.events import LambdaContext, build_event
+from memproc_local.handlers import load_handler
+from memproc_local.routing import RouteTable
+from memproc_local.template import load_routes
 from tests.redis_server import ROOT
 
 

@@ -1,7 +1,7 @@
 """The specification's usage examples, end to end over real HTTP against the local API.
 
 store raw memory -> background processing -> hierarchy retrieval -> session details ->
-statistics -> search -> cleanup -> processing status, through `memproc.localapi.LocalApiServer`
+statistics -> search -> cleanup -> processing status, through `memproc_local.server.LocalApiServer`
 (the routes of template.yaml, the real Lambda handlers), a real Redis 8 and the real openai client
 talking to a fake OpenAI-compatible server.
 
@@ -28,7 +28,10 @@ if __name__ == "__main__" and str(ROOT) not in sys.path:
 
 import pytest  # noqa: E402
 
-from memproc.localapi import LambdaContext, LocalApiServer, Route, load_handler  # noqa: E402
+from memproc_local.events import LambdaContext  # noqa: E402
+from memproc_local.handlers import load_handler  # noqa: E402
+from memproc_local.routing import Route  # noqa: E402
+from memproc_local.server import LocalApiServer  # noqa: E402
 
 VS = "user123"
 SESSION = "session_456"

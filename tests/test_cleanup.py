@@ -14,11 +14,13 @@ import pytest
 import redis
 
 from memproc import keys, retention
-from memproc.cli import main as cli_main
 from memproc.dal import queue
 from memproc.dal.connection import get_store
-from memproc.localapi import LambdaContext, Route, load_handler
 from memproc.settings import get_settings
+from memproc_local.cli import main as cli_main
+from memproc_local.events import LambdaContext
+from memproc_local.handlers import load_handler
+from memproc_local.routing import Route
 from tests.api_client import call, mem_path
 from tests.chats import sessions
 from tests.memory_helpers import drain, everything, snapshot, store, vector_elements

@@ -309,7 +309,9 @@ def test_round_trips_per_session_do_not_grow_with_the_vectorstore(
 def test_lambda_handler_stops_claiming_when_time_runs_short(fake_llm: Any, r: redis.Redis) -> None:
     from pathlib import Path
 
-    from memproc.localapi import LambdaContext, Route, load_handler
+    from memproc_local.events import LambdaContext
+    from memproc_local.handlers import load_handler
+    from memproc_local.routing import Route
     from tests.redis_server import ROOT
 
     store("user123", CHAT, "s-1")

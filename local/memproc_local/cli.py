@@ -7,9 +7,7 @@ import json
 import logging
 import math
 import os
-import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -17,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from memproc.settings import ConfigurationError, get_settings, load_settings
+from memproc_local.devredis import start_dev_redis
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]  # local/memproc_local/cli.py -> the project
 
 
 def _progress_printer() -> Any:
@@ -86,57 +85,11 @@ def cmd_process(args: argparse.Namespace) -> int:
         return 130
 
 
-def _dev_redis() -> tuple[str, subprocess.Popen[bytes] | None]:
-    """REDIS_URL if set; else start the provisioned redis-server for development."""
-    if os.environ.get("REDIS_URL"):
-        return os.environ["REDIS_URL"], None
-    binary = os.environ.get("MEMPROC_REDIS_SERVER") or shutil.which("redis-server")
-    if not binary:
-        raise SystemExit("memproc serve: set REDIS_URL or MEMPROC_REDIS_SERVER (make dev does)")
-    import socket
-
-    port = int(os.environ.get("MEMPROC_DEV_REDIS_PORT", "6379"))
-    with socket.socket() as s:
-        if s.connect_ex(("127.0.0.1", port)) == 0:  # taken: use a free port instead
-            s2 = socket.socket()
-            s2.bind(("127.0.0.1", 0))
-            port = s2.getsockname()[1]
-            s2.close()
-    data = Path(os.environ.get("MEMPROC_CACHE", Path.home() / ".cache/memproc")) / "dev-data"
-    data.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(data),
-            "--appendonly",
-            "yes",
-            "--save",
-            "",
-            "--logfile",
-            str(data / "redis.log"),
-        ],
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    import redis
-
-    client = redis.Redis.from_url(url)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    return url, proc
-
-
 def _scheduled(function: str, code_uri: str, every: float, stop: threading.Event) -> threading.Thread:
     """Invoke a scheduled function's real handler on an interval, as EventBridge Scheduler would."""
-    from memproc.localapi import LambdaContext, Route, load_handler
+    from memproc_local.events import LambdaContext
+    from memproc_local.handlers import load_handler
+    from memproc_local.routing import Route
 
     route = Route(
         method="", resource="", function=function, code_uri=Path(code_uri), handler="app.lambda_handler"
@@ -165,9 +118,9 @@ def _scheduled(function: str, code_uri: str, every: float, stop: threading.Event
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from memproc.localapi import LocalApiServer
+    from memproc_local.server import LocalApiServer
 
-    url, redis_proc = _dev_redis()
+    url, redis_proc = start_dev_redis()
     os.environ["REDIS_URL"] = url
     # The heartbeat reports the interval this dev loop really runs at.
     os.environ["PROCESSING_INTERVAL_SECONDS"] = str(max(1, math.ceil(args.process_interval)))
