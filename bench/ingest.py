@@ -23,7 +23,6 @@ from bench.common import (
     ROOT,
     Config,
     FakeLLM,
-    RoundTrips,
     SectionResult,
     Target,
     app_commands,
@@ -39,6 +38,7 @@ from bench.common import (
     summarize,
     table,
 )
+from tests.round_trips import RoundTrips
 
 CLIENTS = (1, 8, 32)
 BASELINE_LATENCIES = (0.2, 1.0)

@@ -11,7 +11,6 @@ from typing import Any
 from bench.common import (
     Config,
     FakeLLM,
-    RoundTrips,
     SectionResult,
     Target,
     app_commands,
@@ -27,6 +26,7 @@ from bench.common import (
     summarize,
     table,
 )
+from tests.round_trips import RoundTrips
 
 CONCURRENCY = (1, 4, 16, 64)
 LLM_LATENCY = 0.2

@@ -20,7 +20,6 @@ from bench.common import (
     RELATIVES,
     Config,
     FakeLLM,
-    RoundTrips,
     SectionResult,
     Target,
     app_commands,
@@ -35,6 +34,7 @@ from bench.common import (
     table,
 )
 from bench.process import enqueue, timed_processor
+from tests.round_trips import RoundTrips
 
 DIMENSIONS = 128
 VS = "bench-user"

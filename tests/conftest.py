@@ -94,6 +94,7 @@ def fake_llm(env: pytest.MonkeyPatch, fake_llm_server: Any) -> Any:
     fake_llm_server.clear_failures()
     fake_llm_server.latency = 0.0
     fake_llm_server.extraction_for = None
+    fake_llm_server.reconciliation_for = None
     fake_llm_server.embedding_for = None
     env.setenv("OPENAI_API_KEY", "test-key")
     env.setenv("OPENAI_BASE_URL", fake_llm_server.base_url)

@@ -15,11 +15,13 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from memproc.dal import queue as q
 from memproc.dal.functions import LIBRARY_VERSION
 from memproc.llm import Extraction, Usage
+from memproc.llm.schema import Candidate
 from memproc.processor import Processor, Work, build_processor
 from memproc.settings import load_settings
 
@@ -35,10 +37,13 @@ class CrashingProcessor(Processor):
         super().__init__(base.store, base.settings, base.provider)
         self.stage = stage
 
-    def extract(self, work: Work) -> tuple[Extraction, Usage, list[list[float]]]:
+    def extract(self, work: Work, candidates: Sequence[Candidate]) -> tuple[Extraction, Usage]:
         if self.stage == "after_claim":
             _die()
-        result = super().extract(work)
+        return super().extract(work, candidates)
+
+    def embed(self, texts: list[str]) -> tuple[list[list[float]], Usage]:
+        result = super().embed(texts)
         if self.stage == "after_llm":
             _die()
         return result

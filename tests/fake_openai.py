@@ -147,6 +147,7 @@ class FakeOpenAI:
     ``embedding_latency`` (seconds for embeddings requests instead, when not None),
     ``timeout_sleep`` (how long a "timeout" failure holds a request before dropping it),
     ``extraction_for`` (``callable(transcript) -> dict | None`` overriding the chat content),
+    ``reconciliation_for`` (the same, also given the shown memories as ``[(id, text)]``),
     ``embedding_for`` (``callable(text) -> vector | None`` replacing the hashing embeddings; a text it
     returns None for fails the request with HTTP 400, so a missing vector is never made up),
     ``record_requests`` (False keeps memory flat in long benchmarks; counters still count).
@@ -157,6 +158,8 @@ class FakeOpenAI:
         self.embedding_latency: float | None = None
         self.timeout_sleep = 5.0
         self.extraction_for: Callable[[str], dict[str, Any] | None] | None = None
+        # Like extraction_for, but also given the memories the prompt shows as (id, text) pairs.
+        self.reconciliation_for: Callable[[str, list[tuple[str, str]]], dict[str, Any] | None] | None = None
         self.embedding_for: Callable[[str], list[float] | None] | None = None
         self.record_requests = True
         self._lock = threading.Lock()
@@ -406,19 +409,27 @@ class FakeOpenAI:
             (str(m.get("content") or "") for m in reversed(messages) if m.get("role") == "user"), ""
         )
         transcript, session_ts, previous_summary = _unpack(user_content)
+        shown = _shown_memories(user_content)
         refusal: str | None = None
         if failure == "malformed":
             content: str | None = '{"memories": [{"text": "truncated'
         elif failure == "refusal":
             content, refusal = None, "I'm sorry, but I can't help with that request."
         else:
-            payload = self.extraction_for(transcript) if self.extraction_for is not None else None
+            payload = None
+            if self.reconciliation_for is not None:
+                payload = self.reconciliation_for(transcript, shown)
+            elif self.extraction_for is not None:
+                payload = self.extraction_for(transcript)
             if payload is None:
-                payload = extract(
-                    transcript,
-                    session_timestamp=session_ts,
-                    previous_summary=previous_summary,
-                    max_memories=_max_memories(body),
+                payload = confirm_restatements(
+                    extract(
+                        transcript,
+                        session_timestamp=session_ts,
+                        previous_summary=previous_summary,
+                        max_memories=_max_memories(body),
+                    ),
+                    shown,
                 )
             content = json.dumps(payload)
         prompt_tokens = sum(len(str(m.get("content") or "")) for m in messages) // 4
@@ -503,6 +514,8 @@ class FakeOpenAI:
 # check memproc against documented, fixed behaviour rather than against itself.
 
 _TRANSCRIPT_RE = re.compile(r"<transcript>\n(.*?)\n</transcript>", re.DOTALL)
+_MEMORIES_RE = re.compile(r"<memories>\n(.*?)\n</memories>", re.DOTALL)
+_SHOWN_RE = re.compile(r"^\[(m\d+)\] \([^)]*\) (.*)$")
 _SUMMARY_RE = re.compile(r"<previous_summary>\n(.*?)\n</previous_summary>", re.DOTALL)
 _TIMESTAMP_RE = re.compile(r"^Session timestamp:\s*(\S+)", re.MULTILINE)
 _ROLE_RE = re.compile(r"^\s*(user|human|assistant|ai|bot|system|developer|tool)\s*:\s?(.*)$", re.IGNORECASE)
@@ -551,6 +564,40 @@ def _unpack(content: str) -> tuple[str, datetime | None, str | None]:
         when,
         summary.group(1) if summary else None,
     )
+
+
+def _shown_memories(content: str) -> list[tuple[str, str]]:
+    """The memories memproc's prompt lists as ``[m1] (fact, since 2026-03-02) The user ...``."""
+    block = _MEMORIES_RE.search(content)
+    if not block:
+        return []
+    return [(m.group(1), m.group(2)) for m in map(_SHOWN_RE.match, block.group(1).splitlines()) if m]
+
+
+def _words(text: str) -> str:
+    return " ".join(re.findall(r"\w+", text.lower()))
+
+
+def confirm_restatements(payload: dict[str, Any], shown: list[tuple[str, str]]) -> dict[str, Any]:
+    """The fake reconciles only the obvious: a memory worded exactly like a shown one is a confirm."""
+    by_words = {_words(text): short_id for short_id, text in shown}
+    memories, operations = [], list(payload.get("operations", []))
+    for memory in payload.get("memories", []):
+        short_id = by_words.get(_words(memory["text"]))
+        if short_id is None:
+            memories.append(memory)
+        else:
+            operations.append(
+                {
+                    "op": "confirm",
+                    "id": short_id,
+                    "text": None,
+                    "memory_type": None,
+                    "confidence": None,
+                    "tags": [],
+                }
+            )
+    return {**payload, "memories": memories, "operations": operations}
 
 
 def _max_memories(body: dict[str, Any]) -> int:

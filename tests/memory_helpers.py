@@ -34,9 +34,14 @@ def drain(**overrides: Any) -> Any:
 
 
 def commit_payload(dimensions: int = 64) -> tuple[dict[str, Any], list[bytes]]:
-    """What a processor would write for one memory."""
+    """What a processor would write for one new memory (the commit's payload and vector blobs)."""
     payload = {
-        "memories": [{"text": "The user erased this.", "memory_type": "fact", "confidence": 0.9, "tags": []}],
+        "ops": [{"op": "add", "text": "The user erased this.", "memory_type": "fact", "confidence": 0.9,
+                 "tags": [], "vector": 0}],
+        "seen_seq": 0,
+        "backend": "vectorset",
+        "valid_from": 1_700_000_000.0,
+        "history_limit": 50,
         "summary": "late",
         "topics": [],
         "tokens_in": 1,
@@ -45,12 +50,11 @@ def commit_payload(dimensions: int = 64) -> tuple[dict[str, Any], list[bytes]]:
         "processed_sha256": "0" * 64,
         "raw_retention": 30 * 86400,
         "session_retention": 365 * 86400,
-        "threshold": 0.99,
         "embedding_model": "text-embedding-3-small",
         "dimensions": dimensions,
         "processing_ms": 1,
         "mode": "full",
-    }
+    }  # fmt: skip
     return payload, [array("f", [1.0] + [0.0] * (dimensions - 1)).tobytes()]
 
 

@@ -25,7 +25,7 @@ import boto3
 from samtranslator.parser.parser import Parser
 from samtranslator.translator.translator import Translator
 
-from memproc.localapi import _read_template  # the loader that reads the short-form tags (!Ref...)
+from memproc_local.template import read_template as _read_template  # reads the short-form tags (!Ref...)
 from tests.redis_server import ROOT
 
 TEMPLATE = ROOT / "template.yaml"

@@ -114,7 +114,8 @@ def test_only_old_processed_transcripts_are_deleted(scene: Scene, r: redis.Redis
     # Nothing left to do; the live items are still served by the queue.
     again = cleanup(retention_days="30").body
     assert again["deleted_raw_memories"] == [] and again["live_kept"] == 3
-    assert drain().processed == 2  # the queued ones of both (the in-flight one keeps its lease)
+    # the queued ones of both (the in-flight one keeps its lease, so its vectorstore needs a second slot)
+    assert drain(vectorstore_concurrency=2).processed == 2
 
 
 def test_the_retention_decides_what_is_old(scene: Scene, r: redis.Redis) -> None:
@@ -193,7 +194,9 @@ def test_records_the_queue_lost_are_reconciled(scene: Scene, r: redis.Redis) -> 
     assert r.zscore(keys.DEAD, U1.raw(scene.dead)) is not None
     assert r.hget(U1.raw(scene.flight), "status") == "processing"  # the worker may still commit
     assert snapshot(r, "user10") == other
-    assert drain().processed == 2  # the re-queued item is processed (and user10's queued one)
+    # The re-queued item is processed (and user10's queued one); user1 needs a second slot, as the
+    # restored in-flight item keeps its lease.
+    assert drain(vectorstore_concurrency=2).processed == 2
     assert cleanup().body["reconciled"]["total"] == 0
 
 

@@ -159,7 +159,9 @@ def test_a_processed_record_keeps_no_stale_error(fake_llm: Any, r: redis.Redis) 
 
 
 def test_a_scheduled_run_does_not_log_with_the_previous_requests_context(fake_llm: Any) -> None:
-    from memproc.localapi import LambdaContext, Route, load_handler
+    from memproc_local.events import LambdaContext
+    from memproc_local.handlers import load_handler
+    from memproc_local.routing import Route
 
     assert call("GET", mem_path("user1", "/processing_status")).status == 200
     assert logger.get_correlation_id()  # the API request's id (requestContext.requestId)

@@ -84,6 +84,7 @@ def test_erasing_a_session(scene: Scene, r: redis.Redis) -> None:
         "memories": len(only_s1),
         "memories_updated": 1,
         "references_updated": 0,
+        "transcripts_purged": 0,
         "sessions": 1,
         "summaries": 1,
     }

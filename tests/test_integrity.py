@@ -57,7 +57,8 @@ def test_a_sessions_submissions_are_claimed_one_at_a_time_in_submission_order(
     second = store("user1", LONGER, "s-1")["raw_memory_id"]
     other = store("user1", "user: I collect stamps.", "s-2")["raw_memory_id"]
     assert r.zcard(keys.RAW_MEMORY_QUEUE) == 3  # the one waiting behind its session still counts
-    settings = load_settings(retry_base_seconds=60, retry_max_seconds=60)
+    # Sessions of one vectorstore may run in parallel here: the order within a session is the point.
+    settings = load_settings(retry_base_seconds=60, retry_max_seconds=60, vectorstore_concurrency=10)
     batch = queue.claim(get_store(), settings, 10)
     assert sorted(c.raw_id for c in batch.items) == sorted([first, other])  # second waits for first
     held = next(c for c in batch.items if c.raw_id == first)
@@ -244,7 +245,7 @@ def test_a_commit_that_fails_validation_writes_nothing(env: Any, r: redis.Redis,
 def test_renewal_extends_only_the_leases_a_worker_still_holds(env: Any, r: redis.Redis) -> None:
     store("user1", CHAT, "s-1")
     store("user1", "user: I collect stamps.", "s-2")
-    settings = get_settings()
+    settings = load_settings(vectorstore_concurrency=2)
     held, lost = queue.claim(get_store(), settings, 2).items
     r.zadd(keys.INFLIGHT, {U1.raw(lost.raw_id): 0})
     retaken = queue.claim(get_store(), settings, 1).items[0]  # reaps the expired lease and retakes it

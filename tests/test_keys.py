@@ -26,6 +26,7 @@ def test_the_lua_sources_spell_no_key_name(name: str) -> None:
     suffixes = {s.rstrip(":") for s in keys.VECTORSTORE_KEYS.values()}
     for literal in _literals(LUA[name]):
         assert literal not in keys.GLOBAL_KEYS.values(), literal
+        assert not literal.startswith(keys.MEMORY_PREFIX), literal
         assert not literal.startswith(keys.PROCESSING_STATS_PREFIX), literal
         # A per-vectorstore key is "{<vs>}:<suffix>"; JSON's "{}" is the only brace allowed.
         assert literal == "{}" or "{" not in literal, literal
@@ -35,7 +36,7 @@ def test_the_lua_sources_spell_no_key_name(name: str) -> None:
 @pytest.mark.parametrize("name", SOURCES)
 def test_every_key_builder_the_lua_uses_exists(name: str) -> None:
     used = set(re.findall(r"\bk\.(\w+)\(", LUA[name])) | set(re.findall(r"\bk\[(\w+)\]", LUA[name]))
-    assert used - {"name"} <= set(keys.VECTORSTORE_KEYS)
+    assert used - {"name"} <= {*keys.VECTORSTORE_KEYS, "mem"}  # k.mem: a memory's Query-Engine hash
 
 
 def test_the_generated_builders_spell_the_python_keys(r: redis.Redis) -> None:
@@ -46,10 +47,11 @@ def test_the_generated_builders_spell_the_python_keys(r: redis.Redis) -> None:
         call = f"k.{name}('user.1', 'x')" if suffix.endswith(":") else f"k.{name}('user.1')"
         script += f"out[#out + 1] = {call}\n"
     script += "out[#out + 1] = table.concat({split_raw(k.raw('user.1', 'abc'))}, '|')\n"
+    script += "out[#out + 1] = k.mem('user.1', 'm-1')\n"
     script += "return out\n"
     expected = [
         getattr(vk, name)("x") if suffix.endswith(":") else getattr(vk, name)
         for name, suffix in keys.VECTORSTORE_KEYS.items()
     ]
-    assert r.eval(script, 0) == [*expected, "user.1|abc"]
+    assert r.eval(script, 0) == [*expected, "user.1|abc", vk.memory("m-1")]
     assert LIBRARY.startswith("#!lua name=memproc_")

@@ -198,7 +198,7 @@ def test_strict_schema_closes_every_object_and_requires_every_property() -> None
                 walk(value)
 
     walk(EXTRACTION_JSON_SCHEMA)
-    assert len(objects) == 2  # Extraction and ExtractedMemory (inlined, no $ref)
+    assert len(objects) == 3  # Extraction, ExtractedMemory and MemoryOperation (inlined, no $ref)
     for obj in objects:
         assert obj["additionalProperties"] is False
         assert sorted(obj["required"]) == sorted(obj["properties"])

@@ -45,7 +45,9 @@ def run_processor(
         "EMBEDDING_DIMENSIONS": "64",
         "POWERTOOLS_METRICS_DISABLED": "true",
     }
-    command = ["tests.crashing_processor", crash_at] if crash_at else ["memproc_local.cli", "process", "--run-once"]
+    command = (
+        ["tests.crashing_processor", crash_at] if crash_at else ["memproc_local.cli", "process", "--run-once"]
+    )
     return subprocess.Popen(
         [sys.executable, "-m", *command, *args],
         cwd=ROOT,

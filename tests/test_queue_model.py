@@ -34,6 +34,7 @@ from tests.redis_server import RedisServer
 VECTORSTORES = ("alice", "bob")
 SESSIONS = ("s-1", "s-2", "s-3")
 EXAMPLES = int(os.environ.get("MEMPROC_MODEL_EXAMPLES", "40"))
+PER_VECTORSTORE = 2  # items of one vectorstore in flight at once
 
 
 @dataclass
@@ -61,7 +62,11 @@ class QueueModel(RuleBasedStateMachine):
         self.r: redis.Redis = self.server.client()
         self.r.flushall()
         self.settings: Settings = load_settings(
-            redis_url=self.server.url, max_attempts=3, retry_base_seconds=0, retry_max_seconds=0
+            redis_url=self.server.url,
+            max_attempts=3,
+            retry_base_seconds=0,
+            retry_max_seconds=0,
+            vectorstore_concurrency=PER_VECTORSTORE,
         )
         self.store = get_store(self.settings)
         self.items: dict[str, Item] = {}
@@ -107,9 +112,16 @@ class QueueModel(RuleBasedStateMachine):
     @rule(n=st.integers(1, 4))
     def claim(self, n: int) -> None:
         eligible = {i.raw_id for i in self.eligible()}
+        room = {
+            vs: PER_VECTORSTORE - sum(i.state == "processing" for i in self.items.values() if i.vs == vs)
+            for vs in VECTORSTORES
+        }
+        claimable = sum(min(room[vs], sum(self.items[e].vs == vs for e in eligible)) for vs in VECTORSTORES)
         batch = queue.claim(self.store, self.settings, n)
         assert batch.lost == 0
-        assert len(batch.items) == min(n, len(eligible)), (len(batch.items), n, eligible)
+        assert len(batch.items) == min(n, claimable), (len(batch.items), n, eligible, room)
+        for vs in VECTORSTORES:
+            assert sum(c.vectorstore == vs for c in batch.items) <= room[vs]
         for c in batch.items:
             item = self.items[c.raw_id]
             assert c.raw_id in eligible and (c.vectorstore, c.session_id) == (item.vs, item.sid)
@@ -126,7 +138,7 @@ class QueueModel(RuleBasedStateMachine):
         held = self.held.pop(data.draw(st.integers(0, len(self.held) - 1)))
         item = self.items[held.claim.raw_id]
         payload, _ = commit_payload()
-        payload.update(memories=[], processed_length=0)
+        payload.update(ops=[], processed_length=0)
         result = queue.commit(self.store, held.claim, payload, [])
         current = item.state == "processing" and item.tokens[-1] == held.claim.token
         assert result.outcome == ("ok" if current else "stale"), (result, item, held)

@@ -11,7 +11,8 @@ import redis
 
 from memproc import keys
 from memproc import settings as settings_module
-from memproc.reads.search import vsim_filter
+from memproc.dal.memory_index.vectorset import vsim_filter
+from memproc.reads.search import memory_filter
 from memproc.schemas.requests import SearchQuery
 from tests.api_client import call, mem_path
 from tests.chats import sessions
@@ -119,11 +120,13 @@ def test_the_filter_is_built_from_typed_values_only() -> None:
         start_date="2026-03-01",
         end_date="2026-03-01T12:00:00+02:00",
     )
-    assert vsim_filter(q) == (
-        '.memory_type == "fact" and "s-1" in .source_sessions and .created_at >= 1772323200.000000 '
-        "and .created_at <= 1772359200.000000"
+    # Current memories only, and dates are the statement's own time (valid_from), as typed numbers.
+    assert vsim_filter(memory_filter(q)) == (
+        '.status == "current" and .memory_type == "fact" and "s-1" in .source_sessions '
+        "and .valid_from >= 1772323200.000000 and .valid_from <= 1772359200.000000"
     )
-    assert vsim_filter(SearchQuery(q="anything")) is None
+    assert vsim_filter(memory_filter(SearchQuery(q="anything"))) == '.status == "current"'
+    assert vsim_filter(memory_filter(SearchQuery(q="anything", include_superseded=True))) is None
 
 
 def test_round_trips_do_not_grow_with_the_data(memories: Any, redis_server: RedisServer) -> None:
@@ -136,15 +139,16 @@ def test_round_trips_do_not_grow_with_the_data(memories: Any, redis_server: Redi
     drain()
     with redis_server.requests() as large:
         assert len(search(q="tea", k="3", session_id="s-1").body["results"]) == 2
-    # The vectorstore's state (pipelined), VSIM with its FILTER, the attributes of the hits (pipelined).
+    # The vectorstore's state (pipelined; ZCARD of the memory index counts memories in either
+    # engine), VSIM with its FILTER, the attributes of the hits (pipelined).
     assert (
         small
         == large
-        == ["HMGET", "VCARD", "ZCARD", "ZCARD", "ZINTERCARD", "ZINTERCARD", "VSIM", "VGETATTR", "VGETATTR"]
+        == ["HMGET", "ZCARD", "ZCARD", "ZCARD", "ZINTERCARD", "ZINTERCARD", "VSIM", "VGETATTR", "VGETATTR"]
     )
     with redis_server.requests() as unfiltered:
         assert len(search(q="tea", k="3").body["results"]) == 3
-    assert unfiltered == ["HMGET", "VCARD", "ZCARD", "ZCARD", "VSIM"] + ["VGETATTR"] * 3
+    assert unfiltered == ["HMGET", "ZCARD", "ZCARD", "ZCARD", "VSIM"] + ["VGETATTR"] * 3
 
 
 @pytest.mark.parametrize(

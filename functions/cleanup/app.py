@@ -16,7 +16,7 @@ from memproc import retention
 from memproc.api import json_response, make_resolver, parse_query, path_arg, resolve
 from memproc.dal.connection import get_store
 from memproc.observability import get_tracer, logger, metrics
-from memproc.schemas.requests import CleanupQuery, NoParams
+from memproc.schemas.requests import CleanupQuery, EraseMemoryQuery, NoParams
 from memproc.settings import get_settings
 
 tracer = get_tracer()
@@ -44,10 +44,11 @@ def cleanup(vectorstore_name: str) -> Response[Any]:
 @app.delete("/api/memory/<vectorstore_name>/memories/<memory_id>")
 @tracer.capture_method
 def delete_memory(vectorstore_name: str, memory_id: str) -> Response[Any]:
-    parse_query(NoParams, app)
-    return json_response(
-        200, retention.erase_memory(get_store(), path_arg(vectorstore_name), path_arg(memory_id))
+    q = parse_query(EraseMemoryQuery, app)
+    receipt = retention.erase_memory(
+        get_store(), path_arg(vectorstore_name), path_arg(memory_id), purge_sources=q.purge_sources
     )
+    return json_response(200, receipt)
 
 
 @app.delete("/api/memory/<vectorstore_name>/session/<session_id>")

@@ -18,6 +18,14 @@ VECTORSTORES = "memproc:vectorstores"
 # Where the scheduled cleanup run resumes in VECTORSTORES.
 CLEANUP_SCHEDULE = "memproc:cleanup"
 PROCESSING_STATS_PREFIX = "processing_stats:"
+# Memories as hashes for the Query Engine: memproc:mem:{<vs>}:<id>, in the vectorstore's hash slot.
+MEMORY_PREFIX = "memproc:mem:"
+
+
+def search_index(dimensions: int) -> str:
+    """The deployment's one Query-Engine index (ElastiCache and MemoryDB allow about ten)."""
+    return f"memproc:idx:{dimensions}"
+
 
 # Global keys by the name the Lua library knows them by.
 GLOBAL_KEYS: dict[str, str] = {
@@ -99,6 +107,10 @@ class VectorstoreKeys:
     def daily_stats(self, date: str) -> str:
         return self._key("daily_stats", date)
 
+    def memory(self, memory_id: str) -> str:
+        """A memory's hash when the memory index is the Query Engine."""
+        return f"{MEMORY_PREFIX}{self.tag}:{memory_id}"
+
     @property
     def raw_index(self) -> str:
         return self._key("raw_index")
@@ -162,6 +174,10 @@ def lua_header() -> str:
             )
         else:
             lines.append(f"function k.{name}(vs) return '{{' .. vs .. {_lua_string('}:' + suffix)} end")
+    close = _lua_string("}:")
+    lines.append(
+        f"function k.mem(vs, id) return {_lua_string(MEMORY_PREFIX + '{')} .. vs .. {close} .. id end"
+    )
     # A raw key back to (vectorstore, id): the queue sets hold raw keys.
     lines.append(
         "local function split_raw(key) return string.match(key, "

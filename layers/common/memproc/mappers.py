@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from memproc.records import MemoryRecord, RawRecord, SummaryRecord
-from memproc.schemas.responses import DiscreteMemory, RawMemory, SearchResult, SessionSummary
+from memproc.schemas.responses import (
+    DiscreteMemory,
+    MemoryHistoryEntry,
+    RawMemory,
+    SearchResult,
+    SessionSummary,
+)
 from memproc.timeutil import iso
 
 
@@ -20,6 +26,17 @@ def memory_view(m: MemoryRecord) -> DiscreteMemory:
         merge_count=m.merge_count,
         created_at=iso(m.created_at),
         updated_at=iso(m.updated_at),
+        status=m.status,
+        valid_from=iso(m.valid_from),
+        observed_at=iso(m.observed_at),
+        valid_to=iso(m.valid_to),
+        superseded_by=m.superseded_by,
+        history=[
+            MemoryHistoryEntry(
+                op=h.op, text=h.text, session_id=h.session_id, at=iso(h.at), valid_from=iso(h.valid_from)
+            )
+            for h in m.history
+        ],
     )
 
 
@@ -32,6 +49,10 @@ def search_result(m: MemoryRecord, similarity: float) -> SearchResult:
         source_sessions=m.source_sessions,
         tags=m.tags,
         created_at=iso(m.created_at),
+        status=m.status,
+        valid_from=iso(m.valid_from),
+        valid_to=iso(m.valid_to),
+        superseded_by=m.superseded_by,
         similarity=round(similarity, 6),
         score=round((1 + similarity) / 2, 6),
     )
@@ -51,6 +72,7 @@ def summary_view(s: SummaryRecord) -> SessionSummary:
         tokens_in=s.tokens_in,
         tokens_out=s.tokens_out,
         expires_at=iso(s.expires_at),
+        redacted=s.redacted_at is not None,
     )
 
 
@@ -71,6 +93,9 @@ def raw_view(r: RawRecord) -> RawMemory:
         redrive_count=r.redrive_count,
         memories_created=r.memories_created,
         memories_merged=r.memories_merged,
+        memories_updated=r.memories_updated,
+        memories_superseded=r.memories_superseded,
+        memories_retracted=r.memories_retracted,
         memory_ids=r.memory_ids,
         tokens_in=r.tokens_in,
         tokens_out=r.tokens_out,

@@ -1,8 +1,10 @@
-"""Turns queued raw memories into the memory hierarchy: claim, extract, embed, commit.
+"""Turns queued raw memories into the memory hierarchy: claim, reconcile, extract, embed, commit.
 
-Per session: one load (pipelined), one LLM call, one embeddings call, one commit (an atomic
-Lua call that writes everything and acks). Claims and heartbeats are shared by a batch, so
-Redis round trips per session stay constant however large the vectorstore grows.
+Per session: one load (pipelined), the related memories (an embeddings call over the user's turns
+and one pipelined lookup), one LLM call (per chunk) that decides new memories and what happens to
+related ones, one embeddings call for new and changed texts, and one commit (an atomic call that
+writes everything and acks). Claims and heartbeats are shared by a batch, so Redis round trips per
+session stay constant however large the vectorstore grows.
 """
 
 from __future__ import annotations
@@ -11,18 +13,18 @@ import hashlib
 import logging
 import threading
 import time
-from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from memproc import __version__
+from memproc import __version__, reconcile
 from memproc.dal import queue as q
 from memproc.dal import reads
 from memproc.dal.connection import Store, StoreError
-from memproc.llm import Extraction, LLMError, LLMProvider, Usage
+from memproc.llm import Extraction, LLMError, LLMProvider, RetryableLLMError, Usage
+from memproc.llm.schema import Candidate
 from memproc.settings import Settings
 from memproc.timeutil import session_time
 
@@ -94,11 +96,11 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _fp32(vector: list[float]) -> bytes:
-    blob = array("f", vector)
-    if blob.itemsize != 4:  # pragma: no cover - every supported platform has 32-bit floats
-        raise RuntimeError("float32 arrays are required")
-    return blob.tobytes()
+# A session whose related memories keep changing under it (other sessions of the vectorstore
+# committing) is re-decided at most this often, then retried later from the queue.
+MAX_EXTRACTIONS = 3
+MAX_COMMITS = 8
+HISTORY_LIMIT = 50
 
 
 class Processor:
@@ -140,9 +142,63 @@ class Processor:
         if loaded.transcript is None:
             return Outcome(item, "stale")  # erased while we held it; nothing to write
         work = self.plan(item, loaded)
-        extraction, usage, vectors = self.extract(work)
-        payload = {
-            "memories": [m.model_dump() for m in extraction.memories],
+        if not work.text.strip():  # covered, or nothing new: no LLM call, no memory operation
+            extraction = Extraction.model_construct(memories=[], operations=[], summary="", topics=[])
+            payload = self._payload(work, extraction, [], reconcile.Lookup(0, 0), Usage(), started)
+            return self._outcome(item, self.commit(item, payload, []), Usage())
+        try:
+            lookup, usage = reconcile.find(self.store, self.provider, item.vectorstore, work.text)
+        except reconcile.EmbeddingMismatch as exc:
+            return self._outcome(item, q.CommitResult("mismatch", detail=str(exc)), Usage())
+        for _ in range(MAX_EXTRACTIONS):
+            extraction, extract_usage = self.extract(work, lookup.candidates)
+            decision = reconcile.decide(extraction, lookup)
+            vectors, embed_usage = self.embed(decision.texts)
+            usage += extract_usage + embed_usage
+            blobs = [reconcile.fp32(v) for v in vectors]
+            for _ in range(MAX_COMMITS):
+                ops = reconcile.backstop(
+                    self.store,
+                    item.vectorstore,
+                    decision,
+                    blobs,
+                    lookup,
+                    reconciles=self.provider.reconciles,
+                    threshold=self.settings.merge_similarity_threshold,
+                )
+                payload = self._payload(work, extraction, ops, lookup, usage, started)
+                result = self.commit(item, payload, blobs)
+                if result.outcome not in ("moved", "conflict"):
+                    return self._outcome(item, result, usage)
+                # Another session of this vectorstore changed its memories meanwhile: if none of
+                # those this session is about changed, the decision holds; else decide again.
+                fresh, lookup_usage = reconcile.find(
+                    self.store, self.provider, item.vectorstore, work.text, previous=lookup
+                )
+                usage += lookup_usage
+                held = result.outcome == "moved" and reconcile.same_view(lookup, fresh)
+                lookup = fresh
+                if not held:
+                    break
+            else:
+                break
+        raise RetryableLLMError("the vectorstore's related memories kept changing; retried later")
+
+    def _payload(
+        self,
+        work: Work,
+        extraction: Extraction,
+        ops: list[dict[str, Any]],
+        lookup: reconcile.Lookup,
+        usage: Usage,
+        started: float,
+    ) -> dict[str, Any]:
+        return {
+            "ops": ops,
+            "seen_seq": lookup.seq,
+            "backend": self.store.index.name,
+            "valid_from": work.session_time.timestamp(),
+            "history_limit": HISTORY_LIMIT,
             "summary": extraction.summary if extraction.summary else (work.previous_summary or ""),
             "topics": extraction.topics,
             "tokens_in": usage.tokens_in,
@@ -151,13 +207,13 @@ class Processor:
             "processed_sha256": _sha256(work.transcript),
             "raw_retention": self.settings.raw_retention_seconds,
             "session_retention": self.settings.session_retention_seconds,
-            "threshold": self.settings.merge_similarity_threshold,
             "embedding_model": self.provider.embedding_model,
             "dimensions": self.provider.dimensions,
             "processing_ms": int((time.monotonic() - started) * 1000),
             "mode": work.mode if work.text.strip() or work.mode == "covered" else "unchanged",
         }
-        result = self.commit(item, payload, [_fp32(v) for v in vectors])
+
+    def _outcome(self, item: q.Claim, result: q.CommitResult, usage: Usage) -> Outcome:
         if result.outcome == "mismatch":
             failed, _ = q.fail(
                 self.store,
@@ -188,15 +244,18 @@ class Processor:
                     return Work(transcript, "", "covered", summary.summary, when)
         return Work(transcript, transcript, "full", None, when)
 
-    def extract(self, work: Work) -> tuple[Extraction, Usage, list[list[float]]]:
-        """The LLM calls of one item: one extraction (per chunk) and one embeddings call."""
-        if not work.text.strip():
-            return Extraction.model_construct(memories=[], summary="", topics=[]), Usage(), []
-        extraction, usage = self.provider.extract(
-            work.text, session_timestamp=work.session_time, previous_summary=work.previous_summary
+    def extract(self, work: Work, candidates: Sequence[Candidate]) -> tuple[Extraction, Usage]:
+        """The LLM call that decides one item (one per chunk), shown the related memories."""
+        return self.provider.extract(
+            work.text,
+            session_timestamp=work.session_time,
+            previous_summary=work.previous_summary,
+            candidates=candidates,
         )
-        vectors, embed_usage = self.provider.embed([m.text for m in extraction.memories])
-        return extraction, usage + embed_usage, vectors
+
+    def embed(self, texts: list[str]) -> tuple[list[list[float]], Usage]:
+        """One embeddings call for every new or changed text (none when there is none)."""
+        return self.provider.embed(texts) if texts else ([], Usage())
 
     def commit(self, item: q.Claim, payload: dict[str, Any], vectors: list[bytes]) -> q.CommitResult:
         """Everything the item produced, and its ack, in one atomic call fenced by its token."""

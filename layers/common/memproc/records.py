@@ -8,6 +8,7 @@ half-erased under our feet, still maps to something the API can show instead of 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
@@ -35,6 +36,9 @@ RAW_FIELDS = (
     "redrive_count",
     "memories_created",
     "memories_merged",
+    "memories_updated",
+    "memories_superseded",
+    "memories_retracted",
     "memory_ids",
     "tokens_in",
     "tokens_out",
@@ -135,6 +139,9 @@ class RawRecord(BaseModel):
     redrive_count: Count = 0
     memories_created: OptionalCount = None
     memories_merged: OptionalCount = None
+    memories_updated: OptionalCount = None
+    memories_superseded: OptionalCount = None
+    memories_retracted: OptionalCount = None
     memory_ids: OptionalStringList = None
     tokens_in: OptionalCount = None
     tokens_out: OptionalCount = None
@@ -169,6 +176,7 @@ class SummaryRecord(BaseModel):
     processed_length: OptionalCount = None
     processed_sha256: Text = None
     processed_raw_id: Text = None  # the submission whose transcript the processed prefix is
+    redacted_at: Epoch = None  # a memory it stated was erased: the prose was cleared
     tokens_in: Count = 0
     tokens_out: Count = 0
     expires_at: Epoch = None
@@ -181,8 +189,37 @@ class SummaryRecord(BaseModel):
         return cls.model_validate({**data, "session_id": session_id, "expires_at": _expiry(expires)})
 
 
+MemoryStatus = Literal["current", "superseded", "retracted"]
+
+
+def _status(v: Any) -> str:
+    """Memories stored before statuses existed are current."""
+    v = _blank_none(v)
+    return v if v in ("current", "superseded", "retracted") else "current"
+
+
+def _history(v: Any) -> list[HistoryEntry]:
+    v = _json_value(v)
+    return [HistoryEntry.model_validate(e) for e in v if isinstance(e, dict)] if isinstance(v, list) else []
+
+
+class HistoryEntry(BaseModel):
+    """A statement a memory no longer shows as its text: a restatement (confirm), the text an
+    update replaced, or the withdrawal (retract), with the session that made it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    op: str
+    text: Text = None
+    session_id: Text = None
+    raw_memory_id: Text = None
+    at: Epoch = None
+    valid_from: Epoch = None
+
+
 class MemoryRecord(BaseModel):
-    """One discrete memory as the memory index stores it (vector-set attributes)."""
+    """One discrete memory as the memory index stores it (vector-set attributes, or the `attrs` of
+    its Query-Engine hash): one shape in both engines."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -198,6 +235,23 @@ class MemoryRecord(BaseModel):
     merge_count: Count = 0
     created_at: Epoch = None
     updated_at: Epoch = None
+    # Time: when the statement was made (the session's own time), when memproc last saw it,
+    # and, once no longer true, until when it was and what replaced it.
+    valid_from: Epoch = None
+    observed_at: Epoch = None
+    valid_to: Epoch = None
+    status: Annotated[MemoryStatus, BeforeValidator(_status)] = "current"
+    superseded_by: Text = None
+    supersedes: Text = None
+    history: Annotated[list[HistoryEntry], BeforeValidator(_history)] = Field(default_factory=list)
+    seq: Count = 0  # the vectorstore's memory sequence at its last change (optimistic concurrency)
+
+    @property
+    def valid_from_date(self) -> str | None:
+        """The day the statement was made, as the prompt shows it."""
+        if self.valid_from is None:
+            return None
+        return datetime.fromtimestamp(self.valid_from, UTC).date().isoformat()
 
     @classmethod
     def from_attrs(cls, memory_id: str, text: Any) -> MemoryRecord | None:

@@ -156,18 +156,21 @@ def _counts(receipt: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in receipt.items() if k in ErasureCounts.model_fields}
 
 
-def erase_memory(store: Store, vectorstore: str, memory_id: str) -> ErasureReceipt:
-    """Remove one memory and every reference to it (session sets and summaries, raw records)."""
+def erase_memory(
+    store: Store, vectorstore: str, memory_id: str, *, purge_sources: bool = False
+) -> ErasureReceipt:
+    """Remove one memory and every reference to it (session sets, raw records), clear the prose of
+    the summaries that may state it, and with `purge_sources` delete the transcripts it came from."""
     require_vectorstore(vectorstore)
     require_memory_id(memory_id)
-    res = lifecycle.erase_memory(store, vectorstore, memory_id)
+    res = lifecycle.erase_memory(store, vectorstore, memory_id, purge_sources=purge_sources)
     if res is None:
         raise NotFound(f"no memory {memory_id!r} in vectorstore {vectorstore!r}", code="memory_not_found")
     return ErasureReceipt(
         vectorstore_name=vectorstore,
         erased="memory",
         id=memory_id,
-        removed=ErasureCounts(memories=1, references_updated=res[0] + res[1]),
+        removed=ErasureCounts(memories=1, references_updated=res[0] + res[1], transcripts_purged=res[2]),
     )
 
 

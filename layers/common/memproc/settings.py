@@ -45,7 +45,10 @@ class Settings(BaseSettings):
     llm_timeout_seconds: float = Field(60.0, gt=0)
     llm_max_retries: int = Field(2, ge=0, le=10)
     llm_chunk_chars: int = Field(48_000, ge=1_000)
-    merge_similarity_threshold: float = Field(0.92, ge=0.0, le=1.0)
+    # A backstop for near-identical restatements the LLM was not shown (make eval measures it).
+    merge_similarity_threshold: float = Field(0.97, ge=0.0, le=1.0)
+    # Memories: a vector set (Redis 8) or the Query Engine (ElastiCache for Valkey, MemoryDB).
+    vector_backend: Literal["auto", "vectorset", "search"] = "auto"
 
     # Retention.
     raw_retention_days: int = Field(30, ge=1)
@@ -63,6 +66,10 @@ class Settings(BaseSettings):
     # Processor.
     batch_size: int = Field(16, ge=1, le=1000)
     concurrency: int = Field(8, ge=1, le=256)
+    # Sessions of one vectorstore in flight at once. 1 decides each against the memories the
+    # previous one left (exact, one LLM call per session); more run in parallel, and a session whose
+    # related memories changed meanwhile is decided again (an extra LLM call).
+    vectorstore_concurrency: int = Field(1, ge=1, le=64)
     processing_interval_seconds: int = Field(60, ge=1)
     default_rate_per_second: float = Field(1.0, gt=0)
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
-from typing import Any
+from functools import cache, cached_property
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import redis
@@ -12,6 +12,9 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from memproc.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from memproc.dal.memory_index import MemoryIndex
 
 # What a failed Redis call raises, for code above the data-access layer to catch.
 StoreError = redis.RedisError
@@ -31,11 +34,20 @@ def store_failure(exc: Exception) -> tuple[str, str] | None:
 
 @dataclass(frozen=True)
 class Store:
-    """What data-access calls need: a client with str replies, and one with bytes replies for
-    transcripts (which may be stored compressed)."""
+    """What data-access calls need: a client with str replies, one with bytes replies for
+    transcripts (which may be stored compressed), and the memory index the server offers."""
 
     r: redis.Redis
     rb: redis.Redis
+    vector_backend: str = "auto"
+    dimensions: int = 1536
+
+    @cached_property
+    def index(self) -> MemoryIndex:
+        """Resolved on first use (one COMMAND INFO for auto), so store_raw never pays for it."""
+        from memproc.dal.memory_index import open_index
+
+        return open_index(self)
 
 
 def _secret_value(arn: str) -> str:
@@ -67,7 +79,7 @@ def redis_url(settings: Settings) -> str:
 
 
 @cache
-def _store(url: str, connect_timeout: float, timeout: float) -> Store:
+def _store(url: str, connect_timeout: float, timeout: float, vector_backend: str, dimensions: int) -> Store:
     common: dict[str, Any] = {
         "socket_timeout": timeout,
         "socket_connect_timeout": connect_timeout,
@@ -80,9 +92,15 @@ def _store(url: str, connect_timeout: float, timeout: float) -> Store:
     }
     text = redis.Redis.from_url(url, decode_responses=True, **common)
     binary = redis.Redis.from_url(url, decode_responses=False, **common)
-    return Store(text, binary)
+    return Store(text, binary, vector_backend, dimensions)
 
 
 def get_store(settings: Settings | None = None) -> Store:
     s = settings or get_settings()
-    return _store(redis_url(s), s.redis_connect_timeout_seconds, s.redis_socket_timeout_seconds)
+    return _store(
+        redis_url(s),
+        s.redis_connect_timeout_seconds,
+        s.redis_socket_timeout_seconds,
+        s.vector_backend,
+        s.embedding_dimensions,
+    )

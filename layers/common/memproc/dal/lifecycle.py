@@ -20,20 +20,29 @@ def cleanup(
 ) -> dict[str, Any]:
     """One bounded cleanup step (see `cleanup` in cleanup.lua); the receipt as the library gives it."""
     result: dict[str, Any] = json.loads(
-        fcall(store.r, "cleanup", [], [vectorstore, retention_seconds, limit, 1 if dry_run else 0])
+        fcall(
+            store.r,
+            "cleanup",
+            [],
+            [vectorstore, retention_seconds, limit, 1 if dry_run else 0, store.index.name],
+        )
     )
     return result
 
 
-def erase_memory(store: Store, vectorstore: str, memory_id: str) -> tuple[int, int] | None:
-    """(sessions updated, raw records updated), or None when there is no such memory."""
-    res = fcall(store.r, "erase_memory", [], [vectorstore, memory_id])
-    return None if res[0] == "not_found" else (int(res[1]), int(res[2]))
+def erase_memory(
+    store: Store, vectorstore: str, memory_id: str, *, purge_sources: bool = False
+) -> tuple[int, int, int] | None:
+    """(sessions updated, raw records updated, transcripts purged), or None when there is no such memory."""
+    res = fcall(
+        store.r, "erase_memory", [], [vectorstore, memory_id, store.index.name, 1 if purge_sources else 0]
+    )
+    return None if res[0] == "not_found" else (int(res[1]), int(res[2]), int(res[3]))
 
 
 def erase_session(store: Store, vectorstore: str, session_id: str) -> dict[str, Any] | None:
     """What was removed, or None when there is no such session."""
-    res = fcall(store.r, "erase_session", [], [vectorstore, session_id])
+    res = fcall(store.r, "erase_session", [], [vectorstore, session_id, store.index.name])
     return None if res == "not_found" else dict(json.loads(res))
 
 
@@ -41,7 +50,7 @@ def erase_vectorstore_step(
     store: Store, vectorstore: str, batch: int, stats_days: int
 ) -> dict[str, Any] | None:
     """One bounded step of erasing a vectorstore (with `complete`), or None when nothing of it exists."""
-    res = fcall(store.r, "erase_vectorstore", [], [vectorstore, batch, stats_days])
+    res = fcall(store.r, "erase_vectorstore", [], [vectorstore, batch, stats_days, store.index.name])
     return None if res == "not_found" else dict(json.loads(res))
 
 

@@ -98,7 +98,10 @@ class ClaimBatch:
 
 def claim(store: Store, settings: Settings, limit: int, reap_limit: int = 100) -> ClaimBatch:
     items, reaped, buried, lost = fcall(
-        store.r, "claim", [], [limit, settings.lease_seconds, settings.max_attempts, reap_limit]
+        store.r,
+        "claim",
+        [],
+        [limit, settings.lease_seconds, settings.max_attempts, reap_limit, settings.vectorstore_concurrency],
     )
     return ClaimBatch(
         [Claim(_s(vs), _s(rid), _s(tok), _s(sid), int(n)) for vs, rid, tok, sid, n in items],
@@ -120,11 +123,18 @@ def renew(store: Store, settings: Settings, items: list[Claim]) -> set[str]:
 
 @dataclass(frozen=True)
 class CommitResult:
-    outcome: str  # ok | stale | mismatch
+    """ok; stale (fenced out); mismatch (embedding model or backend); moved (the vectorstore's
+    memories changed since `seen_seq`: `seq` is the current one); conflict (a target changed)."""
+
+    outcome: str
     created: int = 0
     merged: int = 0
     memory_ids: tuple[str, ...] = ()
     detail: str = ""
+    updated: int = 0
+    superseded: int = 0
+    retracted: int = 0
+    seq: int = 0
 
 
 def commit_args(item: Claim, payload: dict[str, Any], vectors: list[bytes]) -> list[Any]:
@@ -136,7 +146,19 @@ def commit(store: Store, item: Claim, payload: dict[str, Any], vectors: list[byt
     res = fcall(store.r, "commit", [], commit_args(item, payload, vectors))
     outcome = _s(res[0])
     if outcome == "ok":
-        return CommitResult("ok", int(res[1]), int(res[2]), tuple(_s(m) for m in res[3]))
+        return CommitResult(
+            "ok",
+            int(res[1]),
+            int(res[2]),
+            tuple(_s(m) for m in res[3]),
+            updated=int(res[4]),
+            superseded=int(res[5]),
+            retracted=int(res[6]),
+        )
+    if outcome == "moved":
+        return CommitResult("moved", seq=int(res[1]))
+    if outcome == "conflict":
+        return CommitResult("conflict", detail=_s(res[1]))
     if outcome == "mismatch":
         return CommitResult(
             "mismatch",

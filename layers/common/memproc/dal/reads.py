@@ -13,7 +13,6 @@ from typing import Any
 
 import redis
 
-from memproc.dal import memory_index
 from memproc.dal.connection import Store
 from memproc.dal.functions import fcall
 from memproc.keys import VectorstoreKeys
@@ -109,7 +108,8 @@ def records(
     transcripts on the binary client when asked)."""
     client: redis.Redis = store.rb if transcripts else store.r
     pipe = client.pipeline(transaction=False)
-    read_memories = memory_index.queue_get(pipe, vk.name, list(memory_ids))
+    # Only a read that needs memories resolves the memory index (a raw record's does not).
+    read_memories = store.index.queue_get(pipe, vk.name, list(memory_ids)) if memory_ids else None
     fields = RAW_FIELDS + (TRANSCRIPT_FIELDS if transcripts else ())
     for sid in session_ids:
         pipe.get(vk.session_summary(sid))
@@ -118,7 +118,7 @@ def records(
         pipe.hmget(vk.raw(rid), fields)
         pipe.expiretime(vk.raw(rid))
     replies: Iterator[Any] = iter(pipe.execute() if len(pipe) else [])
-    out = Records(memories=read_memories(replies))
+    out = Records(memories=read_memories(replies) if read_memories else {})
     for sid in session_ids:
         summary = SummaryRecord.from_json(sid, next(replies), next(replies))
         if summary is not None:
@@ -176,7 +176,7 @@ def search_state(store: Store, vk: VectorstoreKeys, session_id: str | None) -> S
     """What search needs to know before embedding the query, in one round trip."""
     pipe = store.r.pipeline(transaction=False)
     pipe.hmget(vk.config, ["embedding_model", "dimensions"])
-    memory_index.queue_count(pipe, vk.name)
+    pipe.zcard(vk.memory_index)
     pipe.zcard(vk.pending)
     pipe.zcard(vk.inflight)
     if session_id:
@@ -208,6 +208,26 @@ def stats(store: Store, vectorstore: str, days: int, samples: int) -> dict[str, 
         fcall(store.r, "stats", [], [vectorstore, days, samples], readonly=True)
     )
     return result
+
+
+@dataclass(frozen=True)
+class MemoryState:
+    """What reconciliation decides against: the vectorstore's memory sequence (a commit made after
+    it is noticed, see commit.lua), how many memories it has, and what embeds them."""
+
+    seq: int
+    memories: int
+    embedding_model: str | None
+    dimensions: int | None
+
+
+def memory_state(store: Store, vectorstore: str) -> MemoryState:
+    vk = VectorstoreKeys(vectorstore)
+    pipe = store.r.pipeline(transaction=False)
+    pipe.hmget(vk.config, ["memory_seq", "embedding_model", "dimensions"])
+    pipe.zcard(vk.memory_index)
+    (seq, model, dims), count = pipe.execute()
+    return MemoryState(int(seq or 0), int(count), model, int(dims) if dims else None)
 
 
 def transcript(store: Store, vectorstore: str, raw_id: str) -> str | None:

@@ -9,13 +9,13 @@ from any SDK, lets the processor and the search API depend on the interface alon
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from memproc.llm.schema import Extraction
+from memproc.llm.schema import Candidate, Extraction
 
 
 class Usage(BaseModel):
@@ -70,15 +70,23 @@ class PermanentLLMError(LLMError):
 
 @runtime_checkable
 class LLMProvider(Protocol):
-    """What the processor needs from a language model: one extraction call, one embeddings call."""
+    """What the processor needs from a language model: one extraction call (per chunk), shown the
+    user's related memories, and embeddings. `reconciles` says whether it can judge operations on
+    those memories (an LLM) or only spot restatements (the offline heuristics)."""
 
     name: str
     chat_model: str
     embedding_model: str
     dimensions: int
+    reconciles: bool
 
     def extract(
-        self, transcript: str, *, session_timestamp: datetime, previous_summary: str | None = None
+        self,
+        transcript: str,
+        *,
+        session_timestamp: datetime,
+        previous_summary: str | None = None,
+        candidates: Sequence[Candidate] = (),
     ) -> tuple[Extraction, Usage]: ...
 
     def embed(self, texts: list[str]) -> tuple[list[list[float]], Usage]: ...

@@ -7,18 +7,82 @@ whichever is configured; each only supplies the call for one chunk (``ChunkedExt
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Sequence
 from datetime import datetime
 
 from memproc.llm.base import Usage
 from memproc.llm.safety import sanitize
-from memproc.llm.schema import MAX_MEMORIES, MAX_TOPICS, ExtractedMemory, Extraction
+from memproc.llm.schema import (
+    MAX_MEMORIES,
+    MAX_TOPICS,
+    Candidate,
+    ExtractedMemory,
+    Extraction,
+    MemoryOperation,
+)
 
 # A line that starts a message: "user: ...", "[assistant]: ...". Chunks are cut before such lines.
 ROLE_PREFIX_RE = re.compile(
     r"^\s*\[?(?P<role>user|human|assistant|ai|bot|system|developer|tool|agent|model)\]?\s*:\s?(?P<text>.*)$",
     re.IGNORECASE,
 )
+USER_ROLES = frozenset({"user", "human"})
+
+
+def _parse_json_turns(transcript: str) -> list[tuple[str, str]] | None:
+    """Turns of a transcript given as JSON (a list of {role, content} or {"messages": [...]})."""
+    stripped = transcript.lstrip()
+    if not stripped.startswith(("[", "{")):
+        return None
+    try:
+        data = json.loads(stripped)
+    except ValueError:
+        return None
+    if isinstance(data, dict):
+        data = data.get("messages")
+    if not isinstance(data, list):
+        return None
+    turns: list[tuple[str, str]] = []
+    for item in data:
+        if not isinstance(item, dict):
+            return None
+        content = item.get("content")
+        if isinstance(content, list):
+            content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+        if isinstance(content, str) and content.strip():
+            turns.append((str(item.get("role", "")).lower(), content.strip()))
+    return turns
+
+
+def parse_turns(transcript: str) -> list[tuple[str, str]]:
+    """(role, text) per message. Without any user-role prefix, every unprefixed line is the user's."""
+    structured = _parse_json_turns(transcript)
+    if structured is not None:
+        return structured
+    lines = [line for line in transcript.splitlines() if line.strip()]
+    matches = [ROLE_PREFIX_RE.match(line) for line in lines]
+    if not any(m and m.group("role").lower() in USER_ROLES for m in matches):
+        # No user turns marked: every plain line is the user's; lines labelled with another role are not.
+        return [
+            ("other", line.strip()) if m else ("user", line.strip())
+            for line, m in zip(lines, matches, strict=True)
+        ]
+    turns: list[list[str]] = []
+    for line, m in zip(lines, matches, strict=True):
+        if m:
+            turns.append([m.group("role").lower(), m.group("text").strip()])
+        elif turns:
+            turns[-1][1] += "\n" + line.strip()
+        else:
+            turns.append(["other", line.strip()])
+    return [(role, text) for role, text in turns]
+
+
+def user_turns(transcript: str) -> list[str]:
+    """What the user said, one text per message: the texts the related memories are looked up by."""
+    return [text for role, text in parse_turns(transcript) if role in USER_ROLES and text.strip()]
 
 
 def _hard_split(text: str, max_chars: int) -> list[str]:
@@ -89,34 +153,53 @@ class ChunkedExtractor:
     chunk_chars: int
 
     def _extract_one(
-        self, chunk: str, session_timestamp: datetime, previous_summary: str | None
+        self,
+        chunk: str,
+        session_timestamp: datetime,
+        previous_summary: str | None,
+        candidates: Sequence[Candidate],
     ) -> tuple[Extraction, Usage]:
         raise NotImplementedError
 
     def extract(
-        self, transcript: str, *, session_timestamp: datetime, previous_summary: str | None = None
+        self,
+        transcript: str,
+        *,
+        session_timestamp: datetime,
+        previous_summary: str | None = None,
+        candidates: Sequence[Candidate] = (),
     ) -> tuple[Extraction, Usage]:
-        """One call per chunk with the running summary; memories merged, deduplicated and sanitized."""
+        """One call per chunk with the running summary and the same candidates; memories merged and
+        deduplicated, a memory's operations reduced to the last one a chunk made, all sanitized."""
         if not transcript.strip():
             return sanitize(Extraction(summary=previous_summary or "Empty conversation.")), Usage()
         summary = previous_summary
         memories: list[ExtractedMemory] = []
+        operations: dict[str, MemoryOperation] = {}
         topics: list[str] = []
         seen: set[str] = set()
         usage = Usage()
         for chunk in chunk_transcript(transcript, self.chunk_chars):
-            part, part_usage = self._extract_one(chunk, session_timestamp, summary)
+            part, part_usage = self._extract_one(chunk, session_timestamp, summary, candidates)
             usage += part_usage
             for memory in part.memories:
                 key = norm_key(memory.text)
                 if key not in seen:
                     seen.add(key)
                     memories.append(memory)
+            for operation in part.operations:
+                operations.pop(operation.id, None)
+                operations[operation.id] = operation
             topics.extend(t for t in part.topics if t not in topics)
             summary = part.summary
         if len(memories) > MAX_MEMORIES:
             ranked = sorted(range(len(memories)), key=lambda i: -memories[i].confidence)[:MAX_MEMORIES]
             memories = [memories[i] for i in sorted(ranked)]
         assert summary is not None  # at least one chunk ran
-        merged = Extraction(memories=memories, summary=summary, topics=topics[:MAX_TOPICS])
+        merged = Extraction(
+            memories=memories,
+            operations=list(operations.values()),
+            summary=summary,
+            topics=topics[:MAX_TOPICS],
+        )
         return sanitize(merged), usage

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 from memproc.llm.base import Usage, l2_normalise
-from memproc.llm.chunking import ChunkedExtractor
+from memproc.llm.chunking import ChunkedExtractor, norm_key
 from memproc.llm.offline_heuristics import STOPWORDS, WORD_RE, heuristic_extraction
 from memproc.llm.prompt import build_messages
-from memproc.llm.schema import Extraction
+from memproc.llm.schema import Candidate, Extraction, MemoryOperation
 
 if TYPE_CHECKING:
     from memproc.settings import Settings
@@ -45,10 +46,28 @@ def _estimate_tokens(text: str) -> int:
     return len(text) // 4
 
 
+def confirm_restatements(extraction: Extraction, candidates: Sequence[Candidate]) -> Extraction:
+    """A memory whose words equal a shown memory's is a restatement: confirm it instead of adding it.
+    Anything else stays a new memory; the processor's similarity backstop catches near-identical ones."""
+    known = {norm_key(c.memory.text): c.short_id for c in candidates}
+    memories, operations = [], list(extraction.operations)
+    for memory in extraction.memories:
+        short_id = known.get(norm_key(memory.text))
+        if short_id is None:
+            memories.append(memory)
+        else:
+            operations.append(
+                MemoryOperation(op="confirm", id=short_id, text=None, memory_type=None, confidence=None)
+            )
+    return extraction.model_copy(update={"memories": memories, "operations": operations})
+
+
 class OfflineProvider(ChunkedExtractor):
     """Deterministic provider without network: heuristic memories, hashing embeddings, estimated tokens."""
 
     name = "offline"
+    # Keyword rules cannot tell an update from a contradiction: they only spot restatements.
+    reconciles = False
 
     def __init__(
         self,
@@ -68,12 +87,24 @@ class OfflineProvider(ChunkedExtractor):
         return cls(dimensions=settings.embedding_dimensions, chunk_chars=settings.llm_chunk_chars)
 
     def _extract_one(
-        self, chunk: str, session_timestamp: datetime, previous_summary: str | None
+        self,
+        chunk: str,
+        session_timestamp: datetime,
+        previous_summary: str | None,
+        candidates: Sequence[Candidate],
     ) -> tuple[Extraction, Usage]:
-        extraction = heuristic_extraction(
-            chunk, session_timestamp=session_timestamp, previous_summary=previous_summary
+        extraction = confirm_restatements(
+            heuristic_extraction(
+                chunk, session_timestamp=session_timestamp, previous_summary=previous_summary
+            ),
+            candidates,
         )
-        prompt = build_messages(chunk, session_timestamp=session_timestamp, previous_summary=previous_summary)
+        prompt = build_messages(
+            chunk,
+            session_timestamp=session_timestamp,
+            previous_summary=previous_summary,
+            candidates=candidates,
+        )
         usage = Usage(
             tokens_in=sum(_estimate_tokens(m["content"]) for m in prompt),
             tokens_out=_estimate_tokens(extraction.model_dump_json()),

@@ -7,12 +7,11 @@ rather than understands, which is why its memories carry a flat, modest confiden
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from datetime import datetime
 
-from memproc.llm.chunking import ROLE_PREFIX_RE, norm_key
+from memproc.llm.chunking import USER_ROLES, norm_key, parse_turns
 from memproc.llm.dates import resolve_relative_dates
 from memproc.llm.parsing import truncate
 from memproc.llm.prompt import as_utc_aware
@@ -25,8 +24,6 @@ from memproc.llm.schema import (
     Extraction,
 )
 from memproc.records import MemoryType
-
-_USER_ROLES = frozenset({"user", "human"})
 
 
 def _wordset(words: str) -> frozenset[str]:
@@ -181,55 +178,6 @@ def _sentences(text: str) -> list[str]:
     return out
 
 
-def _parse_json_turns(transcript: str) -> list[tuple[str, str]] | None:
-    """Turns of a transcript given as JSON (a list of {role, content} or {"messages": [...]})."""
-    stripped = transcript.lstrip()
-    if not stripped.startswith(("[", "{")):
-        return None
-    try:
-        data = json.loads(stripped)
-    except ValueError:
-        return None
-    if isinstance(data, dict):
-        data = data.get("messages")
-    if not isinstance(data, list):
-        return None
-    turns: list[tuple[str, str]] = []
-    for item in data:
-        if not isinstance(item, dict):
-            return None
-        content = item.get("content")
-        if isinstance(content, list):
-            content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-        if isinstance(content, str) and content.strip():
-            turns.append((str(item.get("role", "")).lower(), content.strip()))
-    return turns
-
-
-def _parse_turns(transcript: str) -> list[tuple[str, str]]:
-    """(role, text) per message. Without any user-role prefix, every unprefixed line is the user's."""
-    structured = _parse_json_turns(transcript)
-    if structured is not None:
-        return structured
-    lines = [line for line in transcript.splitlines() if line.strip()]
-    matches = [ROLE_PREFIX_RE.match(line) for line in lines]
-    if not any(m and m.group("role").lower() in _USER_ROLES for m in matches):
-        # No user turns marked: every plain line is the user's; lines labelled with another role are not.
-        return [
-            ("other", line.strip()) if m else ("user", line.strip())
-            for line, m in zip(lines, matches, strict=True)
-        ]
-    turns: list[list[str]] = []
-    for line, m in zip(lines, matches, strict=True):
-        if m:
-            turns.append([m.group("role").lower(), m.group("text").strip()])
-        elif turns:
-            turns[-1][1] += "\n" + line.strip()
-        else:
-            turns.append(["other", line.strip()])
-    return [(role, text) for role, text in turns]
-
-
 def _statement_about_user(sentence: str) -> str | None:
     """The sentence with filler removed if it states something about the user, else None."""
     s = " ".join(sentence.replace("\u2019", "'").split())
@@ -258,8 +206,8 @@ def heuristic_extraction(
     0.6: these are guesses, not understanding.
     """
     today = as_utc_aware(session_timestamp).date()
-    turns = _parse_turns(transcript)
-    user_texts = [text for role, text in turns if role in _USER_ROLES]
+    turns = parse_turns(transcript)
+    user_texts = [text for role, text in turns if role in USER_ROLES]
 
     memories: list[ExtractedMemory] = []
     seen: set[str] = set()

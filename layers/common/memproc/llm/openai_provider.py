@@ -16,7 +16,7 @@ import email.utils
 import functools
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -26,7 +26,7 @@ from memproc.llm.base import LLMError, PermanentLLMError, RetryableLLMError, Usa
 from memproc.llm.chunking import ChunkedExtractor
 from memproc.llm.parsing import parse_extraction
 from memproc.llm.prompt import build_messages
-from memproc.llm.schema import EXTRACTION_JSON_SCHEMA, Extraction
+from memproc.llm.schema import EXTRACTION_JSON_SCHEMA, Candidate, Extraction
 
 if TYPE_CHECKING:
     import openai
@@ -84,7 +84,8 @@ def _gave_up(request_headers: Mapping[str, str], retry_after: float | None = Non
 
 
 class OpenAIProvider(ChunkedExtractor):
-    """OpenAI (or any compatible server) through the official SDK, retries included.
+    """OpenAI (or any compatible server) through the official SDK, retries included. The model is
+    shown the user's related memories and decides what the session does to them.
 
     The client is built with ``max_retries=llm_max_retries``: it retries 408, 409, 429, 5xx,
     timeouts and connection errors, waits what ``retry-after-ms`` / ``retry-after`` ask up to two
@@ -95,6 +96,7 @@ class OpenAIProvider(ChunkedExtractor):
     """
 
     name = "openai"
+    reconciles = True
 
     def __init__(self, settings: Settings) -> None:
         import openai  # lazy: see the module docstring
@@ -153,10 +155,17 @@ class OpenAIProvider(ChunkedExtractor):
     # -- extraction -----------------------------------------------------------------------------
 
     def _extract_one(
-        self, chunk: str, session_timestamp: datetime, previous_summary: str | None
+        self,
+        chunk: str,
+        session_timestamp: datetime,
+        previous_summary: str | None,
+        candidates: Sequence[Candidate],
     ) -> tuple[Extraction, Usage]:
         messages = build_messages(
-            chunk, session_timestamp=session_timestamp, previous_summary=previous_summary
+            chunk,
+            session_timestamp=session_timestamp,
+            previous_summary=previous_summary,
+            candidates=candidates,
         )
         create = functools.partial(
             self._client.chat.completions.create,

@@ -8,8 +8,9 @@ structural errors still fail validation so the caller can ask again.
 from __future__ import annotations
 
 import json
+import logging
 import math
-from typing import Any
+from typing import Any, get_args
 
 from memproc.llm.schema import (
     MAX_MEMORIES_PER_CALL,
@@ -20,8 +21,12 @@ from memproc.llm.schema import (
     MAX_TOPIC_CHARS,
     MAX_TOPICS,
     Extraction,
+    OperationKind,
 )
 from memproc.records import MEMORY_TYPES
+
+logger = logging.getLogger(__name__)
+OPERATION_KINDS = frozenset(get_args(OperationKind))
 
 
 def truncate(text: str, limit: int) -> str:
@@ -88,7 +93,40 @@ def _coerce_payload(data: dict[str, Any], *, fallback_summary: str, max_memories
     topics = data.get("topics")
     if isinstance(topics, list):
         out["topics"] = _clean_labels(topics, MAX_TOPICS, MAX_TOPIC_CHARS)
+    operations = data.get("operations")
+    if operations is None:
+        out["operations"] = []  # a model that was shown no memories may leave it out
+    elif isinstance(operations, list):
+        out["operations"] = [_coerce_operation(op) for op in operations if _usable_operation(op)]
     return out
+
+
+def _usable_operation(op: Any) -> bool:
+    """An operation the processor can act on; others are dropped (and counted by the caller's log),
+    never a reason to fail the whole session."""
+    if not isinstance(op, dict) or op.get("op") not in OPERATION_KINDS or not isinstance(op.get("id"), str):
+        logger.warning("dropped an unusable memory operation: %.80r", op)
+        return False
+    if op["op"] in ("update", "supersede") and not (isinstance(op.get("text"), str) and op["text"].strip()):
+        logger.warning("dropped a %s operation without text", op["op"])
+        return False
+    return True
+
+
+def _coerce_operation(op: dict[str, Any]) -> dict[str, Any]:
+    out = {"text": None, "memory_type": None, "confidence": None, "tags": [], **op}
+    if isinstance(out["text"], str):
+        out["text"] = truncate(" ".join(out["text"].split()), MAX_MEMORY_CHARS) or None
+    kind = out["memory_type"]
+    if isinstance(kind, str):
+        kind = kind.strip().lower()
+        out["memory_type"] = kind if kind in MEMORY_TYPES else "fact"
+    conf = out["confidence"]
+    if isinstance(conf, int | float) and not isinstance(conf, bool):
+        out["confidence"] = 0.5 if math.isnan(conf) else min(1.0, max(0.0, float(conf)))
+    if isinstance(out["tags"], list):
+        out["tags"] = _clean_labels(out["tags"], MAX_TAGS, MAX_TAG_CHARS)
+    return {k: out[k] for k in ("op", "id", "text", "memory_type", "confidence", "tags")}
 
 
 def parse_extraction(

@@ -331,7 +331,8 @@ def sanitize_summary(summary: str) -> str:
 
 
 def sanitize(extraction: Extraction) -> Extraction:
-    """Drop memories and topics that match, and the summary's sentences that do (idempotent)."""
+    """Drop memories, operations and topics that match, and the summary's sentences that do
+    (idempotent)."""
     memories: list[ExtractedMemory] = []
     for memory in extraction.memories:
         reason = injection_reason(memory.text)
@@ -346,8 +347,23 @@ def sanitize(extraction: Extraction) -> Extraction:
             topics.append(topic)
         else:
             logger.warning("dropped a topic (%s): %r", reason, _preview(topic))
+    operations = []
+    for operation in extraction.operations:
+        reason = injection_reason(operation.text) if operation.text else None
+        if reason is None:
+            operations.append(operation)
+        else:
+            logger.warning(
+                "dropped a memory %s (%s): %r", operation.op, reason, _preview(operation.text or "")
+            )
     summary = sanitize_summary(extraction.summary)
-    unchanged = len(memories) == len(extraction.memories) and len(topics) == len(extraction.topics)
+    unchanged = (
+        len(memories) == len(extraction.memories)
+        and len(topics) == len(extraction.topics)
+        and len(operations) == len(extraction.operations)
+    )
     if unchanged and summary == extraction.summary:
         return extraction
-    return extraction.model_copy(update={"memories": memories, "topics": topics, "summary": summary})
+    return extraction.model_copy(
+        update={"memories": memories, "topics": topics, "summary": summary, "operations": operations}
+    )

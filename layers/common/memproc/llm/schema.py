@@ -1,5 +1,5 @@
-"""The shape of an extraction (``ExtractedMemory``, ``Extraction``), its limits, and the strict JSON
-schema sent with every request.
+"""The shape of an extraction (new ``ExtractedMemory`` facts, ``MemoryOperation``s on memories the
+model was shown, summary, topics), its limits, and the strict JSON schema sent with every request.
 
 One pydantic model serves as the validator of model output and as the source of the schema the
 model is asked to follow, so the two cannot drift apart.
@@ -7,11 +7,12 @@ model is asked to follow, so the two cannot drift apart.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from memproc.records import MemoryType
+from memproc.records import MemoryRecord, MemoryType
 
 MAX_MEMORY_CHARS = 1000
 MAX_TAGS = 10
@@ -23,6 +24,10 @@ MAX_TOPIC_CHARS = 80
 MAX_MEMORIES_PER_CALL = 50
 # ...but a chunked session concatenates several responses, so the merged result may hold more.
 MAX_MEMORIES = 200
+MAX_OPERATIONS_PER_CALL = 30
+# Related memories shown to the model per session (a prompt budget: about 20 tokens each).
+MAX_CANDIDATES = 30
+MAX_CANDIDATE_CHARS = 3000
 
 Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TAG_CHARS)]
 Topic = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TOPIC_CHARS)]
@@ -50,12 +55,45 @@ class ExtractedMemory(BaseModel):
     )
 
 
+OperationKind = Literal["confirm", "update", "supersede", "retract"]
+
+
+class MemoryOperation(BaseModel):
+    """What the session says about one memory the model was shown (by its id in the prompt)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    op: OperationKind = Field(
+        description="confirm: said again; update: same fact refined or corrected; supersede: the fact "
+        "changed and the old one no longer holds; retract: the user withdrew it or says it was never true."
+    )
+    id: str = Field(description="The id of the shown memory, e.g. m3.")
+    text: str | None = Field(
+        description="update and supersede: the full new self-contained statement; else null."
+    )
+    memory_type: MemoryType | None = Field(description="For update and supersede; else null.")
+    confidence: float | None = Field(description="For update and supersede, 0..1; else null.")
+    tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An existing memory shown to the model, under a short id the prompt uses."""
+
+    short_id: str
+    memory: MemoryRecord
+
+
 class Extraction(BaseModel):
-    """Everything one extraction produces for a session: memories, summary and topics."""
+    """Everything one extraction produces for a session: new memories, operations on memories it was
+    shown, summary and topics."""
 
     model_config = ConfigDict(extra="forbid")
 
-    memories: list[ExtractedMemory] = Field(default_factory=list, max_length=MAX_MEMORIES)
+    memories: list[ExtractedMemory] = Field(
+        default_factory=list, max_length=MAX_MEMORIES, description="New facts only."
+    )
+    operations: list[MemoryOperation] = Field(default_factory=list, max_length=MAX_MEMORIES)
     summary: str = Field(
         min_length=1,
         max_length=MAX_SUMMARY_CHARS,
@@ -103,6 +141,7 @@ def _strict_json_schema(model: type[BaseModel], *, max_memories: int) -> dict[st
 
     schema: dict[str, Any] = walk(raw)
     schema["properties"]["memories"]["maxItems"] = max_memories
+    schema["properties"]["operations"]["maxItems"] = MAX_OPERATIONS_PER_CALL
     return schema
 
 

@@ -6,12 +6,12 @@ the hits' records. The query embedding is skipped when there is nothing to searc
 
 from __future__ import annotations
 
-import json
 from array import array
 from typing import Any
 
-from memproc.dal import memory_index, reads
+from memproc.dal import reads
 from memproc.dal.connection import Store
+from memproc.dal.memory_index import DimensionMismatch, IndexUnavailable, MemoryFilter
 from memproc.errors import Conflict, Unavailable
 from memproc.keys import VectorstoreKeys
 from memproc.mappers import search_result
@@ -19,9 +19,11 @@ from memproc.schemas.requests import SearchQuery
 from memproc.schemas.responses import SearchFilters, SearchResponse, SearchResult
 from memproc.settings import Settings
 from memproc.timeutil import iso_datetime
-from memproc.validation import require_session_id, require_vectorstore
+from memproc.validation import require_vectorstore
 
 _provider: tuple[Settings, Any] | None = None
+# Within this much cosine similarity a current memory ranks above a superseded one.
+CURRENT_BONUS = 0.02
 
 
 def embedding_provider(settings: Settings) -> Any:
@@ -36,20 +38,16 @@ def embedding_provider(settings: Settings) -> Any:
     return _provider[1]
 
 
-def vsim_filter(q: SearchQuery) -> str | None:
-    """The vector-set FILTER expression, built only from validated, typed values: the memory
-    type from a closed set and the session id (checked against SESSION_ID_RE, so it holds no
-    quote or backslash) as JSON string literals, dates as numbers. No user text is interpolated."""
-    parts: list[str] = []
-    if q.memory_type is not None:
-        parts.append(f".memory_type == {json.dumps(q.memory_type)}")
-    if q.session_id is not None:
-        parts.append(f"{json.dumps(require_session_id(q.session_id))} in .source_sessions")
-    if q.min_score is not None:
-        parts.append(f".created_at >= {q.min_score:.6f}")
-    if q.max_score is not None:
-        parts.append(f".created_at <= {q.max_score:.6f}")
-    return " and ".join(parts) or None
+def memory_filter(q: SearchQuery) -> MemoryFilter:
+    """The query's filters, as typed values the memory index turns into its own expression. Dates
+    filter by when the statement was made (the session's own time)."""
+    return MemoryFilter(
+        current_only=not q.include_superseded,
+        memory_type=q.memory_type,
+        session_id=q.session_id,
+        valid_from_min=q.min_score,
+        valid_from_max=q.max_score,
+    )
 
 
 def _note(q: SearchQuery, state: reads.SearchState, found: bool) -> str | None:
@@ -118,11 +116,22 @@ def _nearest(
         raise Unavailable(
             f"the embedding service failed: {exc}", code="embedding_unavailable", headers=headers
         ) from None
+    # Superseded memories are fetched too when asked for, and a current one ranks above a
+    # superseded one on a near tie.
     try:
-        hits = memory_index.nearest(store, vectorstore, array("f", vectors[0]).tobytes(), q.k, vsim_filter(q))
-    except memory_index.DimensionMismatch as exc:
+        (hits,) = store.index.nearest(vectorstore, [array("f", vectors[0]).tobytes()], q.k, memory_filter(q))
+    except DimensionMismatch as exc:
         raise Conflict(
             f"query vector does not fit vectorstore {vectorstore!r}: {exc}", code="embedding_mismatch"
         ) from None
+    except IndexUnavailable as exc:
+        raise Unavailable(
+            str(exc), code="index_unavailable", headers={"Retry-After": str(exc.retry_after)}
+        ) from None
     found = reads.records(store, vk, memory_ids=[mid for mid, _ in hits])
-    return [search_result(found.memories[mid], sim) for mid, sim in hits if mid in found.memories]
+    ranked = sorted(
+        ((found.memories[mid], sim) for mid, sim in hits if mid in found.memories),
+        key=lambda hit: hit[1] + (CURRENT_BONUS if hit[0].status == "current" else 0.0),
+        reverse=True,
+    )
+    return [search_result(m, sim) for m, sim in ranked]

@@ -111,6 +111,9 @@ class SearchQuery(DateRange):
     memory_type: str | None = Field(
         None, description="fact, preference, insight, event, goal or relationship"
     )
+    include_superseded: bool = Field(
+        False, description="Also memories no longer true (superseded or retracted); current ones rank first"
+    )
 
     _session = field_validator("session_id")(_check_session_id)
 
@@ -137,6 +140,10 @@ class CleanupQuery(QueryParams):
     retention_days: int | None = Field(None, ge=1, le=3650, description="Default: RAW_RETENTION_DAYS")
     dry_run: bool = False
     limit: int = Field(1000, ge=1, le=10_000, description="Index entries examined per pass")
+
+
+class EraseMemoryQuery(QueryParams):
+    purge_sources: bool = Field(False, description="Also delete the transcripts the memory came from")
 
 
 class DeadLettersQuery(QueryParams):

@@ -70,8 +70,16 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+class MemoryHistoryEntry(BaseModel):
+    op: str = Field(description="confirm: restated; update: the text it replaced; retract: withdrawn")
+    text: str | None = None
+    session_id: str | None = None
+    at: str | None = Field(None, description="When memproc processed it")
+    valid_from: str | None = Field(None, description="The session's own time of the statement")
+
+
 class DiscreteMemory(BaseModel):
-    """One memory of the vector set, as its attributes describe it."""
+    """One memory, as the memory index describes it."""
 
     memory_id: str
     text: str
@@ -81,9 +89,15 @@ class DiscreteMemory(BaseModel):
     session_id: str | None = None
     raw_memory_id: str | None = None
     source_sessions: list[str] = Field(default_factory=list)
-    merge_count: int = 0
+    merge_count: int = Field(0, description="Times a later session restated it")
     created_at: str | None = None
     updated_at: str | None = None
+    status: Literal["current", "superseded", "retracted"] = "current"
+    valid_from: str | None = Field(None, description="When it was said: the session's own time")
+    observed_at: str | None = Field(None, description="When memproc last saw it stated")
+    valid_to: str | None = Field(None, description="Superseded or retracted: since when it no longer holds")
+    superseded_by: str | None = None
+    history: list[MemoryHistoryEntry] = Field(default_factory=list)
 
 
 class SessionSummary(BaseModel):
@@ -99,6 +113,7 @@ class SessionSummary(BaseModel):
     tokens_in: int = 0
     tokens_out: int = 0
     expires_at: str | None = None
+    redacted: bool = Field(False, description="A memory it stated was erased; its prose was cleared")
 
 
 class RawMemory(BaseModel):
@@ -118,6 +133,9 @@ class RawMemory(BaseModel):
     redrive_count: int = 0
     memories_created: int | None = None
     memories_merged: int | None = None
+    memories_updated: int | None = None
+    memories_superseded: int | None = None
+    memories_retracted: int | None = None
     memory_ids: list[str] | None = None
     tokens_in: int | None = None
     tokens_out: int | None = None
@@ -260,8 +278,12 @@ class SearchResult(BaseModel):
     source_sessions: list[str]
     tags: list[str]
     created_at: str | None
+    status: Literal["current", "superseded", "retracted"] = "current"
+    valid_from: str | None = None
+    valid_to: str | None = None
+    superseded_by: str | None = None
     similarity: float = Field(description="Cosine similarity in [-1, 1]")
-    score: float = Field(description="Redis VSIM score in [0, 1] (= (1 + similarity) / 2)")
+    score: float = Field(description="(1 + similarity) / 2, in [0, 1]")
 
 
 class SearchResponse(BaseModel):
@@ -328,6 +350,7 @@ class ErasureCounts(BaseModel):
     memories: int = 0
     memories_updated: int = Field(0, description="Memories shared with other sessions that lost this source")
     references_updated: int = Field(0, description="Sessions and raw records that no longer list the memory")
+    transcripts_purged: int = Field(0, description="With purge_sources: transcripts the memory came from")
     sessions: int = 0
     summaries: int = 0
 

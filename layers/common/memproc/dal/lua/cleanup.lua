@@ -92,14 +92,14 @@ end
 --    is gone are trimmed, live ones are reconciled and kept;
 --  reconcile: a rolling walk over the whole raw_index (queue repairs, stale entries);
 --  sessions: a rolling walk over session_index (expired summaries, stale session_raws entries);
---  memories: a rolling walk over memory_index (entries whose vector set element is gone).
+--  memories: a rolling walk over memory_index (entries whose memory is gone).
 -- Cursors live in {vs}:cleanup; a dry run reads them but writes nothing.
--- ARGV: vs, retention seconds, limit, dry (1/0).  Returns a JSON receipt.
+-- ARGV: vs, retention seconds, limit, dry (1/0), backend.  Returns a JSON receipt.
 -- Flagged allow-oom: on a store at maxmemory it must still run to free memory (it deletes before
 -- it writes its cursors). See: https://redis.io/docs/latest/develop/programmability/functions-intro/
-redis.register_function{function_name = 'cleanup___VERSION__', flags = {'allow-oom'},
+redis.register_function{function_name = 'cleanup___VERSION__', flags = {'allow-oom', 'allow-cross-slot-keys'},
   callback = function(keys, argv)
-  local vs, retention, n, dry = argv[1], tonumber(argv[2]), tonumber(argv[3]), argv[4] == '1'
+  local vs, retention, n, dry, b = argv[1], tonumber(argv[2]), tonumber(argv[3]), argv[4] == '1', argv[5]
   local state = k.cleanup(vs)
   local now = now_s()
   local cutoff = now - retention
@@ -162,7 +162,7 @@ redis.register_function{function_name = 'cleanup___VERSION__', flags = {'allow-o
 
   examined.memories, done.memories = pass(state, 'memories', k.memory_index(vs), '+inf', n, dry,
     function(mid)
-      if redis.call('VISMEMBER', vs, mid) == 0 then trim('memory_index', k.memory_index(vs), mid) end
+      if not mem.exists(b, vs, mid) then trim('memory_index', k.memory_index(vs), mid) end
     end)
 
   -- A vectorstore with waiting items must be in the ready set, or no claim ever serves it (items

@@ -6,18 +6,17 @@
 -- See: https://redis.io/docs/latest/develop/programmability/functions-intro/#function-flags
 
 -- Drop memory id `mid` from a session's cross-references (memory set and summary), keeping TTLs.
-local function unlink_session_memory(vs, sid, mid)
+-- The summary's prose may state the erased fact: it is cleared and the summary marked redacted.
+local function unlink_session_memory(vs, sid, mid, now)
   redis.call('SREM', k.session_memories(vs, sid), mid)
   local skey = k.session_summary(vs, sid)
   local text = redis.call('GET', skey)
   if not text then return end
   local s = json_object(text)
-  local before = #as_list(s.memory_ids)
   s.memory_ids = without(s.memory_ids, mid)
-  if #s.memory_ids ~= before then
-    s.memory_count = #s.memory_ids
-    redis.call('SET', skey, cjson.encode(s), 'KEEPTTL')
-  end
+  s.memory_count = #s.memory_ids
+  s.summary, s.topics, s.redacted_at = nil, {}, now
+  redis.call('SET', skey, cjson.encode(s), 'KEEPTTL')
 end
 
 local function unlink_raw_memory(vs, rid, mid)
@@ -27,15 +26,23 @@ local function unlink_raw_memory(vs, rid, mid)
   if #kept ~= #list then redis.call('HSET', key, 'memory_ids', cjson.encode(kept)) end
 end
 
--- DELETE one memory: the vector set element, its index entry and every reference to it.
--- ARGV: vs, memory id.  Returns {'not_found'} or {'ok', sessions updated, raws updated}.
-redis.register_function{function_name = 'erase_memory___VERSION__', flags = {'allow-oom'},
+-- DELETE one memory: the memory (its history with it), its index entry and every reference to it;
+-- summaries of its sessions lose their prose; with purge_sources, the transcripts it came from go.
+-- ARGV: vs, memory id, backend, purge sources (1/0).
+-- Returns {'not_found'} or {'ok', sessions updated, raws updated, transcripts purged}.
+redis.register_function{function_name = 'erase_memory___VERSION__', flags = {'allow-oom', 'allow-cross-slot-keys'},
   callback = function(keys, argv)
-  local vs, mid = argv[1], argv[2]
-  if redis.call('VISMEMBER', vs, mid) == 0 then return {'not_found'} end
-  local attrs = json_object(redis.call('VGETATTR', vs, mid))
-  redis.call('VREM', vs, mid)
+  local vs, mid, b, purge = argv[1], argv[2], argv[3], argv[4] == '1'
+  local attrs = mem.get(b, vs, mid)
+  if not attrs then return {'not_found'} end
+  local now = now_s()
+  mem.del(b, vs, mid)
   redis.call('ZREM', k.memory_index(vs), mid)
+  -- A memory it superseded stays superseded (that was true), but no longer points at it.
+  if type(attrs.supersedes) == 'string' then
+    local old = mem.get(b, vs, attrs.supersedes)
+    if old and old.superseded_by == mid then old.superseded_by = nil; mem.put(b, vs, attrs.supersedes, old, nil) end
+  end
   local sessions = as_list(attrs.source_sessions)
   if type(attrs.session_id) == 'string' and not contains(sessions, attrs.session_id) then
     sessions[#sessions + 1] = attrs.session_id
@@ -44,17 +51,28 @@ redis.register_function{function_name = 'erase_memory___VERSION__', flags = {'al
   if type(attrs.raw_memory_id) == 'string' and not contains(raws, attrs.raw_memory_id) then
     raws[#raws + 1] = attrs.raw_memory_id
   end
-  for _, sid in ipairs(sessions) do unlink_session_memory(vs, sid, mid) end
-  for _, rid in ipairs(raws) do unlink_raw_memory(vs, rid, mid) end
-  return {'ok', #sessions, #raws}
+  for _, sid in ipairs(sessions) do unlink_session_memory(vs, sid, mid, now) end
+  local purged = 0
+  for _, rid in ipairs(raws) do
+    if purge and redis.call('HGET', k.raw(vs, rid), 'status') == 'processed' then
+      local counts = {raw_memories = 0, queue_entries = 0, dedupe_keys = 0}
+      purge_raw(vs, rid, nil, counts)
+      purged = purged + counts.raw_memories
+    else
+      unlink_raw_memory(vs, rid, mid)
+    end
+  end
+  return {'ok', #sessions, #raws, purged}
 end}
 
 -- DELETE one session: its raw memories (wherever they are in the queue), summary, memory set,
 -- raw index, dedupe keys and index entries; memories that came only from it are removed, shared
--- ones lose it as a source.  ARGV: vs, session id.  Returns a JSON receipt or 'not_found'.
-redis.register_function{function_name = 'erase_session___VERSION__', flags = {'allow-oom'},
+-- ones lose it as a source and every statement it made in their history (one whose current text
+-- only this session stated is removed: its vector encodes that text).  ARGV: vs, session id, backend.
+-- Returns a JSON receipt or 'not_found'.
+redis.register_function{function_name = 'erase_session___VERSION__', flags = {'allow-oom', 'allow-cross-slot-keys'},
   callback = function(keys, argv)
-  local vs, sid = argv[1], argv[2]
+  local vs, sid, b = argv[1], argv[2], argv[3]
   local skey, mkey, rkey = k.session_summary(vs, sid), k.session_memories(vs, sid),
     k.session_raws(vs, sid)
   local text = redis.call('GET', skey)
@@ -89,17 +107,23 @@ redis.register_function{function_name = 'erase_session___VERSION__', flags = {'a
   counts.sessions = 1
   redis.call('ZREM', k.session_index(vs), sid)
   for _, mid in ipairs(mids) do
-    local a = redis.call('VGETATTR', vs, mid)
-    if a then
-      local attrs = json_object(a)
+    local attrs = mem.get(b, vs, mid)
+    if attrs then
       local sources = as_list(attrs.source_sessions)
       if contains(sources, sid) or attrs.session_id == sid then
         sources = without(sources, sid)
-        if #sources == 0 then
-          redis.call('VREM', vs, mid)
+        local stated_by = attrs.text_sources and without(attrs.text_sources, sid)
+        if #sources == 0 or (stated_by and #stated_by == 0) then
+          mem.del(b, vs, mid)
           redis.call('ZREM', k.memory_index(vs), mid)
           counts.memories = counts.memories + 1
         else
+          local history = {}
+          for _, entry in ipairs(as_list(attrs.history)) do
+            if type(entry) ~= 'table' or entry.session_id ~= sid then history[#history + 1] = entry end
+          end
+          attrs.history = history
+          if stated_by then attrs.text_sources = stated_by end
           local kept = {}
           for _, rid in ipairs(as_list(attrs.source_raw_ids)) do
             if not is_raw[rid] then kept[#kept + 1] = rid end
@@ -110,7 +134,7 @@ redis.register_function{function_name = 'erase_session___VERSION__', flags = {'a
           if is_raw[attrs.raw_memory_id] then attrs.raw_memory_id = kept[1] or '' end
           attrs.merge_count = math.max(0, (tonumber(attrs.merge_count) or 0) - 1)
           attrs.updated_at = now
-          redis.call('VSETATTR', vs, mid, cjson.encode(attrs))
+          mem.put(b, vs, mid, attrs, nil)
           counts.memories_updated = counts.memories_updated + 1
         end
       end
@@ -122,11 +146,12 @@ end}
 
 -- DELETE a whole vectorstore, in bounded steps: each call removes up to `batch` raw memories
 -- and `batch` sessions; the call that finds the indexes empty removes the vector set and the
--- remaining per-vectorstore keys.  ARGV: vs, batch, stats days to delete.
+-- remaining per-vectorstore keys (memories one hash each on the Query Engine, `batch` per call).
+-- ARGV: vs, batch, stats days to delete, backend.
 -- Returns a JSON receipt with `complete`, or 'not_found' when nothing of it exists.
-redis.register_function{function_name = 'erase_vectorstore___VERSION__', flags = {'allow-oom'},
+redis.register_function{function_name = 'erase_vectorstore___VERSION__', flags = {'allow-oom', 'allow-cross-slot-keys'},
   callback = function(keys, argv)
-  local vs, batch, days = argv[1], tonumber(argv[2]), tonumber(argv[3])
+  local vs, batch, days, b = argv[1], tonumber(argv[2]), tonumber(argv[3]), argv[4]
   local ranked = {k.raw_index(vs), k.pending(vs), k.inflight(vs), k.dead(vs), k.session_index(vs)}
   local known = redis.call('ZSCORE', VECTORSTORES, vs) or redis.call('EXISTS', vs, k.config(vs),
     k.counters(vs), k.memory_index(vs), unpack(ranked)) > 0
@@ -149,10 +174,17 @@ redis.register_function{function_name = 'erase_vectorstore___VERSION__', flags =
     end
   end
   for _, sid in ipairs(redis.call('ZRANGE', k.session_index(vs), 0, batch - 1)) do drop_session(sid) end
+  if b == 'search' then
+    for _, mid in ipairs(redis.call('ZRANGE', k.memory_index(vs), 0, batch - 1)) do
+      counts.memories = counts.memories + mem.del(b, vs, mid)
+      redis.call('ZREM', k.memory_index(vs), mid)
+    end
+    ranked[#ranked + 1] = k.memory_index(vs)
+  end
   for _, key in ipairs(ranked) do
     if redis.call('EXISTS', key) == 1 then return cjson.encode(counts) end
   end
-  counts.memories = redis.call('VCARD', vs)
+  if b ~= 'search' then counts.memories = redis.call('ZCARD', k.memory_index(vs)) end
   redis.call('UNLINK', vs, k.memory_index(vs), k.config(vs), k.counters(vs), k.cleanup(vs),
     k.queued_sessions(vs))
   local now = now_s()

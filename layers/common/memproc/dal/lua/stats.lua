@@ -1,8 +1,8 @@
--- Everything GET /stats shows, read at one server time.  ARGV: vs, days, samples.
+-- Everything GET /stats shows, read at one server time.  ARGV: vs, days, samples, backend.
 -- Storage of raw memories and summaries is estimated from the newest `samples` of each.
-redis.register_function{function_name = 'stats___VERSION__', flags = {'no-writes'},
+redis.register_function{function_name = 'stats___VERSION__', flags = {'no-writes', 'allow-cross-slot-keys'},
   callback = function(keys, argv)
-  local vs, days, samples = argv[1], tonumber(argv[2]), tonumber(argv[3])
+  local vs, days, samples, b = argv[1], tonumber(argv[2]), tonumber(argv[3]), argv[4]
   local now = now_s()
   local function usage(key) return tonumber(redis.call('MEMORY', 'USAGE', key) or 0) or 0 end
   local function sample(index, keyof)
@@ -25,7 +25,7 @@ redis.register_function{function_name = 'stats___VERSION__', flags = {'no-writes
   end
   return cjson.encode({
     now = string.format('%.6f', now),
-    memories = redis.call('VCARD', vs),
+    memories = redis.call('ZCARD', k.memory_index(vs)),
     memory_index = redis.call('ZCARD', k.memory_index(vs)),
     sessions = redis.call('ZCARD', k.session_index(vs)),
     raw_index = redis.call('ZCARD', k.raw_index(vs)),
@@ -34,7 +34,7 @@ redis.register_function{function_name = 'stats___VERSION__', flags = {'no-writes
     dead = redis.call('ZCARD', k.dead(vs)),
     counters = redis.call('HGETALL', k.counters(vs)),
     config = redis.call('HGETALL', k.config(vs)),
-    vector_set_bytes = usage(vs),
+    vector_set_bytes = mem.bytes(b, vs, samples),
     index_bytes = index_bytes,
     raw_sample = sample(k.raw_index(vs), function(id) return k.raw(vs, id) end),
     summary_sample = sample(k.session_index(vs), function(sid) return k.session_summary(vs, sid) end),

@@ -1,0 +1,160 @@
+"""The memory index on the Query Engine: ElastiCache for Valkey 8.2+ and MemoryDB (valkey-search),
+or any engine with RediSearch (Redis Stack, used by the tests).
+
+Written to the subset AWS documents for ElastiCache for Valkey 8.2 and MemoryDB:
+- ONE index per deployment (`memproc:idx:<dimensions>`), not one per vectorstore: these engines
+  allow about ten indexes. Every memory is a hash `memproc:mem:{<vs>}:<id>` (in its vectorstore's
+  hash slot), and every query pre-filters on the `vs` TAG.
+- Only hybrid KNN queries (`<filter>=>[KNN k @vec $B AS dist]`), DIALECT 2, the vector passed as a
+  PARAM, at most five filter terms (the engines allow 16); no full-text, no aggregations, no
+  filter-only queries (listings use the per-vectorstore sorted sets).
+- A search while the engine rebuilds its index (after a restart or failover) raises
+  IndexUnavailable instead of answering "no memories".
+See: https://docs.aws.amazon.com/AmazonElastiCache/latest/dg/vector-search-commands-ft.search.html
+     https://docs.aws.amazon.com/AmazonElastiCache/latest/dg/search-features-limits.html
+     https://valkey.io/topics/search-query/
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import redis
+
+from memproc.dal.memory_index.base import DimensionMismatch, Hit, IndexUnavailable, MemoryFilter
+from memproc.keys import MEMORY_PREFIX, VectorstoreKeys, search_index
+from memproc.records import MemoryRecord
+from memproc.validation import require_session_id
+
+_TAG_SPECIAL = re.compile(r"[^A-Za-z0-9_]")
+
+
+def tag_value(value: str) -> str:
+    """A TAG query literal: every character but letters, digits and _ backslash-escaped, so a value
+    can never close the braces or start another term. Values are allowlisted before they get here."""
+    return _TAG_SPECIAL.sub(lambda m: "\\" + m.group(0), value)
+
+
+def query(vectorstore: str, k: int, where: MemoryFilter) -> str:
+    """The hybrid KNN query string for one vectorstore."""
+    terms = [f"@vs:{{{tag_value(vectorstore)}}}"]
+    if where.current_only:
+        terms.append("@status:{current}")
+    if where.memory_type is not None:
+        terms.append(f"@memory_type:{{{tag_value(where.memory_type)}}}")
+    if where.session_id is not None:
+        terms.append(f"@sessions:{{{tag_value(require_session_id(where.session_id))}}}")
+    if where.valid_from_min is not None or where.valid_from_max is not None:
+        low = "-inf" if where.valid_from_min is None else f"{where.valid_from_min:.6f}"
+        high = "+inf" if where.valid_from_max is None else f"{where.valid_from_max:.6f}"
+        terms.append(f"@valid_from:[{low} {high}]")
+    return f"({' '.join(terms)})=>[KNN {int(k)} @vec $B AS dist]"
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _hits(reply: Any) -> list[Hit]:
+    """FT.SEARCH's reply (RESP2 [total, key, [field, value...], ...] or a RESP3 map) as hits."""
+    rows: list[tuple[str, dict[str, str]]] = []
+    if isinstance(reply, dict):
+        for entry in reply.get("results", reply.get(b"results")) or []:
+            fields = entry.get("extra_attributes", entry.get(b"extra_attributes")) or {}
+            rows.append(
+                (_text(entry.get("id", entry.get(b"id"))), {_text(a): _text(b) for a, b in fields.items()})
+            )
+    else:
+        for i in range(1, len(reply) - 1, 2):
+            flat = reply[i + 1] or []
+            rows.append(
+                (_text(reply[i]), {_text(flat[j]): _text(flat[j + 1]) for j in range(0, len(flat), 2)})
+            )
+    hits = []
+    for key, fields in rows:
+        memory_id = key.rsplit("}:", 1)[-1]
+        hits.append((memory_id, 1.0 - float(fields.get("dist", "1"))))  # cosine distance = 1 - similarity
+    return sorted(hits, key=lambda h: h[1], reverse=True)
+
+
+class SearchIndex:
+    name = "search"
+
+    def __init__(self, client: redis.Redis, dimensions: int) -> None:
+        self.client = client
+        self.index = search_index(dimensions)
+        self.dimensions = dimensions
+
+    def ensure(self, dimensions: int) -> None:
+        """Create the deployment's index unless it exists (FT.INFO first, so a restart or a second
+        processor does not recreate it)."""
+        if dimensions != self.dimensions:
+            raise DimensionMismatch(f"the index holds {self.dimensions}-dimension vectors, not {dimensions}")
+        try:
+            self.client.execute_command("FT.INFO", self.index)
+            return
+        except redis.ResponseError as exc:
+            if "unknown index" not in str(exc).lower() and "not found" not in str(exc).lower():
+                raise
+        try:
+            self.client.execute_command(
+                "FT.CREATE", self.index, "ON", "HASH", "PREFIX", "1", MEMORY_PREFIX, "SCHEMA",
+                "vs", "TAG", "CASESENSITIVE",
+                "status", "TAG",
+                "memory_type", "TAG",
+                "sessions", "TAG", "SEPARATOR", ",", "CASESENSITIVE",
+                "valid_from", "NUMERIC",
+                "vec", "VECTOR", "HNSW", "6", "TYPE", "FLOAT32", "DIM", str(dimensions),
+                "DISTANCE_METRIC", "COSINE",
+            )  # fmt: skip
+        except redis.ResponseError as exc:
+            if "exists" not in str(exc).lower():  # created meanwhile by another process
+                raise
+
+    def backfilling(self) -> bool:
+        """Whether the engine is still (re)building the index, so answers may miss memories."""
+        info = self.client.execute_command("FT.INFO", self.index)
+        pairs = dict(zip(info[::2], info[1::2], strict=False)) if isinstance(info, list) else dict(info)
+        fields = {_text(k): v for k, v in pairs.items()}
+        if _text(fields.get("backfill_in_progress", "0")) == "1" or _text(fields.get("indexing", "0")) == "1":
+            return True
+        state = _text(fields.get("state", "ready")).lower()
+        return state not in ("ready", "")
+
+    def queue_get(
+        self, pipe: Any, vectorstore: str, memory_ids: list[str]
+    ) -> Callable[[Iterator[Any]], dict[str, MemoryRecord]]:
+        vk = VectorstoreKeys(vectorstore)
+        for mid in memory_ids:
+            pipe.hget(vk.memory(mid), "attrs")
+
+        def parse(replies: Iterator[Any]) -> dict[str, MemoryRecord]:
+            out: dict[str, MemoryRecord] = {}
+            for mid in memory_ids:
+                record = MemoryRecord.from_attrs(mid, next(replies))
+                if record is not None:
+                    out[mid] = record
+            return out
+
+        return parse
+
+    def nearest(self, vectorstore: str, vectors: list[bytes], k: int, where: MemoryFilter) -> list[list[Hit]]:
+        text = query(vectorstore, k, where)
+        pipe = self.client.pipeline(transaction=False)
+        for vector in vectors:
+            pipe.execute_command(
+                "FT.SEARCH", self.index, text, "PARAMS", "2", "B", vector,
+                "RETURN", "1", "dist", "LIMIT", "0", str(int(k)), "DIALECT", "2",
+            )  # fmt: skip
+        try:
+            replies = pipe.execute(raise_on_error=True) if vectors else []
+        except redis.ResponseError as exc:
+            message = str(exc).lower()
+            if "backfill" in message or "loading" in message:
+                raise IndexUnavailable(f"the search index is being rebuilt: {exc}") from None
+            if "dim" in message or ("vector" in message and "size" in message):
+                raise DimensionMismatch(str(exc)) from None
+            raise
+        return [_hits(reply) for reply in replies]

@@ -1,0 +1,92 @@
+"""The memory index as a Redis 8 vector set at the bare vectorstore name.
+
+The element's attributes are the memory's JSON record; FILTER expressions read them. Vector-set
+scores are (1 + cosine) / 2. See: https://redis.io/docs/latest/develop/data-types/vector-sets/
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import redis
+
+from memproc.dal.memory_index.base import DimensionMismatch, Hit, MemoryFilter
+from memproc.records import MemoryRecord
+from memproc.validation import require_session_id
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def vsim_filter(where: MemoryFilter) -> str | None:
+    """The FILTER expression, built only from validated, typed values: the memory type from a
+    closed set and the session id (checked against SESSION_ID_RE, so it holds no quote or
+    backslash) as JSON string literals, times as numbers. No user text is interpolated."""
+    parts: list[str] = []
+    if where.current_only:
+        parts.append('.status == "current"')
+    if where.memory_type is not None:
+        parts.append(f".memory_type == {json.dumps(where.memory_type)}")
+    if where.session_id is not None:
+        parts.append(f"{json.dumps(require_session_id(where.session_id))} in .source_sessions")
+    if where.valid_from_min is not None:
+        parts.append(f".valid_from >= {where.valid_from_min:.6f}")
+    if where.valid_from_max is not None:
+        parts.append(f".valid_from <= {where.valid_from_max:.6f}")
+    return " and ".join(parts) or None
+
+
+class VectorSetIndex:
+    name = "vectorset"
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def ensure(self, dimensions: int) -> None:
+        """A vector set is created by its first VADD."""
+
+    def queue_get(
+        self, pipe: Any, vectorstore: str, memory_ids: list[str]
+    ) -> Callable[[Iterator[Any]], dict[str, MemoryRecord]]:
+        for mid in memory_ids:
+            pipe.execute_command("VGETATTR", vectorstore, mid)
+
+        def parse(replies: Iterator[Any]) -> dict[str, MemoryRecord]:
+            out: dict[str, MemoryRecord] = {}
+            for mid in memory_ids:
+                record = MemoryRecord.from_attrs(mid, next(replies))
+                if record is not None:
+                    out[mid] = record
+            return out
+
+        return parse
+
+    def nearest(self, vectorstore: str, vectors: list[bytes], k: int, where: MemoryFilter) -> list[list[Hit]]:
+        expression = vsim_filter(where)
+        pipe = self.client.pipeline(transaction=False)
+        for vector in vectors:
+            args: list[Any] = ["VSIM", vectorstore, "FP32", vector, "COUNT", k, "WITHSCORES"]
+            if expression:
+                args += ["FILTER", expression]
+            pipe.execute_command(*args)
+        try:
+            replies = pipe.execute(raise_on_error=True) if vectors else []
+        except redis.ResponseError as exc:
+            if "dimension" in str(exc).lower():
+                raise DimensionMismatch(str(exc)) from None
+            raise
+        out: list[list[Hit]] = []
+        for flat in replies:
+            flat = flat or []
+            # redis-py parses VSIM ... WITHSCORES into {id: score}; a raw reply is [id, score, ...].
+            pairs = (
+                list(flat.items())
+                if isinstance(flat, dict)
+                else list(zip(flat[::2], flat[1::2], strict=True))
+            )
+            hits = [(_text(m), 2 * float(s) - 1) for m, s in pairs]
+            out.append(sorted(hits, key=lambda h: h[1], reverse=True))
+        return out
