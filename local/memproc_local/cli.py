@@ -37,16 +37,23 @@ def _progress_printer() -> Any:
 
 
 def cmd_process(args: argparse.Namespace) -> int:
+    """Drain once, or forever every PROCESSING_INTERVAL_SECONDS; a store outage is waited out with
+    backoff, as the scheduled Lambda would simply run again (leases make it safe)."""
+    from dataclasses import asdict
+
+    from memproc.dal.connection import StoreError
     from memproc.processor import build_processor
 
-    overrides: dict[str, Any] = {
-        "processing_interval_seconds": args.interval,
-        "raw_retention_days": args.retention_days,
+    # Flags override the environment only when given: one source of truth for each setting.
+    overrides = {
+        name: value
+        for name, value in (
+            ("processing_interval_seconds", args.interval),
+            ("batch_size", args.batch_size),
+            ("concurrency", args.concurrency),
+        )
+        if value is not None
     }
-    if args.batch_size:
-        overrides["batch_size"] = args.batch_size
-    if args.concurrency:
-        overrides["concurrency"] = args.concurrency
     settings = load_settings(**overrides)
     processor = build_processor(settings)
     stop = threading.Event()
@@ -55,29 +62,30 @@ def cmd_process(args: argparse.Namespace) -> int:
         f"memproc process: provider={processor.provider.name} model={processor.provider.chat_model} "
         f"concurrency={settings.concurrency} batch={settings.batch_size} "
         f"interval={settings.processing_interval_seconds}s "
-        f"retention={settings.raw_retention_days}d",
+        f"retention={settings.raw_retention_days}d (RAW_RETENTION_DAYS)",
         file=sys.stderr,
     )
+    backoff = 0.0
     try:
         while True:
-            report = processor.drain(stop=stop, progress=progress, max_items=args.max_items)
+            try:
+                report = processor.drain(stop=stop, progress=progress, max_items=args.max_items)
+            except StoreError as exc:
+                if args.run_once:
+                    raise
+                backoff = min(30.0, max(0.5, backoff * 2))
+                logging.getLogger("memproc.process").warning(
+                    "the store is unavailable (%s); trying again in %.1f s", exc, backoff
+                )
+                if stop.wait(backoff):
+                    return 0
+                continue
+            backoff = 0.0
             if progress:
                 sys.stderr.write("\n")
-            print(
-                json.dumps(
-                    {
-                        "processed": report.processed,
-                        "retried": report.retried,
-                        "dead": report.dead,
-                        "reaped": report.reaped,
-                        "memories_created": report.memories_created,
-                        "memories_merged": report.memories_merged,
-                        "seconds": round(report.seconds, 3),
-                        "rate_per_second": round(report.rate, 3) if report.rate else None,
-                    }
-                ),
-                flush=True,
-            )
+            summary = {**asdict(report), "seconds": round(report.seconds, 3)}
+            summary["rate_per_second"] = round(report.rate, 3) if report.rate else None
+            print(json.dumps(summary), flush=True)
             if args.run_once or stop.wait(settings.processing_interval_seconds):
                 return 0
     except KeyboardInterrupt:
@@ -215,10 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("process", help="drain the queue: once, or every --interval seconds")
     p.add_argument("--run-once", action="store_true", help="drain once and exit")
     p.add_argument(
-        "--interval", type=int, default=60, metavar="SECONDS", help="seconds between runs (default 60)"
-    )
-    p.add_argument(
-        "--retention-days", type=int, default=30, metavar="N", help="raw transcript retention (default 30)"
+        "--interval",
+        type=int,
+        default=None,
+        metavar="SECONDS",
+        help="seconds between runs (default PROCESSING_INTERVAL_SECONDS)",
     )
     p.add_argument(
         "--batch-size", type=int, default=None, help="items claimed per Redis call (default BATCH_SIZE)"
