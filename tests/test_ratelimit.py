@@ -102,3 +102,33 @@ def test_a_burst_of_bookings_keeps_every_window_within_both_limits(r: redis.Redi
         in_window = [b for b, at in times.items() if t - limits.window < at <= t]
         assert sum(costs[b] for b in in_window) <= limits.tokens
     assert len(times) == 40 and max(times.values()) - min(times.values()) < 40 * limits.window
+
+
+# --- the queue ----------------------------------------------------------------------------------
+
+
+def test_a_rate_limited_try_gives_its_attempt_back_and_is_never_dead_lettered(
+    env: pytest.MonkeyPatch, r: redis.Redis
+) -> None:
+    from memproc import submissions
+    from memproc.dal import queue
+    from memproc.schemas.requests import StoreRawRequest
+    from memproc.settings import load_settings
+
+    settings = load_settings(max_attempts=1, retry_base_seconds=0, retry_max_seconds=0)
+    req = StoreRawRequest(session_data="user: I like tea.", session_id="s-1")
+    raw_id = submissions.submit(get_store(), settings, "user1", req).raw_memory_id
+    key = keys.VectorstoreKeys("user1").raw(raw_id)
+    for _ in range(3):  # more rate-limited tries than MAX_ATTEMPTS allows attempts
+        (item,) = queue.claim(get_store(), settings, 1).items
+        assert item.attempt == 1
+        outcome, _ = queue.fail(get_store(), settings, item, "429", retryable=True, counts_attempt=False)
+        assert outcome == "retry" and r.hget(key, "processing_attempts") == "0"
+    # With the limit's wait it waits exactly that, not the (here 30 s) backoff of an error.
+    backoff = load_settings(max_attempts=1, retry_base_seconds=30, retry_max_seconds=30)
+    (item,) = queue.claim(get_store(), backoff, 1).items
+    outcome, delay = queue.fail(
+        get_store(), backoff, item, "429", retryable=True, min_delay=2.5, counts_attempt=False
+    )
+    assert (outcome, delay) == ("retry", 2.5) and r.hget(key, "status") == "queued"
+    assert r.hget(key, "processing_attempts") == "0"
