@@ -1,17 +1,34 @@
-"""The shared LLM rate limit: the Redis-side limiter against real Redis."""
+"""The shared LLM rate limit: the Redis-side limiter (real Redis), the AIMD gate, and processors
+that keep within a limit together, the real openai client talking to a fake server that enforces
+the limit itself and records when each request arrived."""
 
 from __future__ import annotations
+
+import json
+import threading
+from typing import Any
 
 import pytest
 import redis
 
-from memproc import keys
-from memproc.dal import ratelimit
+from memproc import keys, submissions
+from memproc.dal import queue, ratelimit
 from memproc.dal.connection import get_store
 from memproc.dal.ratelimit import Limits
+from memproc.llm import RateLimitedLLMError
+from memproc.llm.gate import AIMD, Budget, Gate, chat_scope, within
+from memproc.llm.gated_http import OUTPUT_TOKENS, estimate_tokens, used_tokens
+from memproc.processor import build_processor
+from memproc.schemas.requests import StoreRawRequest
+from memproc.settings import get_settings, load_settings
+from tests.chats import sessions
 from tests.fake_openai import max_in_window
+from tests.memory_helpers import store
+from tests.redis_server import RedisServer
+from tests.test_processor_crash import run_processor
 
 SCOPE = "chat:test-model"
+CHAT = "user: I live in Porto and I prefer green tea.\n"
 
 
 def booked(r: redis.Redis, scope: str = SCOPE) -> dict[str, float]:
@@ -27,6 +44,18 @@ def held(r: redis.Redis, scope: str = SCOPE) -> dict[str, int]:
 def redis_now(r: redis.Redis) -> float:
     seconds, micros = r.time()
     return seconds + micros / 1e6
+
+
+def drain_until_done(processor: Any, r: redis.Redis, rounds: int = 5) -> list[Any]:
+    """Drain, and again once the queue's next item is due (what the next schedule tick does)."""
+    reports = [processor.drain()]
+    for _ in range(rounds - 1):
+        head = r.zrange(keys.RAW_MEMORY_QUEUE, 0, 0, withscores=True)
+        if not head:
+            break
+        threading.Event().wait(max(0.0, head[0][1] - redis_now(r)))
+        reports.append(processor.drain())
+    return reports
 
 
 # --- the limiter in Redis -----------------------------------------------------------------------
@@ -104,17 +133,57 @@ def test_a_burst_of_bookings_keeps_every_window_within_both_limits(r: redis.Redi
     assert len(times) == 40 and max(times.values()) - min(times.values()) < 40 * limits.window
 
 
+# --- AIMD ---------------------------------------------------------------------------------------
+
+
+def test_a_429_halves_the_in_flight_limit_once_for_the_requests_then_in_flight() -> None:
+    gate, budget = AIMD("chat:m", step=3), Budget()
+    generations = [gate.acquire(budget) for _ in range(8)]
+    assert gate.limit is None and gate.in_flight == 8
+    gate.release(generations[0], "throttled")
+    assert gate.limit == 4  # half of the 8 that were in flight
+    for g in generations[1:5]:
+        gate.release(g, "throttled")  # in flight before the decrease: no further halving
+    assert gate.limit == 4 and gate.in_flight == 3
+    g = gate.acquire(budget)
+    gate.release(g, "throttled")  # a request admitted under the new limit halves it again
+    assert gate.limit == 2
+
+
+def test_successes_grow_the_limit_back_one_at_a_time_until_unlimited() -> None:
+    gate, budget = AIMD("chat:m", step=2), Budget()
+    generations = [gate.acquire(budget) for _ in range(4)]
+    gate.release(generations[0], "throttled")
+    assert gate.limit == 2  # half of the 4 in flight
+    gate.release(generations[1], "ok")
+    assert gate.limit == 2
+    gate.release(generations[2], "ok")
+    assert gate.limit == 3  # +1 per 2 successes
+    gate.release(generations[3], "ok")
+    gate.release(gate.acquire(budget), "ok")
+    assert gate.limit is None  # back at the most it ever had in flight (4): unlimited again
+
+
+def test_a_full_gate_gives_up_when_the_budget_is_spent() -> None:
+    gate = AIMD("chat:m")
+    generations = [gate.acquire(Budget()) for _ in range(2)]
+    gate.release(generations[0], "throttled")
+    assert gate.limit == 1 and gate.in_flight == 1
+    spent = Budget(remaining=lambda: 3.0, reserve=5.0)
+    with pytest.raises(RateLimitedLLMError):
+        gate.acquire(spent)
+    stopped = threading.Event()
+    stopped.set()
+    with pytest.raises(RateLimitedLLMError):
+        gate.acquire(Budget(stop=stopped))
+
+
 # --- the queue ----------------------------------------------------------------------------------
 
 
 def test_a_rate_limited_try_gives_its_attempt_back_and_is_never_dead_lettered(
     env: pytest.MonkeyPatch, r: redis.Redis
 ) -> None:
-    from memproc import submissions
-    from memproc.dal import queue
-    from memproc.schemas.requests import StoreRawRequest
-    from memproc.settings import load_settings
-
     settings = load_settings(max_attempts=1, retry_base_seconds=0, retry_max_seconds=0)
     req = StoreRawRequest(session_data="user: I like tea.", session_id="s-1")
     raw_id = submissions.submit(get_store(), settings, "user1", req).raw_memory_id
@@ -132,3 +201,136 @@ def test_a_rate_limited_try_gives_its_attempt_back_and_is_never_dead_lettered(
     )
     assert (outcome, delay) == ("retry", 2.5) and r.hget(key, "status") == "queued"
     assert r.hget(key, "processing_attempts") == "0"
+
+
+# --- the gate around the real openai client -----------------------------------------------------
+
+
+def test_estimates_and_usage_read_from_the_request_and_the_answer() -> None:
+    assert estimate_tokens("embeddings", b"x" * 401) == 101
+    assert estimate_tokens("chat", b"x" * 400) == 100 + OUTPUT_TOKENS
+    assert estimate_tokens("chat", b'{"max_completion_tokens": 300, "m": 1}') == 10 + 300
+    answer = b'{"data": [{"embedding": "AAAA"}], "usage": {"prompt_tokens": 7, "total_tokens": 7}}'
+    assert used_tokens(answer) == 7
+    assert used_tokens(b'{"usage": {"prompt_tokens": 3, "completion_tokens": 4}}') == 7
+    assert used_tokens(b'{"data": []}') is None
+
+
+def test_every_request_is_booked_and_corrected_to_the_usage_the_provider_reported(
+    fake_llm: Any, r: redis.Redis
+) -> None:
+    settings = load_settings(
+        llm_requests_per_minute=1000,
+        llm_tokens_per_minute=10_000_000,
+        embedding_requests_per_minute=1000,
+        embedding_tokens_per_minute=10_000_000,
+    )
+    for i in range(3):
+        store("user1", CHAT + f"user: My locker number is {i}.\n", f"s-{i}")
+    fake_llm.reset()
+    report = build_processor(settings).drain()
+    assert report.processed == 3 and report.rate_limit_waits == 0
+    chat, emb = chat_scope(settings.llm_model), f"embeddings:{settings.embedding_model}"
+    assert len(booked(r, chat)) == fake_llm.chat_calls == 3
+    assert len(booked(r, emb)) == fake_llm.embedding_calls
+    # Each booking now holds what its answer's usage said (prompt + completion tokens).
+    assert held(r, chat)["#total"] + held(r, emb)["#total"] == fake_llm.tokens_in + fake_llm.tokens_out
+
+
+def test_a_wait_past_the_time_budget_sends_the_item_back_without_spending_an_attempt(
+    fake_llm: Any, r: redis.Redis
+) -> None:
+    settings = load_settings(llm_requests_per_minute=1, max_attempts=1, llm_timeout_seconds=2)
+    res = store("user1", CHAT, "s-1")
+    scope = chat_scope(settings.llm_model)
+    ratelimit.reserve(get_store(), scope, "other", 1, Limits(1, 0, 60.0))  # another processor's
+    fake_llm.reset()
+    report = build_processor(settings).drain(remaining_seconds=lambda: 30.0)
+    assert report.rate_limit_deferred == 1 and report.retried == 1 and report.dead == 0
+    assert fake_llm.chat_calls == 0  # nothing was sent past the limit
+    raw = r.hgetall(keys.VectorstoreKeys("user1").raw(res["raw_memory_id"]))
+    assert raw["status"] == "queued" and raw["processing_attempts"] == "0"
+    assert "shared rate limit" in raw["last_error"]
+    due = float(raw["next_attempt_at"]) - redis_now(r)
+    assert 59 < due <= 61  # when the other's request leaves the window (60 s + the 1 s margin)
+    assert list(booked(r, scope)) == ["other"]
+
+
+def test_a_stopped_drain_gives_its_booking_back(fake_llm: Any, r: redis.Redis) -> None:
+    settings = load_settings(llm_requests_per_minute=1)
+    g = Gate.from_settings(get_store(), settings)
+    scope = chat_scope(settings.llm_model)
+    ratelimit.reserve(get_store(), scope, "other", 1, Limits(1, 0, 60.0))
+    budget = Budget(stop=threading.Event())
+    budget.stop.set()
+    with pytest.raises(RateLimitedLLMError) as info, within(budget), g.request(scope, 10):
+        raise AssertionError("a stopped drain sends nothing")
+    assert info.value.retry_after is not None and info.value.retry_after > 55
+    assert list(booked(r, scope)) == ["other"]  # the booking it made was given back
+
+
+def test_a_429_costs_no_attempt_and_is_counted(fake_llm: Any, r: redis.Redis) -> None:
+    res = store("user1", CHAT, "s-1")
+    fake_llm.fail_next("429", path="chat", retry_after_ms=1)
+    reports = drain_until_done(build_processor(load_settings(max_attempts=1, llm_max_retries=0)), r)
+    assert sum(x.llm_throttled for x in reports) == 1 and sum(x.retried for x in reports) == 1
+    assert sum(x.processed for x in reports) == 1 and sum(x.dead for x in reports) == 0
+    raw = r.hgetall(keys.VectorstoreKeys("user1").raw(res["raw_memory_id"]))
+    assert raw["status"] == "processed" and raw["processing_attempts"] == "1"
+
+
+# --- processors together ------------------------------------------------------------------------
+
+
+def submit(n: int, vectorstores: int) -> list[tuple[str, str]]:
+    settings = get_settings()
+    out = []
+    for i, text in enumerate(sessions(n, seed=13)):
+        vs = f"rl{i % vectorstores:02d}"
+        req = StoreRawRequest(session_data=text, session_id=f"s-{i}")
+        out.append((vs, submissions.submit(get_store(), settings, vs, req).raw_memory_id))
+    return out
+
+
+def test_four_processors_together_never_exceed_the_limit(
+    fake_llm: Any, r: redis.Redis, redis_server: RedisServer, env: pytest.MonkeyPatch
+) -> None:
+    """Four `memproc process` processes share the limit; the fake server, which enforces the same
+    limit, counts the requests of every window it saw, and never needs to refuse one. (The
+    margin is generous for a one-second window: on a busy 2-core machine a process may wait that
+    long for a CPU between its booking and its request.)"""
+    window, chat_limit, embedding_limit = 1.0, 4, 6
+    for name, value in {
+        "LLM_REQUESTS_PER_MINUTE": chat_limit,
+        "EMBEDDING_REQUESTS_PER_MINUTE": embedding_limit,
+        "LLM_RATE_WINDOW_SECONDS": window,
+        "LLM_RATE_MARGIN_SECONDS": 0.5,
+        "LLM_TIMEOUT_SECONDS": 10,
+    }.items():
+        env.setenv(name, str(value))
+    items = submit(12, vectorstores=6)
+    fake_llm.latency = 0.05
+    fake_llm.limit_rate(chat_limit, window, path="chat")
+    fake_llm.limit_rate(embedding_limit, window, path="embeddings")
+    fake_llm.reset()
+    workers = [run_processor(redis_server, fake_llm, "--concurrency", "3") for _ in range(4)]
+    reports = []
+    for w in workers:
+        out, err = w.communicate(timeout=120)
+        assert w.returncode == 0, err
+        reports.append(json.loads(out.strip().splitlines()[-1]))
+
+    arrivals = fake_llm.arrivals
+    chat = [a.at for a in arrivals if a.endpoint == "chat"]
+    embeddings = [a.at for a in arrivals if a.endpoint == "embeddings"]
+    assert len(chat) == 12
+    assert max_in_window(chat, window) <= chat_limit
+    assert max_in_window(embeddings, window) <= embedding_limit
+    assert fake_llm.throttled == 0  # the limiter alone kept them within it
+    assert sum(rep["processed"] for rep in reports) == 12
+    assert sum(rep["dead"] + rep["retried"] for rep in reports) == 0
+    assert sum(rep["rate_limit_waits"] for rep in reports) > 0  # the limit did bind
+    for vs, raw_id in items:
+        assert r.hget(keys.VectorstoreKeys(vs).raw(raw_id), "status") == "processed"
+    for key in (keys.RAW_MEMORY_QUEUE, keys.INFLIGHT, keys.DEAD):
+        assert r.zcard(key) == 0

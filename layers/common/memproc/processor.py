@@ -23,7 +23,7 @@ from memproc import __version__, reconcile
 from memproc.dal import queue as q
 from memproc.dal import reads
 from memproc.dal.connection import Store, StoreError
-from memproc.llm import Extraction, LLMError, LLMProvider, RetryableLLMError, Usage
+from memproc.llm import Extraction, LLMError, LLMProvider, RetryableLLMError, Usage, gate
 from memproc.llm.schema import Candidate
 from memproc.settings import Settings
 from memproc.timeutil import session_time
@@ -56,6 +56,13 @@ class DrainReport:
     tokens_in: int = 0
     tokens_out: int = 0
     seconds: float = 0.0
+    # Rate limiting (llm/gate.py): LLM requests that waited for the shared limit and how long in
+    # all, items sent back to the queue because the wait would outlast the invocation, and the
+    # 429s the provider answered (the SDK's own retries included).
+    rate_limit_waits: int = 0
+    rate_limit_wait_seconds: float = 0.0
+    rate_limit_deferred: int = 0
+    llm_throttled: int = 0
 
     @property
     def handled(self) -> int:
@@ -123,6 +130,7 @@ class Processor:
                 f"{type(exc).__name__}: {exc}",
                 retryable=exc.retryable,
                 min_delay=exc.retry_after or 0.0,
+                counts_attempt=exc.counts_attempt,
             )
             outcome = Outcome(item, result, error=str(exc))
         except Exception as exc:  # a bug or an outage: retried, and dead after the last attempt
@@ -261,6 +269,11 @@ class Processor:
         """Everything the item produced, and its ack, in one atomic call fenced by its token."""
         return q.commit(self.store, item, payload, vectors)
 
+    def _process_within(self, budget: gate.Budget, item: q.Claim) -> Outcome:
+        """`process` on a worker thread, its LLM requests waiting within the drain's budget."""
+        with gate.within(budget):
+            return self.process(item)
+
     def drain(
         self,
         *,
@@ -280,6 +293,9 @@ class Processor:
         batch_size = batch_size or self.settings.batch_size
         report = DrainReport()
         started = time.monotonic()
+        # What an item's LLM requests may wait for the shared rate limit: never past this drain's
+        # time budget (less one LLM timeout for the request itself) and not once `stop` is set.
+        budget = gate.Budget(remaining_seconds, stop or threading.Event(), self.settings.llm_timeout_seconds)
         policy = q.heartbeat(self.store, self.settings, __version__, starting=True)
         if policy != "noeviction":
             log.warning(
@@ -330,7 +346,7 @@ class Processor:
                     report.lost += batch.lost
                     claimed_at = time.monotonic()
                     for item in batch.items:
-                        running[pool.submit(self.process, item)] = (item, claimed_at)
+                        running[pool.submit(self._process_within, budget, item)] = (item, claimed_at)
                     empty_at = report.handled if len(batch.items) < want else None
                 if not running:
                     if empty_at is None and may_claim():
@@ -347,6 +363,7 @@ class Processor:
                 if progress:
                     progress(report)
         report.seconds = time.monotonic() - started
+        _add_rate_stats(report, budget.stats)
         # A drain of 50+ sessions replaces the measured rate; smaller ones nudge it.
         q.heartbeat(
             self.store, self.settings, __version__, rate=report.rate, weight=min(1.0, report.processed / 50)
@@ -354,9 +371,18 @@ class Processor:
         return report
 
 
-def build_processor(settings: Settings) -> Processor:
-    """The processor with this process's Redis clients and the configured LLM provider."""
+def _add_rate_stats(report: DrainReport, stats: gate.RateStats) -> None:
+    report.rate_limit_waits = stats.waits
+    report.rate_limit_wait_seconds = round(stats.wait_seconds, 3)
+    report.rate_limit_deferred = stats.deferred
+    report.llm_throttled = stats.throttled
+
+
+def build_processor(settings: Settings, store: Store | None = None) -> Processor:
+    """The processor with this process's Redis clients (or `store`) and the configured LLM
+    provider, whose requests pass this processor's rate-limit gate."""
     from memproc.dal.connection import get_store
     from memproc.llm import make_provider
 
-    return Processor(get_store(settings), settings, make_provider(settings))
+    store = store or get_store(settings)
+    return Processor(store, settings, make_provider(settings, gate.Gate.from_settings(store, settings)))
