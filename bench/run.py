@@ -33,7 +33,7 @@ from bench.common import (
     table,
 )
 
-SECTIONS = ("ingest", "process", "query", "coldstart", "storage", "fairness")
+SECTIONS = ("ingest", "process", "query", "coldstart", "storage", "fairness", "scale")
 
 
 def _clean(value: Any) -> Any:
@@ -134,6 +134,15 @@ def _parameters(meta: dict[str, Any], sections: dict[str, dict[str, Any]]) -> li
                 "fairness",
                 f"flood {d['flood']:,} sessions, {d['small']} x {d['per_small']} small; "
                 f"concurrency {d['concurrency']}; fake LLM {d['latency'] * 1000:.0f} ms",
+            ]
+        )
+    if d := data("scale"):
+        rows.append(
+            [
+                "scale",
+                f"{d['sessions']:,} sessions over {d['vectorstores']} vectorstores; "
+                f"{', '.join(map(str, d['processors']))} processes x concurrency {d['concurrency']}; fake "
+                f"LLM {d['latency']:g} s; limit {d['limit']} chat requests per {d['window']:g} s",
             ]
         )
     return rows
