@@ -61,15 +61,17 @@ def drain_until_done(processor: Any, r: redis.Redis, rounds: int = 5) -> list[An
 # --- the limiter in Redis -----------------------------------------------------------------------
 
 
-def test_requests_past_the_limit_are_booked_when_the_oldest_leaves_the_window(r: redis.Redis) -> None:
-    limits = Limits(requests=3, tokens=0, window=10.0)
-    first = [ratelimit.reserve(get_store(), SCOPE, f"b{i}", 1, limits) for i in range(3)]
-    assert all(b.booked and b.wait == 0 for b in first)
-    late = ratelimit.reserve(get_store(), SCOPE, "b3", 1, limits)
-    assert late.booked and 0 < late.wait <= 10.0
+def test_requests_are_spread_over_the_window_and_wait_for_the_oldest_to_leave(r: redis.Redis) -> None:
+    limits = Limits(requests=4, tokens=0, window=10.0)
+    waits = [ratelimit.reserve(get_store(), SCOPE, f"b{i}", 1, limits).wait for i in range(6)]
     times = booked(r)
-    assert times["b3"] == pytest.approx(times["b0"] + 10.0, abs=1e-6)  # when b0 leaves the window
-    assert late.wait == pytest.approx(times["b3"] - redis_now(r), abs=0.5)
+    assert waits[0] == 0
+    for i in range(1, 4):  # paced: one per window / limit
+        assert times[f"b{i}"] == pytest.approx(times[f"b{i - 1}"] + 2.5, abs=1e-6)
+    # The window holds 4: the fifth goes when the first has left it, the sixth when the second has.
+    assert times["b4"] == pytest.approx(times["b0"] + 10.0, abs=1e-6)
+    assert times["b5"] == pytest.approx(times["b1"] + 10.0, abs=1e-6)
+    assert waits[5] == pytest.approx(times["b5"] - redis_now(r), abs=0.5)
 
 
 def test_a_wait_past_the_budget_books_nothing_and_says_how_long(r: redis.Redis) -> None:
@@ -98,9 +100,11 @@ def test_tokens_are_booked_then_corrected_to_what_the_answer_used(r: redis.Redis
 def test_a_cancelled_booking_gives_its_place_back(r: redis.Redis) -> None:
     s, limits = get_store(), Limits(requests=2, tokens=50, window=10.0)
     ratelimit.reserve(s, SCOPE, "a", 30, limits)
-    ratelimit.reserve(s, SCOPE, "b", 10, limits)
+    ratelimit.reserve(s, SCOPE, "b", 10, limits)  # paced: 5 s after a
+    place = booked(r)["b"]
     assert ratelimit.cancel(s, SCOPE, "b")
-    assert ratelimit.reserve(s, SCOPE, "c", 20, limits).wait == 0  # b's request and tokens are free
+    ratelimit.reserve(s, SCOPE, "c", 20, limits)  # b's place and tokens (a + 20 = the 50 allowed)
+    assert booked(r)["c"] == pytest.approx(place, abs=1e-6)
     assert held(r) == {"a": 30, "c": 20, "#total": 50}
     assert not ratelimit.settle(s, SCOPE, "b", 5)  # nothing left to correct
 
@@ -219,12 +223,7 @@ def test_estimates_and_usage_read_from_the_request_and_the_answer() -> None:
 def test_every_request_is_booked_and_corrected_to_the_usage_the_provider_reported(
     fake_llm: Any, r: redis.Redis
 ) -> None:
-    settings = load_settings(
-        llm_requests_per_minute=1000,
-        llm_tokens_per_minute=10_000_000,
-        embedding_requests_per_minute=1000,
-        embedding_tokens_per_minute=10_000_000,
-    )
+    settings = load_settings(llm_tokens_per_minute=10_000_000, embedding_tokens_per_minute=10_000_000)
     for i in range(3):
         store("user1", CHAT + f"user: My locker number is {i}.\n", f"s-{i}")
     fake_llm.reset()

@@ -5,7 +5,10 @@
 -- Bookings are made in time order: a request that cannot go now is booked at the first moment it
 -- may (when enough older bookings have left the window), and its caller sleeps until then. So the
 -- invariant holds by induction (every booking sees all earlier ones), waiting callers are served
--- first come first served, and nobody polls.
+-- first come first served, and nobody polls. Requests are also paced, one per window / limit:
+-- the limit is spread over the window rather than spent in bursts (a provider may enforce a
+-- minute's limit over shorter periods, and a burst of wake-ups delays its last requests), which
+-- costs a backlog nothing: it gets the limit per window either way.
 -- KEYS (one hash slot, so no cross-slot flag): the log (zset id -> booked time) and its tokens
 -- (hash id -> tokens, plus RL_TOTAL, their sum).
 
@@ -59,7 +62,10 @@ redis.register_function{function_name = 'ratelimit_reserve___VERSION__', callbac
   rl_trim(log, held, now - window)
   local at = now
   local last = redis.call('ZRANGE', log, -1, -1, 'WITHSCORES')
-  if #last > 0 then at = math.max(at, tonumber(last[2])) end  -- bookings stay in time order
+  if #last > 0 then
+    at = math.max(at, tonumber(last[2]))  -- bookings stay in time order
+    if max_requests > 0 then at = math.max(at, tonumber(last[2]) + window / max_requests) end
+  end
   local n = redis.call('ZCARD', log)
   if max_requests > 0 and n >= max_requests then
     -- The booking max_requests places back must leave the window first.
