@@ -37,8 +37,9 @@ def booked(r: redis.Redis, scope: str = SCOPE) -> dict[str, float]:
 
 
 def held(r: redis.Redis, scope: str = SCOPE) -> dict[str, int]:
+    """Tokens per booking and their #total (without the pacing's #tat)."""
     _, tokens = keys.rate_limit(scope)
-    return {k: int(v) for k, v in r.hgetall(tokens).items()}
+    return {k: int(v) for k, v in r.hgetall(tokens).items() if k != "#tat"}
 
 
 def redis_now(r: redis.Redis) -> float:
@@ -72,6 +73,15 @@ def test_requests_are_spread_over_the_window_and_wait_for_the_oldest_to_leave(r:
     assert times["b4"] == pytest.approx(times["b0"] + 10.0, abs=1e-6)
     assert times["b5"] == pytest.approx(times["b1"] + 10.0, abs=1e-6)
     assert waits[5] == pytest.approx(times["b5"] - redis_now(r), abs=0.5)
+
+
+def test_a_tenth_of_the_limit_may_go_at_once_then_one_per_interval(r: redis.Redis) -> None:
+    limits = Limits(requests=20, tokens=0, window=10.0)  # one per 0.5 s, two at once
+    waits = [ratelimit.reserve(get_store(), SCOPE, f"b{i}", 1, limits).wait for i in range(4)]
+    times = booked(r)
+    assert waits[:2] == [0.0, 0.0]
+    assert times["b2"] == pytest.approx(times["b0"] + 0.5, abs=1e-6)
+    assert times["b3"] == pytest.approx(times["b2"] + 0.5, abs=1e-6)
 
 
 def test_a_wait_past_the_budget_books_nothing_and_says_how_long(r: redis.Redis) -> None:
@@ -110,7 +120,7 @@ def test_a_cancelled_booking_gives_its_place_back(r: redis.Redis) -> None:
 
 
 def test_bookings_that_left_the_window_are_forgotten_and_the_keys_expire(r: redis.Redis) -> None:
-    s, limits = get_store(), Limits(requests=2, tokens=100, window=10.0)
+    s, limits = get_store(), Limits(requests=0, tokens=100, window=10.0)
     log, tokens = keys.rate_limit(SCOPE)
     ratelimit.reserve(s, SCOPE, "old", 90, limits)
     r.zadd(log, {"old": float(r.time()[0]) - 11})  # booked 11 s ago: out of every window to come

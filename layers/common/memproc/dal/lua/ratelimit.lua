@@ -5,15 +5,18 @@
 -- Bookings are made in time order: a request that cannot go now is booked at the first moment it
 -- may (when enough older bookings have left the window), and its caller sleeps until then. So the
 -- invariant holds by induction (every booking sees all earlier ones), waiting callers are served
--- first come first served, and nobody polls. Requests are also paced, one per window / limit:
--- the limit is spread over the window rather than spent in bursts (a provider may enforce a
--- minute's limit over shorter periods, and a burst of wake-ups delays its last requests), which
--- costs a backlog nothing: it gets the limit per window either way.
+-- first come first served, and nobody polls. Requests are also paced (GCRA, one per window /
+-- limit, a tenth of the limit ahead at most): the limit is spread over the window rather than
+-- spent in bursts (a provider may enforce a minute's limit over shorter periods, and a burst of
+-- wake-ups delays its last requests), a request that came late may catch up, and a backlog still
+-- gets the whole limit per window.
 -- KEYS (one hash slot, so no cross-slot flag): the log (zset id -> booked time) and its tokens
 -- (hash id -> tokens, plus RL_TOTAL, their sum).
 
 local RL_TOTAL = '#total'
+local RL_TAT = '#tat'  -- the pacing's theoretical arrival time
 local RL_BATCH = 256
+local RL_SLICES = 10  -- pacing lets a tenth of the limit go at once
 
 -- Forget bookings that left every window still to come (booked at or before `before`).
 local function rl_trim(log, held, before)
@@ -62,9 +65,13 @@ redis.register_function{function_name = 'ratelimit_reserve___VERSION__', callbac
   rl_trim(log, held, now - window)
   local at = now
   local last = redis.call('ZRANGE', log, -1, -1, 'WITHSCORES')
-  if #last > 0 then
-    at = math.max(at, tonumber(last[2]))  -- bookings stay in time order
-    if max_requests > 0 then at = math.max(at, tonumber(last[2]) + window / max_requests) end
+  if #last > 0 then at = math.max(at, tonumber(last[2])) end  -- bookings stay in time order
+  local interval, tat = 0, nil
+  if max_requests > 0 then
+    interval = window / max_requests
+    tat = tonumber(redis.call('HGET', held, RL_TAT) or '')
+    local ahead = (math.ceil(max_requests / RL_SLICES) - 1) * interval
+    if tat then at = math.max(at, tat - ahead) end
   end
   local n = redis.call('ZCARD', log)
   if max_requests > 0 and n >= max_requests then
@@ -80,6 +87,9 @@ redis.register_function{function_name = 'ratelimit_reserve___VERSION__', callbac
   local wait = at - now
   if wait > max_wait then return {0, string.format('%.6f', wait)} end
   redis.call('ZADD', log, at, id)
+  if interval > 0 then
+    redis.call('HSET', held, RL_TAT, string.format('%.6f', math.max(tat or at, at) + interval))
+  end
   redis.call('HSET', held, id, cost)
   redis.call('HINCRBY', held, RL_TOTAL, cost)
   -- Both keys outlive their last booking's window, so an idle limiter leaves nothing behind.
@@ -97,9 +107,15 @@ redis.register_function{function_name = 'ratelimit_settle___VERSION__', callback
   local booked = tonumber(redis.call('HGET', held, id) or '')
   if not booked then return 0 end
   if used < 0 then
+    local at = redis.call('ZSCORE', log, id)
     redis.call('ZREM', log, id)
     redis.call('HDEL', held, id)
     redis.call('HINCRBY', held, RL_TOTAL, -booked)
+    -- The latest booking gives its place in the pacing back too.
+    if at and redis.call('HEXISTS', held, RL_TAT) == 1
+        and #redis.call('ZRANGE', log, at, '+inf', 'BYSCORE', 'LIMIT', 0, 1) == 0 then
+      redis.call('HSET', held, RL_TAT, at)
+    end
   else
     redis.call('HSET', held, id, used)
     redis.call('HINCRBY', held, RL_TOTAL, used - booked)
