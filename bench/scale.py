@@ -216,26 +216,7 @@ def run(cfg: Config) -> SectionResult:
         for p in PROCESSORS:
             data["points"][str(p)] = _point(ctx, n, p)
     plots = [_plot(cfg, data)]
-    four = data["points"]["4"]
-    within = four["steady"] >= 0.9 * _limit_rate()
-    never_above = max(pt["max_in_window"] for pt in data["points"].values()) <= LIMIT
-    targets = [
-        Target(
-            f"4 processors under a shared limit of {LIMIT} chat requests / {WINDOW:g} s "
-            f"(= {_limit_rate():g}/s), fake LLM {LATENCY:g} s, {n:,} sessions",
-            "within 10% of the limit, never above it",
-            f"{num(four['steady'])} sessions/s = {four['steady'] / _limit_rate() * 100:.0f}% of the limit; "
-            f"max {four['max_in_window']} requests in any window",
-            within and never_above and four["throttled"] == 0,
-            "; ".join(
-                f"{pt['processors']} processor(s): {num(pt['steady'])}/s = "
-                f"{pt['efficiency'] * 100:.0f}% of ideal {num(pt['ideal'])}/s"
-                for pt in data["points"].values()
-            )
-            + f". The limiter's window is {MARGIN:g} s longer (LLM_RATE_MARGIN_SECONDS): at most "
-            f"{WINDOW / (WINDOW + MARGIN) * 100:.0f}% of the limit.",
-        )
-    ]
+    targets = _targets(data)
     return SectionResult(
         "scale",
         "7. Scale: processors sharing one rate limit",
@@ -245,6 +226,32 @@ def run(cfg: Config) -> SectionResult:
         targets,
         time.monotonic() - started,
     )
+
+
+def _targets(data: dict[str, Any]) -> list[Target]:
+    """Issue 13: with 4 processors and a shared limit, within 10% of the limit and never above it
+    (the most requests the fake server saw in any window, and none it had to refuse)."""
+    four, n = data["points"]["4"], data["sessions"]
+    within = four["steady"] >= 0.9 * _limit_rate()
+    never_above = four["max_in_window"] <= LIMIT and four["throttled"] == 0
+    others = "; ".join(
+        f"{pt['processors']} processor(s): {num(pt['steady'])}/s = {pt['efficiency'] * 100:.0f}% of ideal "
+        f"{num(pt['ideal'])}/s, max {pt['max_in_window']} per window, {pt['throttled']} refused"
+        for pt in data["points"].values()
+        if pt["processors"] != 4
+    )
+    return [
+        Target(
+            f"4 processors under a shared limit of {LIMIT} chat requests / {WINDOW:g} s "
+            f"(= {_limit_rate():g}/s), fake LLM {LATENCY:g} s, {n:,} sessions",
+            "within 10% of the limit, never above it",
+            f"{num(four['steady'])} sessions/s = {four['steady'] / _limit_rate() * 100:.0f}% of the limit; "
+            f"max {four['max_in_window']} requests in any window, {four['throttled']} refused",
+            within and never_above,
+            f"{others}. The limiter's window is {MARGIN:g} s longer (LLM_RATE_MARGIN_SECONDS): at most "
+            f"{WINDOW / (WINDOW + MARGIN) * 100:.0f}% of the limit.",
+        )
+    ]
 
 
 def _markdown(data: dict[str, Any]) -> str:
