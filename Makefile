@@ -39,7 +39,7 @@ test: $(STAMP) ## Set everything up and run the whole test suite against real se
 dev: $(STAMP) ## Set everything up; serve the API on http://localhost:5001 (PORT=...) with the processor running
 	MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh) $(VENV)/bin/memproc serve --port $(PORT)
 
-bench: $(STAMP) ## Benchmarks vs real Redis 8 + fake LLM -> bench/results/<date>/ (~8 min; FULL=1: larger sizes)
+bench: $(STAMP) ## Benchmarks vs real Redis 8 + fake LLM -> bench/results/<date>/ (~13 min; FULL=1: larger sizes)
 	MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh --binary) $(PY) -m bench.run $(if $(FULL),--full,)
 
 chaos: $(STAMP) ## Long chaos rounds: processors SIGKILLed, Redis restarted/frozen/squeezed (MEMPROC_CHAOS_SECONDS=120)
