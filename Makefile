@@ -42,8 +42,8 @@ dev: $(STAMP) ## Set everything up; serve the API on http://localhost:5001 (PORT
 bench: $(STAMP) ## Benchmarks vs real Redis 8 + fake LLM -> bench/results/<date>/ (~8 min; FULL=1: larger sizes)
 	MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh --binary) $(PY) -m bench.run $(if $(FULL),--full,)
 
-eval: $(STAMP) ## Memory quality: scripted cases through the real pipeline -> eval/results/<date>-naive.md/.json
-	MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh --binary) $(PY) -m eval.run --mode naive
+eval: $(STAMP) ## Memory quality, reconcile + naive-backstop modes -> eval/results/<date>-{reconcile,naive-backstop}.md/.json
+	MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh --binary) $(PY) -m eval.run
 
 # torch goes first and pinned: these machines keep the 2.13.0 CPU build on disk, and any other torch
 # request (sentence-transformers' own, unpinned) would pull a multi-GB CUDA build.
