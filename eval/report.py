@@ -153,6 +153,14 @@ def render_markdown(
             md_table(SWEEP_HEADERS, sweep_rows(sweep)),
             "",
         ]
+        if not any(s.backstop_confirms for s in sweep):
+            low = min(s.threshold for s in sweep)
+            out += [
+                "The backstop confirmed no add at any threshold: it judges an add only against the current "
+                f"memories the prompt did not show, and no add here came within {low:g} of one of those. "
+                "A model that ignores the shown memories gets no deduplication from the pipeline.",
+                "",
+            ]
     out += ["## Cosine similarity of the naive memory texts", "", similarity_table(cases, vectors), ""]
     return "\n".join(out)
 
