@@ -46,8 +46,8 @@ chaos: $(STAMP) ## Long chaos rounds: processors SIGKILLed, Redis restarted/froz
 	MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh --binary) MEMPROC_MODEL_EXAMPLES=$${MEMPROC_MODEL_EXAMPLES:-500} \
 	$(PY) -m pytest -q tests/test_queue_model.py && MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh --binary) $(PY) -m tests.chaos
 
-eval: $(STAMP) ## Memory quality: scripted cases through the real pipeline -> eval/results/<date>-naive.md/.json
-	MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh --binary) $(PY) -m eval.run --mode naive
+eval: $(STAMP) ## Memory quality, reconcile + naive-backstop modes -> eval/results/<date>-{reconcile,naive-backstop}.md/.json
+	MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh --binary) $(PY) -m eval.run
 
 # torch goes first and pinned: these machines keep the 2.13.0 CPU build on disk, and any other torch
 # request (sentence-transformers' own, unpinned) would pull a multi-GB CUDA build.
