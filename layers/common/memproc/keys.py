@@ -51,6 +51,8 @@ VECTORSTORE_KEYS: dict[str, str] = {
     "raw_index": "raw_index",
     "session_index": "session_index",
     "memory_index": "memory_index",
+    # "<memory id>:<seq>" -> the FP32 vector of a text an update replaced (named by its history entry).
+    "memory_versions": "memory_versions",
     "pending": "pending",
     "inflight": "inflight",
     "dead": "dead",
@@ -122,6 +124,10 @@ class VectorstoreKeys:
     @property
     def memory_index(self) -> str:
         return self._key("memory_index")
+
+    @property
+    def memory_versions(self) -> str:
+        return self._key("memory_versions")
 
     @property
     def pending(self) -> str:

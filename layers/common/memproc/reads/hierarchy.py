@@ -16,6 +16,7 @@ from memproc.dal import reads
 from memproc.dal.connection import Store
 from memproc.errors import InvalidInput
 from memproc.mappers import memory_view, raw_view, summary_view
+from memproc.records import MemoryRecord
 from memproc.schemas.requests import HierarchyQuery
 from memproc.schemas.responses import (
     DiscreteMemory,
@@ -48,6 +49,10 @@ class Position:
     score: float
     member: str
     tied: int = 1
+
+
+def _said_at(m: MemoryRecord) -> float:
+    return m.valid_from or m.created_at or 0.0
 
 
 def _filters_digest(vectorstore: str, q: HierarchyQuery) -> str:
@@ -174,8 +179,9 @@ def hierarchy(store: Store, vectorstore: str, q: HierarchyQuery) -> HierarchyRes
     discrete: list[DiscreteMemory] = []
     if "discrete" in fetch:
         ids = [mid for mid in fetch["discrete"] if mid in found.memories]  # skip erased ones
-        if sid:  # a session's memories come from its set: order, filter and page them here
-            rows = [(mid, found.memories[mid].created_at or 0.0) for mid in ids]
+        if sid:  # a session's memories come from its set: order, filter and page them here, by
+            # the time the memory index orders by (when it was said)
+            rows = [(mid, _said_at(found.memories[mid])) for mid in ids]
             rows = [row for row in rows if _in_range(row[1], q)]
             rows.sort(key=lambda row: (row[1], row[0]), reverse=True)
             page, next_pos["discrete"] = _page(rows, positions.get("discrete"), q.limit)

@@ -73,7 +73,10 @@ class ErrorResponse(BaseModel):
 class MemoryHistoryEntry(BaseModel):
     op: str = Field(description="confirm: restated; update: the text it replaced; retract: withdrawn")
     text: str | None = None
-    session_id: str | None = None
+    session_id: str | None = Field(None, description="The session that restated, updated or withdrew it")
+    stated_by: list[str] = Field(
+        default_factory=list, description="The sessions whose statement `text` is (an update's replaced text)"
+    )
     at: str | None = Field(None, description="When memproc processed it")
     valid_from: str | None = Field(None, description="The session's own time of the statement")
 
