@@ -1,6 +1,5 @@
 """Scheduled (EventBridge Scheduler): drain the queue within this invocation's time budget."""
 
-from dataclasses import asdict
 from typing import Any
 
 # The processor reaches the LLM through the openai SDK; importing it here, in Lambda's init phase,
@@ -37,6 +36,6 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     metrics.add_metric("RecordsLost", MetricUnit.Count, report.lost)
     metrics.add_metric("MemoriesCreated", MetricUnit.Count, report.memories_created)
     metrics.add_metric("LLMTokens", MetricUnit.Count, report.tokens_in + report.tokens_out)
-    summary = {**asdict(report), "rate_per_second": report.rate}
+    summary = report.summary()
     logger.info("queue drained", extra=summary)
     return summary
