@@ -11,7 +11,6 @@ import logging
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -24,9 +23,7 @@ from memproc.dal.connection import get_store
 from memproc.schemas.requests import StoreRawRequest
 from memproc.settings import get_settings
 from memproc_local.events import LambdaContext
-from memproc_local.handlers import load_handler
-from memproc_local.routing import Route
-from tests.redis_server import ROOT
+from tests.memory_helpers import process_queue_handler
 
 FUNCTION = "memproc-process-queue"
 TICK = {"source": "memproc.schedule", "detail-type": "Scheduled Event", "detail": {"task": "process_queue"}}
@@ -99,11 +96,7 @@ def handler(env: pytest.MonkeyPatch) -> Callable[..., dict[str, Any]]:
     env.setenv("MAX_PROCESSORS", "4")
     env.setenv("CONCURRENCY", "2")
     env.setenv("PROCESSING_INTERVAL_SECONDS", "60")
-    get_settings.cache_clear()
-    fn = load_handler(
-        Route("", "", "ProcessQueueFunction", Path("functions/process_queue"), "app.lambda_handler"), ROOT
-    )
-    env.setitem(fn.__globals__, "_processor", None)
+    fn = process_queue_handler(env)
 
     def invoke(event: dict[str, Any], *, timeout: float = 5) -> dict[str, Any]:
         # 5 s: the drain claims nothing (it keeps 10 s in hand), so only the fan-out is seen.
@@ -194,7 +187,7 @@ def test_a_tick_with_a_backlog_starts_marked_asynchronous_invocations_of_itself(
     # 4 processors of concurrency 2 busy; the limit is 4, this one included: 3 more.
     backlog(r, sessions=40, vectorstores=8, rate=0.1)
     summary = handler(TICK)
-    assert summary["fanned_out"] == 3 and summary["fan_out_failed"] == 0
+    assert summary["fanned_out"] == 3 and summary["fan_out_failed"] == 0, json.dumps(summary)
     assert summary["backlog"] == 40 and summary["processors_running"] == 1
     request_id = handler.context.aws_request_id  # type: ignore[attr-defined]
     assert [(i.function, i.invocation_type) for i in aws.invocations] == [(FUNCTION, "Event")] * 3
