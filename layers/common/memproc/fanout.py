@@ -130,16 +130,15 @@ def lambda_client() -> Any:
     return boto3.client("lambda", config=config)
 
 
-def start(function_name: str, events: list[FanOutEvent], client: Any | None = None) -> int:
+def start(function_name: str, events: list[FanOutEvent]) -> int:
     """Invoke `function_name` asynchronously once per event; how many Lambda accepted.
 
     Accepted means HTTP 202 without a FunctionError: an emulator (or a misconfigured invocation
     type) may answer otherwise. The first failure stops the rest: the next tick decides again.
     """
-    client = client or lambda_client()
     for started, event in enumerate(events):
         try:
-            res = client.invoke(
+            res = lambda_client().invoke(
                 FunctionName=function_name, InvocationType="Event", Payload=event.model_dump_json().encode()
             )
             ok = res.get("StatusCode") == 202 and not res.get("FunctionError")
@@ -182,7 +181,6 @@ def run(
     function_name: str,
     request_id: str,
     remaining_seconds: Callable[[], float],
-    client: Any | None = None,
 ) -> Run:
     """Drain as one of at most MAX_PROCESSORS, first starting the processors a tick's backlog needs."""
     scheduled = may_fan_out(event)
@@ -199,7 +197,7 @@ def run(
         elif decision.extra:
             fan_out.requested = decision.extra
             events = [FanOutEvent(parent=request_id, index=i) for i in range(1, decision.extra + 1)]
-            fan_out.started = start(function_name, events, client)
+            fan_out.started = start(function_name, events)
             log.info(
                 "fan-out: backlog %d (oldest %.0f s), %d running: started %d of %d",
                 beat.backlog,

@@ -252,13 +252,13 @@ redis.register_function{function_name = 'redrive___VERSION__', flags = {'allow-c
   return {'queued', redis.call('ZCARD', k.pending(vs))}
 end}
 
--- Items eligible now, and how long the oldest of them has been eligible: O(log N), since the
--- queue is scored by eligibility (parked items sit at +inf, retries at their retry time).
-local function backlog(now)
+-- How long the oldest eligible item has been eligible (0: none is): O(log N), since the queue is
+-- scored by eligibility (parked items sit at +inf, retries at their retry time).
+local function backlog_age(now)
   local head = redis.call('ZRANGE', QUEUE, 0, 0, 'WITHSCORES')
   local age = 0
   if head[2] and head[2] ~= 'inf' and tonumber(head[2]) <= now then age = now - tonumber(head[2]) end
-  return redis.call('ZCOUNT', QUEUE, '-inf', now), string.format('%.3f', age)
+  return string.format('%.3f', age)
 end
 
 -- The processor's heartbeat, stamped with server time.  ARGV: interval s, version, measured
@@ -285,9 +285,8 @@ redis.register_function{function_name = 'heartbeat___VERSION__', flags = {'allow
   if pid ~= '' then
     if ttl > 0 then redis.call('ZADD', PROCESSORS, t + ttl, pid) else redis.call('ZREM', PROCESSORS, pid) end
   end
-  local eligible, age = backlog(t)
-  return {now, eviction_policy(t), eligible, age, redis.call('ZCARD', READY), redis.call('ZCARD', PROCESSORS),
-    redis.call('HGET', STATUS, 'rate_per_second') or ''}
+  return {now, eviction_policy(t), redis.call('ZCOUNT', QUEUE, '-inf', t), backlog_age(t),
+    redis.call('ZCARD', READY), redis.call('ZCARD', PROCESSORS), redis.call('HGET', STATUS, 'rate_per_second') or ''}
 end}
 
 -- Everything processing_status shows, read at one server time.  ARGV: vs.
@@ -300,10 +299,9 @@ redis.register_function{function_name = 'status___VERSION__', flags = {'no-write
   if oldest[2] == 'inf' then oldest[2] = redis.call('HGET', k.raw(vs, oldest[1]), 'created_at') end
   local today = redis.call('HMGET', STATS_PREFIX .. ymd(now), 'processed_count', 'last_processed_at')
   local policy = string.match(redis.call('INFO', 'memory'), 'maxmemory_policy:([%w%-]+)') or 'unknown'
-  local _, age = backlog(now)
   return {string.format('%.6f', now), redis.call('ZCARD', QUEUE), redis.call('HGETALL', STATUS),
     today[1] or '0', today[2] or '', redis.call('ZCARD', k.pending(vs)),
     redis.call('ZCARD', k.inflight(vs)), redis.call('ZCARD', k.dead(vs)), oldest[2] or '',
-    redis.call('ZCARD', INFLIGHT), redis.call('ZCARD', DEAD), policy, age,
+    redis.call('ZCARD', INFLIGHT), redis.call('ZCARD', DEAD), policy, backlog_age(now),
     redis.call('ZCOUNT', PROCESSORS, string.format('(%.6f', now), '+inf')}
 end}
