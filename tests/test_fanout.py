@@ -11,6 +11,7 @@ import logging
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -243,3 +244,18 @@ def test_a_failed_invocation_is_logged_and_counted_and_the_drain_goes_on(
     assert len(aws_without_the_function.invocations) == 1
     assert any("ResourceNotFoundException" in rec.getMessage() for rec in caplog.records)
     assert summary["processed"] == 8 and r.zcard(keys.RAW_MEMORY_QUEUE) == 0
+
+
+def test_no_reachable_lambda_api_at_all_still_drains(
+    handler: Callable[..., dict[str, Any]], r: redis.Redis, env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # No region anywhere: building the Lambda client itself fails (botocore's NoRegionError).
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        env.delenv(name, raising=False)
+    env.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    fanout.lambda_client.cache_clear()
+    backlog(r, sessions=8, vectorstores=8, rate=0.001)
+    summary = handler(TICK, timeout=120)
+    fanout.lambda_client.cache_clear()
+    assert summary["fanned_out"] == 0 and summary["fan_out_failed"] == 3
+    assert summary["processed"] == 8
