@@ -39,8 +39,6 @@ def _progress_printer() -> Any:
 def cmd_process(args: argparse.Namespace) -> int:
     """Drain once, or forever every PROCESSING_INTERVAL_SECONDS; a store outage is waited out with
     backoff, as the scheduled Lambda would simply run again (leases make it safe)."""
-    from dataclasses import asdict
-
     from memproc.dal.connection import StoreError
     from memproc.processor import build_processor
 
@@ -83,9 +81,7 @@ def cmd_process(args: argparse.Namespace) -> int:
             backoff = 0.0
             if progress:
                 sys.stderr.write("\n")
-            summary = {**asdict(report), "seconds": round(report.seconds, 3)}
-            summary["rate_per_second"] = round(report.rate, 3) if report.rate else None
-            print(json.dumps(summary), flush=True)
+            print(json.dumps(report.summary()), flush=True)
             if args.run_once or stop.wait(settings.processing_interval_seconds):
                 return 0
     except KeyboardInterrupt:

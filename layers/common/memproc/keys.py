@@ -13,6 +13,8 @@ DEAD = "{RAW_MEMORY_QUEUE}:dead"
 # Vectorstores with waiting items, score = when each is next due a turn (round-robin fairness).
 READY = "{RAW_MEMORY_QUEUE}:ready"
 PROCESSOR_STATUS = "background_processor:status"
+# Live processors (drains), score = when each drops out unless it beats again: fan-out counts them.
+PROCESSORS = "{RAW_MEMORY_QUEUE}:processors"
 # Every vectorstore ever written, so scheduled work can visit them without SCAN.
 VECTORSTORES = "memproc:vectorstores"
 # Where the scheduled cleanup run resumes in VECTORSTORES.
@@ -34,6 +36,7 @@ GLOBAL_KEYS: dict[str, str] = {
     "DEAD": DEAD,
     "READY": READY,
     "STATUS": PROCESSOR_STATUS,
+    "PROCESSORS": PROCESSORS,
     "VECTORSTORES": VECTORSTORES,
 }
 

@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     vectorstore_concurrency: int = Field(1, ge=1, le=64)
     processing_interval_seconds: int = Field(60, ge=1)
     default_rate_per_second: float = Field(1.0, gt=0)
+    # Processors at once, scheduled and fanned out: a scheduled run that finds the backlog too large
+    # for one starts up to MAX_PROCESSORS - 1 more (memproc.fanout); a run over the limit leaves at
+    # once. 1 (the default off AWS) never fans out; the template sets it from MaxProcessors.
+    max_processors: int = Field(1, ge=1, le=1000)
 
     # Request limits.
     max_body_bytes: int = Field(1_048_576, ge=1_024)

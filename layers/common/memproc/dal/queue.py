@@ -86,6 +86,7 @@ class Claim:
     token: str
     session_id: str
     attempt: int
+    waited: float = 0.0  # seconds from submission (or redrive) to this claim, in server time
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,10 @@ def claim(store: Store, settings: Settings, limit: int, reap_limit: int = 100) -
         [limit, settings.lease_seconds, settings.max_attempts, reap_limit, settings.vectorstore_concurrency],
     )
     return ClaimBatch(
-        [Claim(_s(vs), _s(rid), _s(tok), _s(sid), int(n)) for vs, rid, tok, sid, n in items],
+        [
+            Claim(_s(vs), _s(rid), _s(tok), _s(sid), int(n), float(waited))
+            for vs, rid, tok, sid, n, waited in items
+        ],
         int(reaped),
         int(buried),
         int(lost),
@@ -205,6 +209,18 @@ def redrive(store: Store, vectorstore: str, raw_id: str) -> tuple[str, str]:
     return _s(outcome), _s(detail)
 
 
+@dataclass(frozen=True)
+class Beat:
+    """What a heartbeat answers: the store's maxmemory-policy, and the queue as fan-out sees it."""
+
+    policy: str
+    backlog: int  # items eligible now
+    backlog_age: float  # seconds the oldest eligible item has been eligible (0: none is)
+    vectorstores: int  # vectorstores with waiting items
+    processors: int  # live processors, the caller included when it registered
+    rate: float | None  # one processor's measured sessions/s (None before the first measurement)
+
+
 def heartbeat(
     store: Store,
     settings: Settings,
@@ -213,10 +229,12 @@ def heartbeat(
     rate: float | None = None,
     weight: float = 1.0,
     starting: bool = False,
-) -> str:
-    """Stamp background_processor:status (a measured rate is blended in with `weight`); returns
-    the store's maxmemory-policy."""
-    _, policy = fcall(
+    processor: str = "",
+    ttl: float = 0.0,
+) -> Beat:
+    """Stamp background_processor:status (a measured rate is blended in with `weight`) and, for a
+    `processor` id, register it as live for `ttl` seconds (0: it is done and leaves)."""
+    _, policy, backlog, age, vectorstores, processors, measured = fcall(
         store.r,
         "heartbeat",
         [],
@@ -226,9 +244,18 @@ def heartbeat(
             f"{rate:.4f}" if rate is not None else "",
             f"{weight:.4f}",
             "1" if starting else "",
+            processor,
+            f"{ttl:.3f}",
         ],
     )
-    return _s(policy)
+    return Beat(
+        _s(policy),
+        int(backlog),
+        float(age),
+        int(vectorstores),
+        int(processors),
+        float(measured) if measured else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -247,12 +274,15 @@ class QueueStatus:
     all_in_flight: int
     all_dead: int
     eviction_policy: str  # the store's maxmemory-policy; anything but noeviction can lose work
+    backlog_age: float  # seconds the oldest eligible item of any vectorstore has been eligible
+    processors: int  # live processors
 
 
 def status(store: Store, vectorstore: str) -> QueueStatus:
-    (now, queue_size, flat, today, last, pending, inflight, dead, oldest, all_inflight, all_dead, policy) = (
-        fcall(store.r, "status", [], [vectorstore], readonly=True)
-    )
+    (
+        now, queue_size, flat, today, last, pending, inflight, dead, oldest, all_inflight, all_dead, policy,
+        age, processors,
+    ) = fcall(store.r, "status", [], [vectorstore], readonly=True)  # fmt: skip
     return QueueStatus(
         now=float(now),
         queue_size=int(queue_size),
@@ -266,4 +296,6 @@ def status(store: Store, vectorstore: str) -> QueueStatus:
         all_in_flight=int(all_inflight),
         all_dead=int(all_dead),
         eviction_policy=_s(policy),
+        backlog_age=float(age),
+        processors=int(processors),
     )

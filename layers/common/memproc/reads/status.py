@@ -41,6 +41,8 @@ def processing_status(store: Store, settings: Settings, vectorstore: str) -> Pro
         last_processed_at=iso(s.last_processed_at or s.processor.get("last_processed_at")),
         processing_interval_seconds=interval,
         processing_rate_per_second=float(rate) if rate else None,
+        processors_running=s.processors,
+        backlog_age_seconds=round(s.backlog_age, 3),
         retention_policy=RetentionPolicy(
             raw_memory_days=settings.raw_retention_days, session_days=settings.session_retention_days
         ),

@@ -51,6 +51,10 @@ class ProcessingStatus(BaseModel):
     last_processed_at: str | None
     processing_interval_seconds: int
     processing_rate_per_second: float | None
+    processors_running: int = Field(description="Live processors: the scheduled one and those it fanned out")
+    backlog_age_seconds: float = Field(
+        description="How long the oldest eligible submission of any vectorstore has waited for a processor"
+    )
     retention_policy: RetentionPolicy
     vectorstore: VectorstoreQueue
     eviction_policy: str = Field(description="The store's maxmemory-policy; noeviction is expected")

@@ -88,7 +88,8 @@ end
 -- the processor's heartbeat. A vectorstore with `per_vs` items in flight gets no more: its
 -- sessions are reconciled against each other's memories, so they are decided one after another.
 -- ARGV: max items, lease seconds, max attempts, max leases to reap, per_vs.
--- Returns {{vs, id, token, session id, attempt}...}, reaped, buried, lost.
+-- Returns {{vs, id, token, session id, attempt, seconds since submission (or redrive)}...},
+-- reaped, buried, lost.
 redis.register_function{function_name = 'claim___VERSION__', flags = {'allow-cross-slot-keys'},
   callback = function(keys, argv)
   local now = now_s()
@@ -147,7 +148,9 @@ redis.register_function{function_name = 'claim___VERSION__', flags = {'allow-cro
             redis.call('HDEL', key, 'next_attempt_at')
             redis.call('ZADD', INFLIGHT, deadline, key)
             redis.call('ZADD', k.inflight(vs), deadline, id)
-            claimed[#claimed + 1] = {vs, id, token, redis.call('HGET', key, 'session_id'), attempt}
+            local h = redis.call('HMGET', key, 'session_id', 'created_at', 'redriven_at')
+            local since = math.max(tonumber(h[2]) or now, tonumber(h[3]) or 0)
+            claimed[#claimed + 1] = {vs, id, token, h[1], attempt, string.format('%.3f', now - since)}
             served[i] = true
           else
             lost(vs, id, now)
@@ -249,8 +252,20 @@ redis.register_function{function_name = 'redrive___VERSION__', flags = {'allow-c
   return {'queued', redis.call('ZCARD', k.pending(vs))}
 end}
 
+-- How long the oldest eligible item has been eligible (0: none is): O(log N), since the queue is
+-- scored by eligibility (parked items sit at +inf, retries at their retry time).
+local function backlog_age(now)
+  local head = redis.call('ZRANGE', QUEUE, 0, 0, 'WITHSCORES')
+  local age = 0
+  if head[2] and head[2] ~= 'inf' and tonumber(head[2]) <= now then age = now - tonumber(head[2]) end
+  return string.format('%.3f', age)
+end
+
 -- The processor's heartbeat, stamped with server time.  ARGV: interval s, version, measured
--- rate/s (empty: none), weight of the new measurement in [0,1], starting (1/empty).
+-- rate/s (empty: none), weight of the new measurement in [0,1], starting (1/empty), processor
+-- id (empty: none), seconds it stays registered (0: it is done and leaves).
+-- Returns now, the maxmemory-policy, then what fan-out decides by: items eligible, the oldest
+-- one's wait, vectorstores waiting, live processors, the measured rate ('' before the first).
 redis.register_function{function_name = 'heartbeat___VERSION__', flags = {'allow-cross-slot-keys'},
   callback = function(keys, argv)
   local t = now_s()
@@ -264,7 +279,14 @@ redis.register_function{function_name = 'heartbeat___VERSION__', flags = {'allow
     redis.call('HSET', STATUS, 'rate_per_second', string.format('%.4f', rate))
   end
   if argv[5] ~= '' then redis.call('HSET', STATUS, 'start_time', now) end
-  return {now, eviction_policy(t)}
+  -- Each drain registers until a deadline it renews; one that died drops out at it.
+  local pid, ttl = argv[6] or '', tonumber(argv[7] or '') or 0
+  redis.call('ZREMRANGEBYSCORE', PROCESSORS, '-inf', t)
+  if pid ~= '' then
+    if ttl > 0 then redis.call('ZADD', PROCESSORS, t + ttl, pid) else redis.call('ZREM', PROCESSORS, pid) end
+  end
+  return {now, eviction_policy(t), redis.call('ZCOUNT', QUEUE, '-inf', t), backlog_age(t),
+    redis.call('ZCARD', READY), redis.call('ZCARD', PROCESSORS), redis.call('HGET', STATUS, 'rate_per_second') or ''}
 end}
 
 -- Everything processing_status shows, read at one server time.  ARGV: vs.
@@ -280,5 +302,6 @@ redis.register_function{function_name = 'status___VERSION__', flags = {'no-write
   return {string.format('%.6f', now), redis.call('ZCARD', QUEUE), redis.call('HGETALL', STATUS),
     today[1] or '0', today[2] or '', redis.call('ZCARD', k.pending(vs)),
     redis.call('ZCARD', k.inflight(vs)), redis.call('ZCARD', k.dead(vs)), oldest[2] or '',
-    redis.call('ZCARD', INFLIGHT), redis.call('ZCARD', DEAD), policy}
+    redis.call('ZCARD', INFLIGHT), redis.call('ZCARD', DEAD), policy, backlog_age(now),
+    redis.call('ZCOUNT', PROCESSORS, string.format('(%.6f', now), '+inf')}
 end}
