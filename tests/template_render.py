@@ -63,6 +63,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "AlarmTopicArn": "arn:aws:sns:us-east-1:123456789012:alarms",
         "ApiLoggingLevel": "INFO",
         "ProcessingIntervalMinutes": "5",
+        "EventBusName": "memproc-events",
     },
 }
 

@@ -293,3 +293,26 @@ def test_functions_may_read_exactly_the_store_secret(name: str) -> None:
             assert store_secret in reads, function
         # Nothing broader: only the store's secret and, where configured, the OpenAI key's.
         assert all(r in (store_secret, OPENAI_SECRET) for r in reads), reads
+
+
+def _statements(rendered: dict[str, Any], function: str) -> list[dict[str, Any]]:
+    """Every statement of the function role's inline policies."""
+    role = rendered["Resources"][f"{function}Role"]["Properties"]
+    return [st for p in role.get("Policies", []) for st in p["PolicyDocument"]["Statement"]]
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_events_go_to_the_named_bus_only_when_one_is_named(name: str) -> None:
+    overrides, rendered = scenario(name)
+    bus = overrides.get("EventBusName")
+    for function in FUNCTIONS:
+        puts = [st for st in _statements(rendered, function) if "events:PutEvents" in str(st["Action"])]
+        env = environment(rendered, function)
+        if bus and function == "ProcessQueueFunction":
+            assert env["EVENT_BUS_NAME"] == {"Ref": "EventBusName"}
+            [statement] = puts
+            assert statement["Action"] == "events:PutEvents"
+            arn = "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/${EventBusName}"
+            assert statement["Resource"] == {"Fn::Sub": arn}
+        else:
+            assert "EVENT_BUS_NAME" not in env and puts == [], function

@@ -37,6 +37,10 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     metrics.add_metric("RecordsLost", MetricUnit.Count, report.lost)
     metrics.add_metric("MemoriesCreated", MetricUnit.Count, report.memories_created)
     metrics.add_metric("LLMTokens", MetricUnit.Count, report.tokens_in + report.tokens_out)
+    if get_settings().event_bus_name:  # EventBusName: SessionProcessed / SessionFailed events
+        metrics.add_metric("EventsPublished", MetricUnit.Count, report.events_published)
+        metrics.add_metric("EventsRetried", MetricUnit.Count, report.events_retried)
+        metrics.add_metric("EventsFailed", MetricUnit.Count, report.events_failed)
     summary = {**asdict(report), "rate_per_second": report.rate}
     logger.info("queue drained", extra=summary)
     return summary

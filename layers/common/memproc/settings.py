@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # Memories: a vector set (Redis 8) or the Query Engine (ElastiCache for Valkey, MemoryDB).
     vector_backend: Literal["auto", "vectorset", "search"] = "auto"
 
+    # Events: SessionProcessed / SessionFailed to this EventBridge bus after each commit (empty: none).
+    event_bus_name: str | None = None
+
     # Retention.
     raw_retention_days: int = Field(30, ge=1)
     session_retention_days: int = Field(365, ge=1)

@@ -89,15 +89,27 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class DeadLetter:
+    """An item the claim dead-lettered (a last attempt's lease expired, or its record was lost)."""
+
+    vectorstore: str
+    raw_id: str
+    session_id: str
+    error: str
+    attempt: int
+
+
+@dataclass(frozen=True)
 class ClaimBatch:
     items: list[Claim]
     reaped: int  # expired leases put back in the queue
     buried: int  # expired leases of a last attempt, dead-lettered
     lost: int = 0  # queue entries whose raw record was gone, dead-lettered as "record lost"
+    dead: tuple[DeadLetter, ...] = ()  # the buried and lost items
 
 
 def claim(store: Store, settings: Settings, limit: int, reap_limit: int = 100) -> ClaimBatch:
-    items, reaped, buried, lost = fcall(
+    items, reaped, buried, lost, dead = fcall(
         store.r,
         "claim",
         [],
@@ -108,6 +120,7 @@ def claim(store: Store, settings: Settings, limit: int, reap_limit: int = 100) -
         int(reaped),
         int(buried),
         int(lost),
+        tuple(DeadLetter(_s(vs), _s(rid), _s(sid), _s(err), int(n)) for vs, rid, sid, err, n in dead),
     )
 
 

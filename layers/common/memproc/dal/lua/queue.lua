@@ -88,7 +88,8 @@ end
 -- the processor's heartbeat. A vectorstore with `per_vs` items in flight gets no more: its
 -- sessions are reconciled against each other's memories, so they are decided one after another.
 -- ARGV: max items, lease seconds, max attempts, max leases to reap, per_vs.
--- Returns {{vs, id, token, session id, attempt}...}, reaped, buried, lost.
+-- Returns {{vs, id, token, session id, attempt}...}, reaped, buried, lost, and the items it
+-- dead-lettered {{vs, id, session id, error, attempts}...} (for the SessionFailed events).
 redis.register_function{function_name = 'claim___VERSION__', flags = {'allow-cross-slot-keys'},
   callback = function(keys, argv)
   local now = now_s()
@@ -96,6 +97,11 @@ redis.register_function{function_name = 'claim___VERSION__', flags = {'allow-cro
   local per_vs = tonumber(argv[5])
   redis.call('HSET', STATUS, 'last_heartbeat', string.format('%.6f', now))
   local reaped, buried, lost_count = 0, 0, 0
+  local dead = {}
+  local function buried_item(vs, id)
+    local h = redis.call('HMGET', k.raw(vs, id), 'session_id', 'last_error', 'processing_attempts')
+    dead[#dead + 1] = {vs, id, h[1] or '', h[2] or '', tonumber(h[3] or '0') or 0}
+  end
   for _, key in ipairs(redis.call('ZRANGE', INFLIGHT, '-inf', now, 'BYSCORE', 'LIMIT', 0, tonumber(argv[4]))) do
     local vs, id = split_raw(key)
     if vs then
@@ -104,6 +110,7 @@ redis.register_function{function_name = 'claim___VERSION__', flags = {'allow-cro
       if h[1] == 'processing' then
         if tonumber(h[2] or '0') >= max_attempts then
           bury(vs, id, now, 'lease expired on the last attempt (the worker died or timed out)')
+          buried_item(vs, id)
           buried = buried + 1
         else
           redis.call('HSET', key, 'status', 'queued', 'last_error', 'lease expired (the worker died or timed out)')
@@ -113,6 +120,7 @@ redis.register_function{function_name = 'claim___VERSION__', flags = {'allow-cro
         end
       elseif not h[1] then
         lost(vs, id, now)
+        buried_item(vs, id)
         lost_count = lost_count + 1
       end
     else
@@ -151,6 +159,7 @@ redis.register_function{function_name = 'claim___VERSION__', flags = {'allow-cro
             served[i] = true
           else
             lost(vs, id, now)
+            buried_item(vs, id)
             lost_count = lost_count + 1
           end
           progress = true
@@ -174,7 +183,7 @@ redis.register_function{function_name = 'claim___VERSION__', flags = {'allow-cro
       redis.call('ZADD', READY, due, vs)
     end
   end
-  return {claimed, reaped, buried, lost_count}
+  return {claimed, reaped, buried, lost_count, dead}
 end}
 
 -- Extend the leases a live worker still holds, so long work is never reaped and paid for twice.
