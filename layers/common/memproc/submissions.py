@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import uuid
 
 from memproc.dal import queue
@@ -31,6 +32,23 @@ def estimated_seconds(position: int, rate: str, idle: str, interval: str, settin
     draining = idle != "" and float(idle) < 2.0
     wait = 0.0 if draining or position == 0 else period / 2
     return round(wait + position / max(per_second, 1e-6), 2)
+
+
+def describe_wait(seconds: float) -> str:
+    """An estimate as people say it: "under a second", "about 4 seconds", then ranges ("2-5
+    minutes", "1-2 hours", "1-2 days") from the estimate to twice it, because past a minute the
+    schedule and the measured rate make it a rough figure."""
+    n = math.floor(seconds + 0.5)  # half up
+    if n < 1:
+        return "under a second"
+    if n < 60:
+        return f"about {n} second{'s' if n != 1 else ''}"
+    for unit, size in (("minutes", 60), ("hours", 3600), ("days", 86_400)):
+        low = max(1, math.floor(seconds / size))
+        high = max(low + 1, math.ceil(2 * seconds / size))
+        if unit == "days" or high <= {"minutes": 60, "hours": 24}[unit]:
+            return f"{low}-{high} {unit}"
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def submit(store: Store, settings: Settings, vectorstore: str, request: StoreRawRequest) -> StoreRawResponse:
@@ -85,6 +103,7 @@ def submit(store: Store, settings: Settings, vectorstore: str, request: StoreRaw
     position = (
         min(done.queue_size, done.pending_rank * max(done.active_vectorstores, 1)) if done.pending_rank else 0
     )
+    seconds = estimated_seconds(position, done.rate, done.idle, done.interval, settings)
     return StoreRawResponse(
         raw_memory_id=done.raw_id,
         session_id=session_id,
@@ -94,7 +113,8 @@ def submit(store: Store, settings: Settings, vectorstore: str, request: StoreRaw
         queued_at=iso(done.created_at) or "",
         queue_position=position,
         queue_size=done.queue_size,
-        estimated_processing_time=estimated_seconds(position, done.rate, done.idle, done.interval, settings),
+        estimated_processing_time=describe_wait(seconds),
+        estimated_processing_seconds=seconds,
     )
 
 

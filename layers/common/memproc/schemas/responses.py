@@ -23,7 +23,11 @@ class StoreRawResponse(BaseModel):
     queued_at: str = Field(description="ISO 8601 UTC time the session was queued")
     queue_position: int = Field(description="Estimated items processed before this one (0: not waiting)")
     queue_size: int
-    estimated_processing_time: float = Field(description="Estimated seconds until processed")
+    estimated_processing_time: str = Field(
+        description='When it should be processed, as the specification shows it: "about 4 seconds", '
+        '"2-5 minutes"'
+    )
+    estimated_processing_seconds: float = Field(description="The same estimate in seconds")
 
 
 class RetentionPolicy(BaseModel):
