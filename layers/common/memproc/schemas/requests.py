@@ -96,7 +96,9 @@ class HierarchyQuery(DateRange):
     _session = field_validator("session_id")(_check_session_id)
 
 
-class SessionQuery(QueryParams):
+class TranscriptQuery(QueryParams):
+    """GET session/{id} and raw/{id}: the transcripts too, while they are retained."""
+
     include_transcript: bool = False
 
 

@@ -148,15 +148,17 @@ class RawMemory(BaseModel):
     expires_at: str | None = None
 
 
-class RawMemoryResponse(RawMemory):
-    """GET raw/{raw_memory_id}: one submission's state, without its transcript."""
+class SessionRawMemory(RawMemory):
+    session_data: str | None = Field(
+        None, description="The transcript; only with include_transcript=true, while it is retained"
+    )
+
+
+class RawMemoryResponse(SessionRawMemory):
+    """GET raw/{raw_memory_id}: one submission's state (its transcript with include_transcript=true)."""
 
     success: bool = True
     vectorstore_name: str
-
-
-class SessionRawMemory(RawMemory):
-    session_data: str | None = Field(None, description="The transcript; only with include_transcript=true")
 
 
 class HierarchyFilters(BaseModel):
