@@ -316,5 +316,5 @@ def test_the_schedule_skips_names_memproc_never_wrote(scene: Scene, r: redis.Red
 def test_cleaning_an_unknown_vectorstore_writes_nothing(scene: Scene, r: redis.Redis) -> None:
     before = everything(r)
     res = cleanup("nobody")
-    assert res.status == 200 and res.body["deleted_count"] == 0 and res.body["complete"] is True
+    assert res.status == 404 and res.error_code == "unknown_vectorstore"
     assert everything(r) == before

@@ -211,9 +211,9 @@ def test_expired_records_are_skipped_and_not_counted(fake_llm: Any, r: redis.Red
     assert paged["summary"] == ["s-2"] and len(paged["raw"]) == 1
 
 
-def test_an_unknown_vectorstore_is_an_empty_hierarchy(env: Any, r: redis.Redis) -> None:
-    b = hierarchy("nobody").body
-    assert b["total_count"] == 0 and b["next_cursor"] is None
+def test_an_unknown_vectorstore_is_a_404(env: Any, r: redis.Redis) -> None:
+    res = hierarchy("nobody")
+    assert res.status == 404 and res.error_code == "unknown_vectorstore"
     assert r.dbsize() == 0
 
 

@@ -73,7 +73,7 @@ def test_a_session_filter_matches_memories_merged_from_that_session(memories: An
 def test_before_any_memory_exists_the_result_is_empty_and_explained(fake_llm: Any, r: redis.Redis) -> None:
     calls = fake_llm.embedding_calls
     res = search(q="green tea")
-    assert res.status == 200 and res.body["results"] == [] and res.body["pending_sessions"] == 0
+    assert res.status == 404 and res.error_code == "unknown_vectorstore"  # never written
     store("user1", "user: I prefer green tea.", "s-1")
     b = search(q="green tea", session_id="s-1").body
     assert b["results"] == [] and b["pending_sessions"] == 1 and b["session_pending"] is True

@@ -21,6 +21,7 @@ from memproc.settings import Settings
 from memproc.timeutil import iso
 from memproc.transcript import encode_transcript
 from memproc.validation import require_raw_id, require_session_id, require_vectorstore
+from memproc.vectorstores import require_known
 
 
 def estimated_seconds(position: int, rate: str, idle: str, interval: str, settings: Settings) -> float:
@@ -120,7 +121,7 @@ def submit(store: Store, settings: Settings, vectorstore: str, request: StoreRaw
 
 def retry_dead_letter(store: Store, vectorstore: str, raw_id: str) -> RetryResponse:
     """Redrive one dead-lettered submission with a fresh attempt budget."""
-    require_vectorstore(vectorstore)
+    vk = require_vectorstore(vectorstore)
     require_raw_id(raw_id)
     outcome, detail = queue.redrive(store, vectorstore, raw_id)
     if outcome == "queued":
@@ -132,6 +133,7 @@ def retry_dead_letter(store: Store, vectorstore: str, raw_id: str) -> RetryRespo
             code="record_lost",
         )
     if not detail:
+        require_known(store, vk)
         raise NotFound(
             f"no raw memory {raw_id!r} in vectorstore {vectorstore!r}", code="raw_memory_not_found"
         )

@@ -15,11 +15,16 @@ import redis
 
 from memproc.dal.connection import Store
 from memproc.dal.functions import fcall
-from memproc.keys import VectorstoreKeys
+from memproc.keys import VECTORSTORES, VectorstoreKeys
 from memproc.records import RAW_FIELDS, TRANSCRIPT_FIELDS, MemoryRecord, RawRecord, SummaryRecord
 from memproc.transcript import decode_transcript
 
 SESSION_RAW_LIMIT = 100
+
+
+def vectorstore_exists(store: Store, vectorstore: str) -> bool:
+    """Whether store_raw has written the vectorstore (and it has not been erased since)."""
+    return store.r.zscore(VECTORSTORES, vectorstore) is not None
 
 
 def _score(v: float | None, default: str) -> str:
@@ -133,12 +138,6 @@ def records(
         if data is not None:
             out.transcripts[rid] = decode_transcript(data, (encoding or b"").decode())
     return out
-
-
-def raw_record(store: Store, vk: VectorstoreKeys, raw_id: str) -> RawRecord | None:
-    """One submission's record (never its transcript) in one round trip."""
-    found = records(store, vk, raw_ids=[raw_id]).raws
-    return found[0] if found else None
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from memproc.schemas.responses import (
 )
 from memproc.timeutil import iso_datetime
 from memproc.validation import require_vectorstore
+from memproc.vectorstores import require_known
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "all": ("discrete", "summary", "raw"),
@@ -188,6 +189,8 @@ def hierarchy(store: Store, vectorstore: str, q: HierarchyQuery) -> HierarchyRes
     raws: list[RawMemory] = [raw_view(r) for r in found.raws]
 
     counts = HierarchyCounts(discrete=len(discrete), summary=len(summaries), raw=len(raws))
+    if not (discrete or summaries or raws or q.cursor):
+        require_known(store, vk)
     more = any(p is not None for p in next_pos.values())
     return HierarchyResponse(
         vectorstore_name=vectorstore,

@@ -20,6 +20,7 @@ from memproc.schemas.responses import SearchFilters, SearchResponse, SearchResul
 from memproc.settings import Settings
 from memproc.timeutil import iso_datetime
 from memproc.validation import require_vectorstore
+from memproc.vectorstores import require_known
 
 _provider: tuple[Settings, Any] | None = None
 # Within this much cosine similarity a current memory ranks above a superseded one.
@@ -71,6 +72,8 @@ def search(
 ) -> SearchResponse:
     vk = require_vectorstore(vectorstore)
     state = reads.search_state(store, vk, q.session_id)
+    if not state.memories and not state.waiting:
+        require_known(store, vk)
     results: list[SearchResult] = []
     if state.memories:  # nothing to search yet: no embedding call either
         provider = provider or embedding_provider(settings)
