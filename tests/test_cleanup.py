@@ -182,7 +182,14 @@ def test_records_the_queue_lost_are_reconciled(scene: Scene, r: redis.Redis) -> 
     r.zrem(keys.READY, "user1")
 
     dry = cleanup(dry_run="true").body["reconciled"]
-    assert dry == {"requeued": 1, "restored_in_flight": 1, "restored_dead": 1, "ready": 0, "total": 3}
+    assert dry == {
+        "requeued": 1,
+        "restored_in_flight": 1,
+        "restored_dead": 1,
+        "ready": 0,
+        "category_indexed": 0,
+        "total": 3,
+    }
     b = cleanup().body
     assert b["reconciled"]["total"] == 3 and b["deleted_raw_memories"] == [scene.old]
     assert r.zscore(U1.pending, scene.queued) == r.zscore(keys.RAW_MEMORY_QUEUE, U1.raw(scene.queued))

@@ -51,6 +51,8 @@ VECTORSTORE_KEYS: dict[str, str] = {
     "raw_index": "raw_index",
     "session_index": "session_index",
     "memory_index": "memory_index",
+    # memory_index split by memory type (same members and scores): hierarchy's `category` filter.
+    "category_index": "category_index:",
     "pending": "pending",
     "inflight": "inflight",
     "dead": "dead",
@@ -123,6 +125,9 @@ class VectorstoreKeys:
     def memory_index(self) -> str:
         return self._key("memory_index")
 
+    def category_index(self, memory_type: str) -> str:
+        return self._key("category_index", memory_type)
+
     @property
     def pending(self) -> str:
         return self._key("pending")
@@ -162,9 +167,13 @@ def _lua_string(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def lua_header() -> str:
-    """Lua locals for every key name: `QUEUE`, ..., and `k.raw(vs, id)`, `k.pending(vs)`, ..."""
+def lua_header(categories: tuple[str, ...] = ()) -> str:
+    """Lua locals for every key name: `QUEUE`, ..., and `k.raw(vs, id)`, `k.pending(vs)`, ...; and
+    `CATEGORIES` (and the set `CATEGORY`), the memory types that have a category index."""
     lines = [f"local {name} = {_lua_string(value)}" for name, value in GLOBAL_KEYS.items()]
+    # Literal tables: a library's load runs without ipairs and the other standard functions.
+    lines.append("local CATEGORIES = {" + ", ".join(_lua_string(c) for c in categories) + "}")
+    lines.append("local CATEGORY = {" + ", ".join(f"[{_lua_string(c)}] = true" for c in categories) + "}")
     lines.append(f"local STATS_PREFIX = {_lua_string(PROCESSING_STATS_PREFIX)}")
     lines.append("local k = {}")
     for name, suffix in VECTORSTORE_KEYS.items():

@@ -42,6 +42,15 @@ class Newest:
 
 
 @dataclass(frozen=True)
+class Count:
+    """How many entries of a zset index have scores in [bottom, top] (ZCOUNT: O(log N))."""
+
+    key: str
+    top: float | None
+    bottom: float | None
+
+
+@dataclass(frozen=True)
 class Members:
     """Every member of a set (a session's memory ids)."""
 
@@ -55,12 +64,12 @@ class Summary:
     session_id: str
 
 
-IndexRead = Newest | Members | Summary
+IndexRead = Newest | Count | Members | Summary
 
 
 def index_entries(store: Store, vk: VectorstoreKeys, reads: dict[str, IndexRead]) -> dict[str, Any]:
-    """One round trip for several index reads: rows [(member, score)] for `Newest`, a set for
-    `Members`, a `SummaryRecord` (or None) for `Summary`."""
+    """One round trip for several index reads: rows [(member, score)] for `Newest`, a number for
+    `Count`, a set for `Members`, a `SummaryRecord` (or None) for `Summary`."""
     pipe = store.r.pipeline(transaction=False)
     for read in reads.values():
         if isinstance(read, Newest):
@@ -74,6 +83,8 @@ def index_entries(store: Store, vk: VectorstoreKeys, reads: dict[str, IndexRead]
                 num=read.count,
                 withscores=True,
             )
+        elif isinstance(read, Count):
+            pipe.zcount(read.key, _score(read.bottom, "-inf"), _score(read.top, "+inf"))
         elif isinstance(read, Members):
             pipe.smembers(read.key)
         else:
@@ -263,3 +274,4 @@ def processing_input(store: Store, vectorstore: str, raw_id: str, session_id: st
         metadata=meta if isinstance(meta, dict) else {},
         summary=SummaryRecord.from_json(session_id, summary),
     )
+

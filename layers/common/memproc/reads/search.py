@@ -44,7 +44,7 @@ def memory_filter(q: SearchQuery) -> MemoryFilter:
     filter by when the statement was made (the session's own time)."""
     return MemoryFilter(
         current_only=not q.include_superseded,
-        memory_type=q.memory_type,
+        memory_type=q.category,
         session_id=q.session_id,
         valid_from_min=q.min_score,
         valid_from_max=q.max_score,
@@ -84,7 +84,7 @@ def search(
         k=q.k,
         filters=SearchFilters(
             session_id=q.session_id,
-            memory_type=q.memory_type,
+            category=q.category,
             start_date=iso_datetime(q.start_date),
             end_date=iso_datetime(q.end_date),
         ),

@@ -164,6 +164,7 @@ class RawMemoryResponse(SessionRawMemory):
 class HierarchyFilters(BaseModel):
     session_id: str | None
     memory_type: HierarchyLevel
+    category: str | None
     start_date: str | None
     end_date: str | None
     limit: int
@@ -182,7 +183,11 @@ class HierarchyResponse(BaseModel):
     discrete_memories: list[DiscreteMemory]
     session_summaries: list[SessionSummary]
     raw_memories: list[RawMemory]
-    total_count: int = Field(description="Items in this page (all groups)")
+    total_count: int = Field(
+        description="Items matching the filters in every group asked for, on all pages (index entries: "
+        "those of expired transcripts count until cleanup trims them)"
+    )
+    totals: HierarchyCounts = Field(description="Items matching the filters per group, on all pages")
     counts: HierarchyCounts = Field(description="Items in this page per group")
     next_cursor: str | None = Field(description="Pass as cursor for the next page; null when done")
 
@@ -271,7 +276,7 @@ class StatsResponse(BaseModel):
 
 class SearchFilters(BaseModel):
     session_id: str | None
-    memory_type: str | None
+    category: str | None
     start_date: str | None
     end_date: str | None
 
@@ -320,6 +325,7 @@ class ReconcileCounts(BaseModel):
     restored_in_flight: int = Field(0, description="processing records missing from the in-flight set")
     restored_dead: int = Field(0, description="error records missing from the dead set")
     ready: int = Field(0, description="1 when the vectorstore had waiting items but no turn in the ready set")
+    category_indexed: int = Field(0, description="memories missing from their category listing, listed again")
     total: int = 0
 
 

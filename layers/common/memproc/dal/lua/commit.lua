@@ -122,14 +122,14 @@ redis.register_function{function_name = 'commit___VERSION__', flags = {'allow-cr
     if op.op == 'add' then
       local mid, attrs = new_memory(i, op)
       mem.put(b, vs, mid, attrs, blobs[op.vector])
-      redis.call('ZADD', k.memory_index(vs), p.valid_from, mid)
+      mem.index(vs, mid, op.memory_type, p.valid_from)
       touched(mid)
       counts.created = counts.created + 1
     elseif op.op == 'supersede' then
       local mid, attrs = new_memory(i, op)
       attrs.supersedes = op.target
       mem.put(b, vs, mid, attrs, blobs[op.vector])
-      redis.call('ZADD', k.memory_index(vs), p.valid_from, mid)
+      mem.index(vs, mid, op.memory_type, p.valid_from)
       local old = targets[op.target]
       old.status, old.valid_to, old.superseded_by = 'superseded', p.valid_from, mid
       old.updated_at, old.seq = now, newseq
@@ -152,7 +152,10 @@ redis.register_function{function_name = 'commit___VERSION__', flags = {'allow-cr
         entry.text = attrs.text
         remember(attrs, entry, limit)
         attrs.text, attrs.valid_from, attrs.text_sources = op.text, p.valid_from, {sid}
-        if op.memory_type then attrs.memory_type = op.memory_type end
+        if op.memory_type then
+          mem.recategorize(vs, op.target, attrs.memory_type, op.memory_type)
+          attrs.memory_type = op.memory_type
+        end
         if op.confidence then attrs.confidence = op.confidence end
         if #as_list(op.tags) > 0 then attrs.tags = op.tags end
         blob = blobs[op.vector]

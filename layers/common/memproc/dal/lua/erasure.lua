@@ -37,7 +37,7 @@ redis.register_function{function_name = 'erase_memory___VERSION__', flags = {'al
   if not attrs then return {'not_found'} end
   local now = now_s()
   mem.del(b, vs, mid)
-  redis.call('ZREM', k.memory_index(vs), mid)
+  mem.unindex(vs, mid, attrs.memory_type)
   -- A memory it superseded stays superseded (that was true), but no longer points at it.
   if type(attrs.supersedes) == 'string' then
     local old = mem.get(b, vs, attrs.supersedes)
@@ -115,7 +115,7 @@ redis.register_function{function_name = 'erase_session___VERSION__', flags = {'a
         local stated_by = attrs.text_sources and without(attrs.text_sources, sid)
         if #sources == 0 or (stated_by and #stated_by == 0) then
           mem.del(b, vs, mid)
-          redis.call('ZREM', k.memory_index(vs), mid)
+          mem.unindex(vs, mid, attrs.memory_type)
           counts.memories = counts.memories + 1
         else
           local history = {}
@@ -186,7 +186,7 @@ redis.register_function{function_name = 'erase_vectorstore___VERSION__', flags =
   end
   if b ~= 'search' then counts.memories = redis.call('ZCARD', k.memory_index(vs)) end
   redis.call('UNLINK', vs, k.memory_index(vs), k.config(vs), k.counters(vs), k.cleanup(vs),
-    k.queued_sessions(vs))
+    k.queued_sessions(vs), unpack(mem.category_keys(vs)))
   local now = now_s()
   for d = 0, days do redis.call('DEL', k.daily_stats(vs, ymd(now - d * 86400))) end
   redis.call('ZREM', VECTORSTORES, vs)
