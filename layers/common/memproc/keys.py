@@ -59,6 +59,9 @@ VECTORSTORE_KEYS: dict[str, str] = {
     "config": "config",
     "counters": "counters",
     "cleanup": "cleanup",
+    # A vector set being filled by `memproc reembed`, swapped in when it is complete.
+    "reembed": "reembed",
+    "reembed_todo": "reembed_todo",  # the memory listing as that run found it
     # Raw id -> session id of every unfinished submission (to find its session queue).
     "queued_sessions": "queued_sessions",
 }
@@ -151,6 +154,14 @@ class VectorstoreKeys:
     @property
     def queued_sessions(self) -> str:
         return self._key("queued_sessions")
+
+    @property
+    def reembed(self) -> str:
+        return self._key("reembed")
+
+    @property
+    def reembed_todo(self) -> str:
+        return self._key("reembed_todo")
 
     @property
     def cleanup(self) -> str:

@@ -87,6 +87,19 @@ def submit(store: Store, settings: Settings, vectorstore: str, request: StoreRaw
             code="store_evicting",
             headers={"Retry-After": "60"},
         )
+    if done.outcome == "embedding_mismatch":
+        model, dimensions = settings.embeddings
+        raise Conflict(
+            f"vectorstore {vectorstore!r} holds memories embedded with {done.status!r} ({done.dimensions} "
+            f"dimensions), but this deployment embeds with {model!r} ({dimensions} dimensions), so its "
+            f"sessions could not be processed. Re-embed its memories with `memproc reembed {vectorstore}` "
+            "(or set EMBEDDING_MODEL / EMBEDDING_DIMENSIONS, and the OpenAI key, back to match)",
+            code="embedding_mismatch",
+            details={
+                "vectorstore": {"embedding_model": done.status, "dimensions": int(done.dimensions or 0)},
+                "deployment": {"embedding_model": model, "dimensions": dimensions},
+            },
+        )
     if done.outcome in ("queue_full", "vectorstore_full"):
         # Suggest coming back when about 1% of the queue has drained.
         backlog = max(1, done.queue_size // 100)

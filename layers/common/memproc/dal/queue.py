@@ -39,7 +39,7 @@ class Submission:
 class Enqueued:
     """What `enqueue` answers: the outcome and what the time estimate needs."""
 
-    outcome: str  # queued | duplicate | queue_full | vectorstore_full | store_evicting
+    outcome: str  # queued | duplicate | queue_full | vectorstore_full | store_evicting | embedding_mismatch
     raw_id: str
     created_at: str
     pending_rank: int  # 1-based position among the vectorstore's pending items (0: not waiting)
@@ -49,12 +49,14 @@ class Enqueued:
     rate: str  # the processor's measured sessions/s ('' before the first measurement)
     idle: str  # seconds since the last heartbeat ('' before the first)
     interval: str  # the processor's schedule interval ('' before the first heartbeat)
+    dimensions: str = ""  # embedding_mismatch: the vectorstore's dimension (its model is in `status`)
 
 
 def enqueue(store: Store, settings: Settings, s: Submission) -> Enqueued:
     """Dedupe, admission check, raw hash, queue entries, indexes and position: one round trip."""
     vk = VectorstoreKeys(s.vectorstore)
-    outcome, raw_id, created, rank, queue_size, rate, status, active, idle, interval = fcall(
+    model, dimensions = settings.embeddings
+    outcome, raw_id, created, rank, queue_size, rate, status, active, idle, interval, *more = fcall(
         store.r,
         "enqueue",
         [vk.raw(s.raw_id), vk.dedupe(s.digest)],
@@ -69,10 +71,22 @@ def enqueue(store: Store, settings: Settings, s: Submission) -> Enqueued:
             settings.max_pending_per_vectorstore,
             s.digest,
             s.length,
+            model,
+            dimensions,
         ],
     )
     return Enqueued(
-        outcome, raw_id, created, int(rank), int(queue_size), status, int(active), rate, idle, interval
+        outcome,
+        raw_id,
+        created,
+        int(rank),
+        int(queue_size),
+        status,
+        int(active),
+        rate,
+        idle,
+        interval,
+        _s(more[0]) if more else "",
     )
 
 

@@ -15,7 +15,10 @@ end
 
 -- store_raw: dedupe, admission check, raw hash, queues, indexes and position in one call.
 -- KEYS: raw hash, dedupe key.  ARGV: vs, raw id, session id, data, encoding, metadata json,
--- max queue, max pending per vs, dedupe digest, session length.
+-- max queue, max pending per vs, dedupe digest, session length, and the embedding model and
+-- dimension the processor will use: a vectorstore whose memories were embedded otherwise is
+-- refused here ('embedding_mismatch', with its model and dimension), since every session of it
+-- would only be dead-lettered later.
 redis.register_function{function_name = 'enqueue___VERSION__', flags = {'allow-cross-slot-keys'},
   callback = function(keys, argv)
   local now = now_s()
@@ -44,6 +47,10 @@ redis.register_function{function_name = 'enqueue___VERSION__', flags = {'allow-c
     return {'store_evicting', '', '', 0, qsize, rate, policy, 0, idle, interval}
   end
   if qsize >= tonumber(argv[7]) then return {'queue_full', '', '', 0, qsize, rate, '', 0, idle, interval} end
+  local cfg = redis.call('HMGET', k.config(vs), 'embedding_model', 'dimensions')
+  if cfg[2] and (cfg[1] ~= argv[11] or tonumber(cfg[2]) ~= tonumber(argv[12])) then
+    return {'embedding_mismatch', '', '', 0, qsize, rate, cfg[1] or '', 0, idle, interval, cfg[2]}
+  end
   local pending = redis.call('ZCARD', k.pending(vs))
   if pending >= tonumber(argv[8]) then
     return {'vectorstore_full', '', '', 0, qsize, rate, '', 0, idle, interval}
