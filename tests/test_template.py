@@ -316,3 +316,4 @@ def test_events_go_to_the_named_bus_only_when_one_is_named(name: str) -> None:
             assert statement["Resource"] == {"Fn::Sub": arn}
         else:
             assert "EVENT_BUS_NAME" not in env and puts == [], function
+    assert ("EventsFailedAlarm" in rendered["Resources"]) == bool(bus)
