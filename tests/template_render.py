@@ -66,6 +66,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "AlarmTopicArn": "arn:aws:sns:us-east-1:123456789012:alarms",
         "ApiLoggingLevel": "INFO",
         "ProcessingIntervalMinutes": "5",
+        "EventBusName": "memproc-events",
     },
 }
 

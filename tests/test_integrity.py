@@ -142,11 +142,17 @@ def test_a_queue_entry_whose_record_was_evicted_becomes_a_visible_dead_letter(
 def test_an_evicting_store_refuses_new_sessions_and_says_why(
     evicting: None, env: Any, r: redis.Redis
 ) -> None:
+    r.config_set("maxmemory-policy", "noeviction")
+    store("user10", CHAT, "s-1")  # written while the store was safe
+    r.config_set("maxmemory-policy", "allkeys-lru")
+    r.hdel(keys.PROCESSOR_STATUS, "policy_checked_at")  # the policy is rechecked at most once a minute
     res = call("POST", mem_path("user1", "/store_raw"), json_body={"session_data": CHAT})
     assert res.status == 503 and res.error_code == "store_evicting"
     assert "allkeys-lru" in res.body["error"]["message"] and res.headers["Retry-After"]
-    assert r.zcard(keys.RAW_MEMORY_QUEUE) == 0 and not r.exists(U1.raw_index)
-    status = call("GET", mem_path("user1", "/processing_status")).body
+    assert r.zcard(keys.RAW_MEMORY_QUEUE) == 1 and not r.exists(U1.raw_index)
+    refused = call("GET", mem_path("user1", "/processing_status"))
+    assert refused.status == 404 and refused.error_code == "unknown_vectorstore"  # it was never written
+    status = call("GET", mem_path("user10", "/processing_status")).body
     assert status["eviction_policy"] == "allkeys-lru"
     assert status["degraded"] and "noeviction" in status["degraded"][0]
 

@@ -354,7 +354,7 @@ def test_the_dashboard_shows_every_processor_metric_by_name() -> None:
         for m in w["properties"].get("metrics", [])
         if isinstance(m[0], str) and m[0] in ("Memproc", ".")
     }
-    published = {name for name, _, _ in drain_metrics(DrainReport(), FanOut())}
+    published = {name for name, _, _ in drain_metrics(DrainReport(), FanOut(), events=True)}
     assert published <= shown, published - shown
     body, _ = rendered["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
     assert "${BacklogAgeAlarm.Arn}" in body and "${BacklogAgeAlarmSeconds}" in body  # its state, its line
@@ -374,3 +374,27 @@ def test_an_alarm_on_backlog_age_with_a_period_of_at_least_one_tick(name: str) -
     tick = rendered["Mappings"]["ProcessingInterval"][overrides.get("ProcessingIntervalMinutes", "1")]
     assert alarm["Period"] == tick["AlarmPeriod"] >= tick["Seconds"]  # each period has a tick's data
     assert (alarm["EvaluationPeriods"], alarm["DatapointsToAlarm"]) == (3, 2)
+
+
+def _statements(rendered: dict[str, Any], function: str) -> list[dict[str, Any]]:
+    """Every statement of the function role's inline policies."""
+    role = rendered["Resources"][f"{function}Role"]["Properties"]
+    return [st for p in role.get("Policies", []) for st in p["PolicyDocument"]["Statement"]]
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_events_go_to_the_named_bus_only_when_one_is_named(name: str) -> None:
+    overrides, rendered = scenario(name)
+    bus = overrides.get("EventBusName")
+    for function in FUNCTIONS:
+        puts = [st for st in _statements(rendered, function) if "events:PutEvents" in str(st["Action"])]
+        env = environment(rendered, function)
+        if bus and function == "ProcessQueueFunction":
+            assert env["EVENT_BUS_NAME"] == {"Ref": "EventBusName"}
+            [statement] = puts
+            assert statement["Action"] == "events:PutEvents"
+            arn = "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/${EventBusName}"
+            assert statement["Resource"] == {"Fn::Sub": arn}
+        else:
+            assert "EVENT_BUS_NAME" not in env and puts == [], function
+    assert ("EventsFailedAlarm" in rendered["Resources"]) == bool(bus)

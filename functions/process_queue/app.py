@@ -37,7 +37,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         request_id=context.aws_request_id,
         remaining_seconds=lambda: context.get_remaining_time_in_millis() / 1000,
     )
-    record_drain(run.report, run.fan_out)
+    record_drain(run.report, run.fan_out, events=bool(get_settings().event_bus_name))
     summary = run.summary()
     logger.info("queue drained", extra=summary)
     return summary

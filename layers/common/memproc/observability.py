@@ -33,7 +33,9 @@ def get_tracer() -> Tracer:
     return Tracer()
 
 
-def drain_metrics(report: DrainReport, fan_out: FanOut) -> list[tuple[str, MetricUnit, float | None]]:
+def drain_metrics(
+    report: DrainReport, fan_out: FanOut, *, events: bool = False
+) -> list[tuple[str, MetricUnit, float | None]]:
     """What one processor invocation publishes (namespace Memproc, dimension service); a None is
     not published. template.yaml's dashboard and alarms read these names (tests/test_template.py)."""
     return [
@@ -57,11 +59,15 @@ def drain_metrics(report: DrainReport, fan_out: FanOut) -> list[tuple[str, Metri
         ("RateLimitWaits", MetricUnit.Count, report.rate_limit_waits),
         ("RateLimitWaitSeconds", MetricUnit.Seconds, report.rate_limit_wait_seconds),
         ("LLMThrottled", MetricUnit.Count, report.llm_throttled),
+        # SessionProcessed / SessionFailed events (EVENT_BUS_NAME set; else not published).
+        ("EventsPublished", MetricUnit.Count, report.events_published if events else None),
+        ("EventsRetried", MetricUnit.Count, report.events_retried if events else None),
+        ("EventsFailed", MetricUnit.Count, report.events_failed if events else None),
     ]
 
 
-def record_drain(report: DrainReport, fan_out: FanOut) -> None:
+def record_drain(report: DrainReport, fan_out: FanOut, *, events: bool = False) -> None:
     """One invocation's figures as EMF metrics (flushed by the handler's `log_metrics`)."""
-    for name, unit, value in drain_metrics(report, fan_out):
+    for name, unit, value in drain_metrics(report, fan_out, events=events):
         if value is not None:
             metrics.add_metric(name, unit, value)

@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from memproc import __version__, reconcile
+from memproc import events as ev
 from memproc.dal import queue as q
 from memproc.dal import reads
 from memproc.dal.connection import Store, StoreError
@@ -42,6 +43,15 @@ class Outcome:
     usage: Usage = field(default_factory=Usage)
     error: str = ""
     seconds: float = 0.0
+    commit: q.CommitResult | None = None  # what the commit wrote, when it was processed
+
+    def event(self) -> ev.Event | None:
+        """SessionProcessed for a commit, SessionFailed for a dead letter, else nothing."""
+        if self.result == "processed" and self.commit is not None:
+            return ev.processed_event(self.item, self.commit, self.usage.tokens_in, self.usage.tokens_out)
+        if self.result == "dead":
+            return ev.failed_event(self.item, self.error, self.usage.tokens_in, self.usage.tokens_out)
+        return None
 
 
 @dataclass
@@ -69,6 +79,9 @@ class DrainReport:
     rate_limit_waits: int = 0
     rate_limit_wait_seconds: float = 0.0
     llm_throttled: int = 0
+    events_published: int = 0
+    events_retried: int = 0  # entries sent again (a failed PutEvents call or entry)
+    events_failed: int = 0  # entries given up on, logged with their ids
 
     @property
     def handled(self) -> int:
@@ -145,34 +158,41 @@ HISTORY_LIMIT = 50
 class Processor:
     """Processes claimed items; thread-safe, so one instance serves a worker pool."""
 
-    def __init__(self, store: Store, settings: Settings, provider: LLMProvider) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        provider: LLMProvider,
+        publishers: ev.PublisherFactory | None = None,
+    ) -> None:
         self.store = store
         self.settings = settings
         self.provider = provider
+        self.publishers = publishers or ev.publisher_factory(settings)
 
     def process(self, item: q.Claim) -> Outcome:
         started = time.monotonic()
         try:
             outcome = self._process(item, started)
         except LLMError as exc:
+            error = f"{type(exc).__name__}: {exc}"
             result, _ = q.fail(
                 self.store,
                 self.settings,
                 item,
-                f"{type(exc).__name__}: {exc}",
+                error,
                 retryable=exc.retryable,
                 min_delay=exc.retry_after or 0.0,
             )
-            outcome = Outcome(item, result, error=str(exc))
+            outcome = Outcome(item, result, error=error)
         except Exception as exc:  # a bug or an outage: retried, and dead after the last attempt
             log.exception("processing %s/%s failed", item.vectorstore, item.raw_id)
+            error = f"{type(exc).__name__}: {exc}"
             try:
-                result, _ = q.fail(
-                    self.store, self.settings, item, f"{type(exc).__name__}: {exc}", retryable=True
-                )
+                result, _ = q.fail(self.store, self.settings, item, error, retryable=True)
             except StoreError:
                 result = "stale"  # the lease will expire and the reaper re-queues the item
-            outcome = Outcome(item, result, error=str(exc))
+            outcome = Outcome(item, result, error=error)
         outcome.seconds = time.monotonic() - started
         return outcome
 
@@ -262,10 +282,10 @@ class Processor:
                 f"({self.provider.dimensions} dimensions) but the {result.detail}",
                 retryable=False,
             )
-            return Outcome(item, failed, usage=usage, error=result.detail)
+            return Outcome(item, failed, usage=usage, error=f"embedding mismatch: {result.detail}")
         if result.outcome != "ok":
             return Outcome(item, "stale", usage=usage)
-        return Outcome(item, "processed", result.created, result.merged, usage)
+        return Outcome(item, "processed", result.created, result.merged, usage, commit=result)
 
     def plan(self, item: q.Claim, loaded: reads.ProcessingInput) -> Work:
         """Full, delta or nothing: a re-posted, longer version of a processed session costs only its
@@ -317,7 +337,34 @@ class Processor:
         never reaped while this worker lives, and a dead worker's items come back within a lease.
         The drain counts as a live processor meanwhile (renewed the same way); `admit` sees the
         first heartbeat's figures and may end the drain before it claims anything (fan-out).
+        Each commit and dead letter is handed to this drain's event publisher (EVENT_BUS_NAME),
+        which sends from its own thread; the drain's end flushes what it has not sent yet.
         """
+        publisher = self.publishers()
+        try:
+            report = self._drain(
+                publisher, concurrency, batch_size, remaining_seconds, max_items, stop, progress, admit
+            )
+        finally:
+            # Flush within what the invocation has left, less a margin for the heartbeat and logs.
+            left = remaining_seconds() - 3.0 if remaining_seconds else 30.0
+            sent = publisher.close(timeout=max(1.0, min(30.0, left))) if publisher else None
+        if sent is not None:
+            report.events_published, report.events_retried = sent.published, sent.retried
+            report.events_failed = sent.failed
+        return report
+
+    def _drain(
+        self,
+        publisher: ev.EventPublisher | None,
+        concurrency: int | None,
+        batch_size: int | None,
+        remaining_seconds: Callable[[], float] | None,
+        max_items: int | None,
+        stop: threading.Event | None,
+        progress: Callable[[DrainReport], None] | None,
+        admit: Callable[[q.Beat], bool] | None,
+    ) -> DrainReport:
         concurrency = concurrency or self.settings.concurrency
         batch_size = batch_size or self.settings.batch_size
         report = DrainReport()
@@ -388,6 +435,9 @@ class Processor:
                     batch = q.claim(self.store, self.settings, want)
                     report.reaped += batch.reaped
                     report.lost += batch.lost
+                    if publisher is not None:  # dead-lettered by the claim (expired last lease, lost)
+                        for d in batch.dead:
+                            publisher.publish(ev.failed_event(d, d.error))
                     claimed_at = time.monotonic()
                     for item in batch.items:
                         running[pool.submit(self.process, item)] = (item, claimed_at)
@@ -401,6 +451,9 @@ class Processor:
                     del running[fut]
                     outcome = fut.result()
                     report.add(outcome)
+                    event = outcome.event()
+                    if publisher is not None and event is not None:
+                        publisher.publish(event)  # after the commit; sent from the publisher's thread
                     n = report.handled
                     mean_seconds += (outcome.seconds - mean_seconds) / n
                 report.seconds = time.monotonic() - started

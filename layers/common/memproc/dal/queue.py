@@ -39,7 +39,7 @@ class Submission:
 class Enqueued:
     """What `enqueue` answers: the outcome and what the time estimate needs."""
 
-    outcome: str  # queued | duplicate | queue_full | vectorstore_full | store_evicting
+    outcome: str  # queued | duplicate | queue_full | vectorstore_full | store_evicting | embedding_mismatch
     raw_id: str
     created_at: str
     pending_rank: int  # 1-based position among the vectorstore's pending items (0: not waiting)
@@ -49,12 +49,14 @@ class Enqueued:
     rate: str  # the processor's measured sessions/s ('' before the first measurement)
     idle: str  # seconds since the last heartbeat ('' before the first)
     interval: str  # the processor's schedule interval ('' before the first heartbeat)
+    dimensions: str = ""  # embedding_mismatch: the vectorstore's dimension (its model is in `status`)
 
 
 def enqueue(store: Store, settings: Settings, s: Submission) -> Enqueued:
     """Dedupe, admission check, raw hash, queue entries, indexes and position: one round trip."""
     vk = VectorstoreKeys(s.vectorstore)
-    outcome, raw_id, created, rank, queue_size, rate, status, active, idle, interval = fcall(
+    model, dimensions = settings.embeddings
+    outcome, raw_id, created, rank, queue_size, rate, status, active, idle, interval, *more = fcall(
         store.r,
         "enqueue",
         [vk.raw(s.raw_id), vk.dedupe(s.digest)],
@@ -69,10 +71,22 @@ def enqueue(store: Store, settings: Settings, s: Submission) -> Enqueued:
             settings.max_pending_per_vectorstore,
             s.digest,
             s.length,
+            model,
+            dimensions,
         ],
     )
     return Enqueued(
-        outcome, raw_id, created, int(rank), int(queue_size), status, int(active), rate, idle, interval
+        outcome,
+        raw_id,
+        created,
+        int(rank),
+        int(queue_size),
+        status,
+        int(active),
+        rate,
+        idle,
+        interval,
+        _s(more[0]) if more else "",
     )
 
 
@@ -90,15 +104,27 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class DeadLetter:
+    """An item the claim dead-lettered (a last attempt's lease expired, or its record was lost)."""
+
+    vectorstore: str
+    raw_id: str
+    session_id: str
+    error: str
+    attempt: int
+
+
+@dataclass(frozen=True)
 class ClaimBatch:
     items: list[Claim]
     reaped: int  # expired leases put back in the queue
     buried: int  # expired leases of a last attempt, dead-lettered
     lost: int = 0  # queue entries whose raw record was gone, dead-lettered as "record lost"
+    dead: tuple[DeadLetter, ...] = ()  # the buried and lost items
 
 
 def claim(store: Store, settings: Settings, limit: int, reap_limit: int = 100) -> ClaimBatch:
-    items, reaped, buried, lost = fcall(
+    items, reaped, buried, lost, dead = fcall(
         store.r,
         "claim",
         [],
@@ -112,6 +138,7 @@ def claim(store: Store, settings: Settings, limit: int, reap_limit: int = 100) -
         int(reaped),
         int(buried),
         int(lost),
+        tuple(DeadLetter(_s(vs), _s(rid), _s(sid), _s(err), int(n)) for vs, rid, sid, err, n in dead),
     )
 
 

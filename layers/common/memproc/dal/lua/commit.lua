@@ -130,14 +130,14 @@ redis.register_function{function_name = 'commit___VERSION__', flags = {'allow-cr
     if op.op == 'add' then
       local mid, attrs = new_memory(i, op)
       mem.put(b, vs, mid, attrs, blobs[op.vector])
-      redis.call('ZADD', k.memory_index(vs), p.valid_from, mid)
+      mem.index(vs, mid, op.memory_type, p.valid_from)
       touched(mid)
       counts.created = counts.created + 1
     elseif op.op == 'supersede' then
       local mid, attrs = new_memory(i, op)
       attrs.supersedes = op.target
       mem.put(b, vs, mid, attrs, blobs[op.vector])
-      redis.call('ZADD', k.memory_index(vs), p.valid_from, mid)
+      mem.index(vs, mid, op.memory_type, p.valid_from)
       local old = targets[op.target]
       old.status, old.valid_to, old.superseded_by = 'superseded', p.valid_from, mid
       old.updated_at, old.seq = now, newseq
@@ -159,15 +159,18 @@ redis.register_function{function_name = 'commit___VERSION__', flags = {'allow-cr
       elseif op.op == 'update' then
         -- The replaced text stays the statement of the sessions that made it (`stated_by`), with
         -- its vector and time, so erasing this session restores it and erasing those removes it.
-        entry.text, entry.was_valid_from = attrs.text, attrs.valid_from
+        entry.text, entry.was_valid_from, entry.was_memory_type = attrs.text, attrs.valid_from, attrs.memory_type
         entry.stated_by = as_list(attrs.text_sources)
         if #entry.stated_by == 0 then entry.stated_by = {attrs.session_id} end
         entry.version = op.target .. ':' .. newseq
         redis.call('HSET', k.memory_versions(vs), entry.version, blobs[op.prior_vector])
         remember(vs, attrs, entry, limit)
         attrs.text, attrs.valid_from, attrs.text_sources = op.text, p.valid_from, {sid}
-        redis.call('ZADD', k.memory_index(vs), p.valid_from, op.target)
-        if op.memory_type then attrs.memory_type = op.memory_type end
+        if op.memory_type then
+          mem.recategorize(vs, op.target, attrs.memory_type, op.memory_type)
+          attrs.memory_type = op.memory_type
+        end
+        mem.index(vs, op.target, attrs.memory_type, p.valid_from)  -- now said at this session's time
         if op.confidence then attrs.confidence = op.confidence end
         if #as_list(op.tags) > 0 then attrs.tags = op.tags end
         blob = blobs[op.vector]

@@ -53,7 +53,7 @@ redis.register_function{function_name = 'erase_memory___VERSION__', flags = {'al
   if not attrs then return {'not_found'} end
   local now = now_s()
   mem.del(b, vs, mid)
-  redis.call('ZREM', k.memory_index(vs), mid)
+  mem.unindex(vs, mid, attrs.memory_type)
   drop_versions(vs, attrs.history)
   -- A memory it superseded stays superseded (that was true), but no longer points at it.
   if type(attrs.supersedes) == 'string' then
@@ -159,6 +159,10 @@ redis.register_function{function_name = 'erase_session___VERSION__', flags = {'a
             if blob then
               attrs.text, attrs.text_sources = entry.text, entry.stated_by
               attrs.valid_from = entry.was_valid_from or attrs.valid_from
+              if type(entry.was_memory_type) == 'string' then
+                mem.recategorize(vs, mid, attrs.memory_type, entry.was_memory_type)
+                attrs.memory_type = entry.was_memory_type
+              end
               table.remove(history, i)
               redis.call('HDEL', versions, entry.version)
               break
@@ -167,7 +171,7 @@ redis.register_function{function_name = 'erase_session___VERSION__', flags = {'a
         end
         if #sources == 0 or (text_by and #text_by == 0 and not blob) then
           mem.del(b, vs, mid)
-          redis.call('ZREM', k.memory_index(vs), mid)
+          mem.unindex(vs, mid, attrs.memory_type)
           drop_versions(vs, history)
           if type(attrs.supersedes) == 'string' then
             local old = mem.get(b, vs, attrs.supersedes)
@@ -180,7 +184,7 @@ redis.register_function{function_name = 'erase_session___VERSION__', flags = {'a
         else
           if blob then
             attrs.seq = next_seq()
-            redis.call('ZADD', k.memory_index(vs), attrs.valid_from or 0, mid)
+            mem.index(vs, mid, attrs.memory_type, attrs.valid_from or 0)
           elseif text_by then
             attrs.text_sources = text_by
           end
@@ -249,7 +253,8 @@ redis.register_function{function_name = 'erase_vectorstore___VERSION__', flags =
   end
   if b ~= 'search' then counts.memories = redis.call('ZCARD', k.memory_index(vs)) end
   redis.call('UNLINK', vs, k.memory_index(vs), k.memory_versions(vs), k.config(vs), k.counters(vs),
-    k.cleanup(vs), k.queued_sessions(vs))
+    k.cleanup(vs), k.queued_sessions(vs), k.reembed(vs), k.reembed_todo(vs),
+    unpack(mem.category_keys(vs)))
   local now = now_s()
   for d = 0, days do redis.call('DEL', k.daily_stats(vs, ymd(now - d * 86400))) end
   redis.call('ZREM', VECTORSTORES, vs)

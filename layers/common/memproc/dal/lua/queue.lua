@@ -15,7 +15,10 @@ end
 
 -- store_raw: dedupe, admission check, raw hash, queues, indexes and position in one call.
 -- KEYS: raw hash, dedupe key.  ARGV: vs, raw id, session id, data, encoding, metadata json,
--- max queue, max pending per vs, dedupe digest, session length.
+-- max queue, max pending per vs, dedupe digest, session length, and the embedding model and
+-- dimension the processor will use: a vectorstore whose memories were embedded otherwise is
+-- refused here ('embedding_mismatch', with its model and dimension), since every session of it
+-- would only be dead-lettered later.
 redis.register_function{function_name = 'enqueue___VERSION__', flags = {'allow-cross-slot-keys'},
   callback = function(keys, argv)
   local now = now_s()
@@ -44,6 +47,10 @@ redis.register_function{function_name = 'enqueue___VERSION__', flags = {'allow-c
     return {'store_evicting', '', '', 0, qsize, rate, policy, 0, idle, interval}
   end
   if qsize >= tonumber(argv[7]) then return {'queue_full', '', '', 0, qsize, rate, '', 0, idle, interval} end
+  local cfg = redis.call('HMGET', k.config(vs), 'embedding_model', 'dimensions')
+  if cfg[2] and (cfg[1] ~= argv[11] or tonumber(cfg[2]) ~= tonumber(argv[12])) then
+    return {'embedding_mismatch', '', '', 0, qsize, rate, cfg[1] or '', 0, idle, interval, cfg[2]}
+  end
   local pending = redis.call('ZCARD', k.pending(vs))
   if pending >= tonumber(argv[8]) then
     return {'vectorstore_full', '', '', 0, qsize, rate, '', 0, idle, interval}
@@ -89,7 +96,8 @@ end
 -- sessions are reconciled against each other's memories, so they are decided one after another.
 -- ARGV: max items, lease seconds, max attempts, max leases to reap, per_vs.
 -- Returns {{vs, id, token, session id, attempt, seconds since submission (or redrive)}...},
--- reaped, buried, lost.
+-- reaped, buried, lost, and the items it dead-lettered {{vs, id, session id, error, attempts}...}
+-- (for the SessionFailed events).
 redis.register_function{function_name = 'claim___VERSION__', flags = {'allow-cross-slot-keys'},
   callback = function(keys, argv)
   local now = now_s()
@@ -97,6 +105,11 @@ redis.register_function{function_name = 'claim___VERSION__', flags = {'allow-cro
   local per_vs = tonumber(argv[5])
   redis.call('HSET', STATUS, 'last_heartbeat', string.format('%.6f', now))
   local reaped, buried, lost_count = 0, 0, 0
+  local dead = {}
+  local function buried_item(vs, id)
+    local h = redis.call('HMGET', k.raw(vs, id), 'session_id', 'last_error', 'processing_attempts')
+    dead[#dead + 1] = {vs, id, h[1] or '', h[2] or '', tonumber(h[3] or '0') or 0}
+  end
   for _, key in ipairs(redis.call('ZRANGE', INFLIGHT, '-inf', now, 'BYSCORE', 'LIMIT', 0, tonumber(argv[4]))) do
     local vs, id = split_raw(key)
     if vs then
@@ -105,6 +118,7 @@ redis.register_function{function_name = 'claim___VERSION__', flags = {'allow-cro
       if h[1] == 'processing' then
         if tonumber(h[2] or '0') >= max_attempts then
           bury(vs, id, now, 'lease expired on the last attempt (the worker died or timed out)')
+          buried_item(vs, id)
           buried = buried + 1
         else
           redis.call('HSET', key, 'status', 'queued', 'last_error', 'lease expired (the worker died or timed out)')
@@ -114,6 +128,7 @@ redis.register_function{function_name = 'claim___VERSION__', flags = {'allow-cro
         end
       elseif not h[1] then
         lost(vs, id, now)
+        buried_item(vs, id)
         lost_count = lost_count + 1
       end
     else
@@ -154,6 +169,7 @@ redis.register_function{function_name = 'claim___VERSION__', flags = {'allow-cro
             served[i] = true
           else
             lost(vs, id, now)
+            buried_item(vs, id)
             lost_count = lost_count + 1
           end
           progress = true
@@ -177,7 +193,7 @@ redis.register_function{function_name = 'claim___VERSION__', flags = {'allow-cro
       redis.call('ZADD', READY, due, vs)
     end
   end
-  return {claimed, reaped, buried, lost_count}
+  return {claimed, reaped, buried, lost_count, dead}
 end}
 
 -- Extend the leases a live worker still holds, so long work is never reaped and paid for twice.
