@@ -391,7 +391,9 @@ def test_a_changed_category_and_an_erased_memory_leave_their_listing(fake_llm: A
     attrs = json.loads(r.execute_command("VGETATTR", "user1", m["memory_id"]))
     update = {"op": "update", "target": m["memory_id"], "seq": attrs["seq"], "text": "The user wants oolong."}
     payload.update(
-        ops=[{**update, "memory_type": "goal", "confidence": 0.9, "tags": [], "vector": 0, "prior_vector": 1}],
+        ops=[
+            {**update, "memory_type": "goal", "confidence": 0.9, "tags": [], "vector": 0, "prior_vector": 1}
+        ],
         seen_seq=int(r.hget(vk.config, "memory_seq") or 0),
         embedding_model=r.hget(vk.config, "embedding_model"),
     )
