@@ -71,13 +71,15 @@ class Config:
 
 @dataclass
 class Target:
-    """One target from issue 5 with the figure this run measured."""
+    """One target from an issue (5: the first benchmarks, 13: scale-out) with the figure this run
+    measured."""
 
     name: str
     goal: str
     value: str
     met: bool | None  # None: not measured in this run
     note: str = ""
+    issue: int = 5
 
 
 @dataclass

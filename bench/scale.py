@@ -250,6 +250,7 @@ def _targets(data: dict[str, Any]) -> list[Target]:
             within and never_above,
             f"{others}. The limiter's window is {MARGIN:g} s longer (LLM_RATE_MARGIN_SECONDS): at most "
             f"{WINDOW / (WINDOW + MARGIN) * 100:.0f}% of the limit.",
+            issue=13,
         )
     ]
 
