@@ -154,6 +154,25 @@ def test_near_duplicate_memories_merge_and_record_the_extra_session(fake_llm: An
     assert r.smembers(keys.VectorstoreKeys("user123").session_memories("s-2")) == merged_ids
 
 
+def test_a_backstopped_restatement_is_confirmed_beside_a_new_memory(env: Any, r: redis.Redis) -> None:
+    # The offline provider cannot judge operations, so a near-identical add (cosine 0.92 here) is
+    # confirmed by the backstop: its vector is dropped and the new memory keeps its own.
+    store("user123", "user: I prefer green tea over coffee.", "s-1")
+    drain()
+    (tea,) = vector_elements(r, "user123")
+    second = store(
+        "user123", "user: I really prefer green tea over coffee.\nuser: I adopted a cat named Miso.", "s-2"
+    )
+    report = drain(merge_similarity_threshold=0.9)
+    assert (report.processed, report.retried, report.dead) == (1, 0, 0)
+    raw = raw_hash(r, "user123", second["raw_memory_id"])
+    assert (raw["status"], raw["memories_created"], raw["memories_merged"]) == ("processed", "1", "1")
+    after = vector_elements(r, "user123")
+    assert set(after[tea]["source_sessions"]) == {"s-1", "s-2"}
+    (cat,) = set(after) - {tea}
+    assert after[cat]["text"] == "The user adopted a cat named Miso."
+
+
 def test_embedding_mismatch_is_refused_with_a_clear_error(fake_llm: Any, r: redis.Redis) -> None:
     store("user123", "user: I play the cello.", "s-1")
     drain()

@@ -157,7 +157,7 @@ class Processor:
             usage += extract_usage + embed_usage
             blobs = [reconcile.fp32(v) for v in vectors]
             for _ in range(MAX_COMMITS):
-                ops = reconcile.backstop(
+                ops, used = reconcile.backstop(
                     self.store,
                     item.vectorstore,
                     decision,
@@ -167,7 +167,7 @@ class Processor:
                     threshold=self.settings.merge_similarity_threshold,
                 )
                 payload = self._payload(work, extraction, ops, lookup, usage, started)
-                result = self.commit(item, payload, blobs)
+                result = self.commit(item, payload, used)
                 if result.outcome not in ("moved", "conflict"):
                     return self._outcome(item, result, usage)
                 # Another session of this vectorstore changed its memories meanwhile: if none of
