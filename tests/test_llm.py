@@ -518,6 +518,17 @@ def test_embeddings_one_call_for_all_texts_normalised(fake: FakeOpenAI, provider
     assert usage.tokens_in == fake.tokens_in > 0
 
 
+def test_embeddings_a_server_did_not_normalise_come_back_at_unit_length(
+    fake: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    fake.embedding_for = lambda text: (
+        [3.0, 4.0] + [0.0] * (DIMS - 2) if text == "a" else [0.0, 2.0] + [0.0] * (DIMS - 2)
+    )
+    (a, b), _ = provider.embed(["a", "b"])
+    assert list(a[:2]) == pytest.approx([0.6, 0.8]) and list(b[:2]) == pytest.approx([0.0, 1.0])
+    assert all(math.isclose(math.sqrt(sum(v * v for v in x)), 1.0, rel_tol=1e-6) for x in (a, b))
+
+
 def test_embedding_dimension_mismatch_is_permanent(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
     fake.fail_next("bad_dimensions")
     with pytest.raises(PermanentLLMError, match=rf"returned {DIMS + 1} dimensions.*{DIMS}"):

@@ -24,6 +24,7 @@ from memproc.dal import queue as q
 from memproc.dal import reads
 from memproc.dal.connection import Store, StoreError
 from memproc.llm import Extraction, LLMError, LLMProvider, RetryableLLMError, Usage
+from memproc.llm.base import Vector
 from memproc.llm.schema import Candidate
 from memproc.settings import Settings
 from memproc.timeutil import session_time
@@ -253,7 +254,7 @@ class Processor:
             candidates=candidates,
         )
 
-    def embed(self, texts: list[str]) -> tuple[list[list[float]], Usage]:
+    def embed(self, texts: list[str]) -> tuple[list[Vector], Usage]:
         """One embeddings call for every new or changed text (none when there is none)."""
         return self.provider.embed(texts) if texts else ([], Usage())
 

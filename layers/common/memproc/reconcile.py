@@ -22,6 +22,7 @@ from memproc.dal.connection import Store
 from memproc.dal.memory_index import MemoryFilter
 from memproc.keys import VectorstoreKeys
 from memproc.llm import Extraction, LLMProvider, Usage
+from memproc.llm.base import Vector
 from memproc.llm.chunking import user_turns
 from memproc.llm.schema import MAX_CANDIDATE_CHARS, MAX_CANDIDATES, Candidate
 
@@ -32,8 +33,9 @@ MAX_TURN_CHARS = 2000
 NEIGHBOURS_PER_TURN = 8
 
 
-def fp32(vector: list[float]) -> bytes:
-    blob = array("f", vector)
+def fp32(vector: Vector) -> bytes:
+    """The FP32 blob VADD / VSIM / FT.SEARCH take (an array("f") off the wire already is one)."""
+    blob = vector if isinstance(vector, array) and vector.typecode == "f" else array("f", vector)
     if blob.itemsize != 4:  # pragma: no cover - every supported platform has 32-bit floats
         raise RuntimeError("float32 arrays are required")
     return blob.tobytes()
