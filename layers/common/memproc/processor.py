@@ -312,17 +312,13 @@ class Processor:
             return max(0.1, min((at + renew_after - now for _, at in running.values()), default=renew_after))
 
         with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="memproc") as pool:
-            # handled-count when a claim last came back short: the queue looked empty then.
+            # handled-count when a claim last came back short: nothing more was eligible then.
             empty_at: int | None = None
             while True:
                 free = concurrency - len(running)
-                if (
-                    free > 0
-                    and may_claim()
-                    and (empty_at is None or (not running and report.handled > empty_at))
-                ):
-                    # Claim while the queue has work; once it looked empty, look again only when
-                    # every item is done (new work may have arrived meanwhile).
+                if free > 0 and may_claim() and (empty_at is None or report.handled > empty_at):
+                    # Claim while the queue has work; after a short claim, look again once an item
+                    # is done: its vectorstore (held to VECTORSTORE_CONCURRENCY) may have more.
                     want = min(free, batch_size)
                     if max_items is not None:
                         want = min(want, max_items - report.handled - len(running))
