@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from queue import Empty, SimpleQueue
 from typing import Any
 
 from memproc import __version__, reconcile
@@ -289,8 +291,12 @@ class Processor:
                 policy,
             )
         running: dict[Future[Outcome], tuple[q.Claim, float]] = {}
+        # Workers hand in their futures as they finish: taking them from a queue costs the same
+        # however many are running (concurrent.futures.wait locks every running future per call).
+        finished: SimpleQueue[Future[Outcome]] = SimpleQueue()
         mean_seconds = 0.0
         renew_after = self.settings.lease_seconds / 3
+        next_renewal = math.inf  # when the earliest lease is due for renewal (monotonic)
 
         def may_claim() -> bool:
             if stop is not None and stop.is_set():
@@ -302,14 +308,17 @@ class Processor:
 
         def renew_leases() -> float:
             """Renew the leases due; seconds until the next is due."""
+            nonlocal next_renewal
             now = time.monotonic()
-            due = [(fut, claim) for fut, (claim, at) in running.items() if now - at >= renew_after]
-            if due:
-                gone = q.renew(self.store, self.settings, [claim for _, claim in due])
-                report.renewed += len(due) - len(gone)
-                for fut, claim in due:
-                    running[fut] = (claim, now)
-            return max(0.1, min((at + renew_after - now for _, at in running.values()), default=renew_after))
+            if now >= next_renewal:  # else no lease is due: no need to look at each
+                due = [(fut, claim) for fut, (claim, at) in running.items() if now - at >= renew_after]
+                if due:
+                    gone = q.renew(self.store, self.settings, [claim for _, claim in due])
+                    report.renewed += len(due) - len(gone)
+                    for fut, claim in due:
+                        running[fut] = (claim, now)
+                next_renewal = min((at + renew_after for _, at in running.values()), default=math.inf)
+            return max(0.1, min(next_renewal - now, renew_after))
 
         with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="memproc") as pool:
             # handled-count when a claim last came back short: nothing more was eligible then.
@@ -327,13 +336,22 @@ class Processor:
                     report.lost += batch.lost
                     claimed_at = time.monotonic()
                     for item in batch.items:
-                        running[pool.submit(self.process, item)] = (item, claimed_at)
+                        fut = pool.submit(self.process, item)
+                        running[fut] = (item, claimed_at)
+                        fut.add_done_callback(finished.put)
+                    if batch.items:
+                        next_renewal = min(next_renewal, claimed_at + renew_after)
                     empty_at = report.handled if len(batch.items) < want else None
                 if not running:
                     if empty_at is None and may_claim():
                         continue
                     break
-                done, _ = wait(running, timeout=renew_leases(), return_when=FIRST_COMPLETED)
+                try:
+                    done = [finished.get(timeout=renew_leases())]
+                except Empty:
+                    continue
+                while not finished.empty():  # all that are done by now: one claim serves them
+                    done.append(finished.get())
                 for fut in done:
                     del running[fut]
                     outcome = fut.result()
