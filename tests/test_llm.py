@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -744,6 +745,16 @@ def test_fake_sustains_64_concurrent_requests(fake: FakeOpenAI, provider: OpenAI
     assert all(extraction.memories for extraction, _ in results)
     assert fake.chat_calls == 64
     assert fake.peak_in_flight >= 64
+
+
+@pytest.mark.parametrize("text", ["The user likes green tea.", "x", "", "tea tea", "Über café, naïve!"])
+@pytest.mark.parametrize("dimensions", [2, 64, 1536])
+def test_the_fakes_packed_embedding_is_its_embedding_as_float32(text: str, dimensions: int) -> None:
+    from tests.fake_openai import embedding, packed_embedding
+
+    vector = embedding(text, dimensions)
+    assert packed_embedding(text, dimensions) == struct.pack(f"<{dimensions}f", *vector)
+    assert len(vector) == dimensions and math.isclose(sum(v * v for v in vector), 1.0, rel_tol=1e-9)
 
 
 def test_the_fake_imports_nothing_from_memproc() -> None:
