@@ -42,6 +42,11 @@ dev: $(STAMP) ## Set everything up; serve the API on http://localhost:5001 (PORT
 bench: $(STAMP) ## Benchmarks vs real Redis 8 + fake LLM -> bench/results/<date>/ (~8 min; FULL=1: larger sizes)
 	MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh --binary) $(PY) -m bench.run $(if $(FULL),--full,)
 
+PROFILE_DIR ?= bench/results/$(shell date +%F)-profile
+
+profile: $(STAMP) ## Where the processor's CPU per session goes (c=64, LLM 200 ms) -> bench/results/<date>-profile/
+	MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh --binary) $(PY) -m bench.profile $(PROFILE_DIR)
+
 chaos: $(STAMP) ## Long chaos rounds: processors SIGKILLed, Redis restarted/frozen/squeezed (MEMPROC_CHAOS_SECONDS=120)
 	MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh --binary) MEMPROC_MODEL_EXAMPLES=$${MEMPROC_MODEL_EXAMPLES:-500} \
 	$(PY) -m pytest -q tests/test_queue_model.py && MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh --binary) $(PY) -m tests.chaos
@@ -68,7 +73,7 @@ check: $(STAMP) ## ruff + mypy
 clean: ## Remove the venvs (.eval-venv too) and build output (the engines cached in ~/.cache/memproc stay)
 	rm -rf $(VENV) $(TOOLS) $(EVAL_VENV) .aws-sam
 
-.PHONY: help venv redis engines test dev bench chaos eval eval-vectors check clean
+.PHONY: help venv redis engines test dev bench profile chaos eval eval-vectors check clean
 
 # --- AWS tooling (SAM CLI + cfn-lint) in their own venv: the SAM CLI pins its own boto3/pydantic. ---
 SAM      := SAM_CLI_TELEMETRY=0 $(TOOLS)/bin/sam
