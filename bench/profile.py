@@ -179,7 +179,8 @@ def report(m: dict[str, Any], serial_ms: float, prof: dict[str, Any], spy: dict[
             "",
             f"## 3. py-spy over one drain at concurrency 64 ({spy['samples']:,} samples holding the GIL)",
             "",
-            "Collapsed stacks: `stacks.txt`. Self samples by package (the frame on top of the stack):",
+            "Collapsed stacks: `stacks.txt` beside this file (speedscope.app reads them; git ignores them). "
+            "Self samples by package (the frame on top of the stack):",
             "",
             table(["package", "share"], shares(spy["packages"])),
             "",
