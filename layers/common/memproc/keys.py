@@ -57,6 +57,8 @@ VECTORSTORE_KEYS: dict[str, str] = {
     "config": "config",
     "counters": "counters",
     "cleanup": "cleanup",
+    # Progress of `memproc migrate` into this store (phase, cursor, the source it copies).
+    "migration": "migration",
     # Raw id -> session id of every unfinished submission (to find its session queue).
     "queued_sessions": "queued_sessions",
 }
@@ -151,6 +153,11 @@ class VectorstoreKeys:
     def cleanup(self) -> str:
         """Cursors of the cleanup passes (the library's `cleanup`)."""
         return self._key("cleanup")
+
+    @property
+    def migration(self) -> str:
+        """Progress of a migration into this store (`memproc migrate`)."""
+        return self._key("migration")
 
 
 def memory_id(raw_id: str, position: int) -> str:

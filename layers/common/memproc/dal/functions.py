@@ -18,7 +18,16 @@ import redis
 from memproc.keys import lua_header
 
 # One chunk: helpers first, then the functions that use them.
-SOURCES = ("common.lua", "memories.lua", "queue.lua", "commit.lua", "erasure.lua", "cleanup.lua", "stats.lua")
+SOURCES = (
+    "common.lua",
+    "memories.lua",
+    "queue.lua",
+    "commit.lua",
+    "erasure.lua",
+    "cleanup.lua",
+    "stats.lua",
+    "migration.lua",
+)
 
 
 def _assemble() -> tuple[str, str]:

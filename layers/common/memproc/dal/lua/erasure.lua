@@ -186,7 +186,7 @@ redis.register_function{function_name = 'erase_vectorstore___VERSION__', flags =
   end
   if b ~= 'search' then counts.memories = redis.call('ZCARD', k.memory_index(vs)) end
   redis.call('UNLINK', vs, k.memory_index(vs), k.config(vs), k.counters(vs), k.cleanup(vs),
-    k.queued_sessions(vs))
+    k.queued_sessions(vs), k.migration(vs))
   local now = now_s()
   for d = 0, days do redis.call('DEL', k.daily_stats(vs, ymd(now - d * 86400))) end
   redis.call('ZREM', VECTORSTORES, vs)
