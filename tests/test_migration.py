@@ -224,6 +224,8 @@ def test_migrate_refuses_queued_work_and_an_existing_target_vectorstore(
     args = ("--to", "search", "--target-url", target.url, VS)
     assert migrate(*args) == 2
     assert "1 submission(s) queued and 0 in flight" in capsys.readouterr().err
+    assert migrate("--to", "search", "--target-url", target.url, "--batch-size", "0", VS) == 2
+    assert migrate("--to", "search", "--target-url", target.url, "{user1}") == 2  # not a vectorstore name
     assert target.client().dbsize() == 0  # refused before writing anything
 
     drain()

@@ -235,16 +235,16 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     def say(line: str) -> None:
         print(f"memproc migrate: {line}", file=sys.stderr, flush=True)
 
-    run = Migration(
-        source,
-        target,
-        args.vectorstore,
-        args.to,
-        batch_size=args.batch_size,
-        max_batches=args.max_batches,
-        say=say,
-    )
     try:
+        run = Migration(
+            source,
+            target,
+            args.vectorstore,
+            args.to,
+            batch_size=args.batch_size,
+            max_batches=args.max_batches,
+            say=say,
+        )
         report = run.run()
     except (MigrationRefused, ApiError) as exc:
         say(f"refused: {getattr(exc, 'message', exc)}")

@@ -115,6 +115,8 @@ class Migration:
 
     def __post_init__(self) -> None:
         self.vk = require_vectorstore(self.vectorstore)
+        if self.batch_size < 1 or (self.max_batches is not None and self.max_batches < 1):
+            raise MigrationRefused("--batch-size and --max-batches must be at least 1")
 
     # ---------------------------------------------------------------- start: refuse or resume
     def start(self) -> None:

@@ -259,9 +259,11 @@ def _connection_kwargs(store: Store) -> dict[str, Any]:
 
 
 def server_identity(store: Store) -> tuple[str, int]:
-    """(run_id, db): equal for two clients of one keyspace."""
-    run_id = str(store.r.info("server").get("run_id", ""))
-    return run_id, int(_connection_kwargs(store).get("db", 0) or 0)
+    """(run_id, db): equal for two clients of one keyspace. A server that reports no run_id (a
+    cluster client answers per node) is named by its address instead, never taken for another."""
+    info = store.r.info("server")
+    run_id = str(info.get("run_id") or "") if isinstance(info, dict) else ""
+    return run_id or address(store), int(_connection_kwargs(store).get("db", 0) or 0)
 
 
 def address(store: Store) -> str:
