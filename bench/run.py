@@ -33,7 +33,7 @@ from bench.common import (
     table,
 )
 
-SECTIONS = ("ingest", "process", "query", "coldstart", "storage", "fairness")
+SECTIONS = ("ingest", "process", "query", "coldstart", "storage", "fairness", "backends")
 
 
 def _clean(value: Any) -> Any:
@@ -134,6 +134,17 @@ def _parameters(meta: dict[str, Any], sections: dict[str, dict[str, Any]]) -> li
                 "fairness",
                 f"flood {d['flood']:,} sessions, {d['small']} x {d['per_small']} small; "
                 f"concurrency {d['concurrency']}; fake LLM {d['latency'] * 1000:.0f} ms",
+            ]
+        )
+    if d := data("backends"):
+        b = d["backends"]
+        rows.append(
+            [
+                "backends",
+                ", ".join(f"{n} on {v['engine']}" for n, v in b.items())
+                + f"; processing {next(iter(b.values()))['processing']['sessions_per_run']} sessions a run; "
+                f"queries up to {max(v['queries']['big_memories'] for v in b.values()):,} memories and "
+                f"{max(v['queries']['other_vectorstores'] for v in b.values()):,} other vectorstores",
             ]
         )
     return rows
