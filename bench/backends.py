@@ -343,15 +343,16 @@ def _result(cfg: Config, data: dict[str, Any], started: float) -> SectionResult:
               for name in ("search", "search+filter")}  # fmt: skip
     data["search_ratio_big"] = ratios
     size = data["backends"]["search"]["queries"]["big_memories"]
-    worst = max(ratios.values())
+    faster = [f"{k}: search backend {1 / v:.1f}x faster" for k, v in ratios.items() if v < 1]
     targets.append(
         Target(
-            f"search p50 at {size:,} memories, search vs vectorset backend",
-            "within 2x",
+            f"search p50 at {size:,} memories, search backend vs vectorset backend",
+            "search <= 2x vectorset",
             ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()),
-            all(0.5 <= r <= 2 for r in ratios.values()),
-            ("search backend faster; " if worst < 1 else "")
-            + ("" if size >= 100_000 else f"quick run: {size:,} memories (FULL=1: 100,000)"),
+            all(v <= 2 for v in ratios.values()),
+            "; ".join(
+                faster + ([] if size >= 100_000 else [f"quick run: {size:,} memories (FULL=1: 100,000)"])
+            ),
         )
     )
     return SectionResult(
