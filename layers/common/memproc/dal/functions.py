@@ -16,6 +16,7 @@ from typing import Any
 import redis
 
 from memproc.keys import lua_header
+from memproc.records import MEMORY_TYPES
 
 # One chunk: helpers first, then the functions that use them.
 SOURCES = (
@@ -32,7 +33,7 @@ SOURCES = (
 
 def _assemble() -> tuple[str, str]:
     folder = resources.files("memproc.dal").joinpath("lua")
-    body = lua_header() + "\n".join(folder.joinpath(name).read_text() for name in SOURCES)
+    body = lua_header(MEMORY_TYPES) + "\n".join(folder.joinpath(name).read_text() for name in SOURCES)
     version = hashlib.sha256(body.encode()).hexdigest()[:12]
     return f"#!lua name=memproc_{version}\n" + body.replace("__VERSION__", version), version
 
