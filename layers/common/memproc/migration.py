@@ -2,12 +2,14 @@
 
 The realistic move is from a Redis 8 (vector sets) to ElastiCache or MemoryDB for Valkey (the Query
 Engine). Everything memproc keeps per vectorstore comes along, so the target is a working store:
-memories with their vectors and every attribute (one id, one JSON shape in both backends), raw
-submissions with their transcripts, expiries and dedupe keys, dead letters, summaries, session
-sets and indexes, counters, daily stats, and the config (embedding model, dimensions, memory
-sequence) naming the new backend. Deployment-wide state (the processor's heartbeat, global daily
-stats) belongs to the target's own deployment and is not moved. Work still queued or in flight is
-refused: it would be processed in one store while being copied to the other.
+memories with their vectors and every attribute (one id, one JSON shape in both backends: status,
+times and history), the vectors of the texts their updates replaced (erasing the updating session
+restores them), their category listings, raw submissions with their transcripts, expiries and
+dedupe keys, dead letters, summaries, session sets and indexes, counters, daily stats, and the
+config (embedding model, dimensions, memory sequence) naming the new backend. Deployment-wide
+state (the processor's heartbeat, global daily stats) belongs to the target's own deployment and
+is not moved. Work still queued or in flight is refused: it would be processed in one store while
+being copied to the other; so is a vectorstore being re-embedded (its staged vectors stay behind).
 
 Resumable: progress (phase, cursor, counts, the source's fingerprint) is kept in `{<vs>}:migration`
 on the target after every batch; a re-run continues from it, and every write is keyed by id, so
@@ -128,6 +130,11 @@ class Migration:
                 f"vectorstore {self.vectorstore!r} has {src.pending} submission(s) queued and {src.inflight} "
                 "in flight: stop sending it sessions and let the processor drain them (GET "
                 "/processing_status shows pending 0 and in_flight 0), then run migrate again"
+            )
+        if src.config.get("reembed_model"):
+            raise MigrationRefused(
+                f"vectorstore {self.vectorstore!r} is being re-embedded (memproc reembed, to "
+                f"{src.config['reembed_model']}): finish that run first, then migrate"
             )
         from_backend = src.config.get("backend") or self.source.index.name
         self.same_store = dal.server_identity(self.source) == dal.server_identity(self.target)
@@ -250,6 +257,9 @@ class Migration:
         )
         batch = [(m, s, e[0], e[1]) for (m, s), e in zip(rows, exported, strict=True) if e is not None]
         dal.import_memories(self.target, self.vectorstore, self.to, self.dimensions, batch)
+        if not self.same_store:  # the vectors of texts updates replaced, which erasure restores
+            names = [name for _, _, text, _ in batch for name in dal.versions_of(dal.attrs_of(text))]
+            dal.write_versions(self.target, self.vk, dal.read_versions(self.source, self.vk, names))
         self.progress.memories += len(batch)
         self.progress.skipped_memories += len(rows) - len(batch)
         self.say(f"  memories: {self.progress.memories:,} copied")

@@ -1,5 +1,7 @@
 """Checking a finished migration (`memproc migrate`): counts and ids on both sides, every memory's
-record byte for byte with a vector of the right size, and the target's index answering for them.
+record byte for byte (status, times, history and all) with a vector of the right size, the stored
+vectors of the texts its updates replaced (what erasing the updating session restores), its entry
+in its type's category listing, and the target's index answering for them.
 
 Walks the source's sorted-set indexes in batches like the copy (one round trip per side and batch),
 so it costs what the copy costs, and reports what differs with a few example ids.
@@ -11,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from memproc.dal import migration as dal
 from memproc.dal.memory_index import MemoryFilter
-from memproc.records import MemoryRecord
+from memproc.records import MEMORY_TYPES, MemoryRecord
 
 if TYPE_CHECKING:
     from memproc.migration import Migration
@@ -65,6 +67,9 @@ def _memories(m: Migration, src_count: int, tgt_count: int) -> list[str]:
     unindexed: list[str] = []
     dangling = 0
     probes: list[tuple[str, bytes]] = []
+    versions: list[str] = []  # stored vectors of replaced texts missing on the target
+    uncategorised: list[str] = []  # not in their type's category listing at their index score
+    by_type = dict.fromkeys(MEMORY_TYPES, 0)
     after: dal.Row | None = None
     while True:
         rows = dal.page(m.source, vk.memory_index, after, m.batch_size)
@@ -75,11 +80,13 @@ def _memories(m: Migration, src_count: int, tgt_count: int) -> list[str]:
         mine = dal.export_memories(m.source, m.vectorstore, m.progress.from_backend, ids)
         theirs = dal.export_memories(m.target, m.vectorstore, m.to, ids)
         present = []
+        attrs: list[dict[str, object]] = []
         for mid, a, b in zip(ids, mine, theirs, strict=True):
             if a is None:
                 dangling += 1
                 continue
             present.append(mid)
+            attrs.append(dal.attrs_of(a[0]))
             if b is None:
                 missing.append(mid)
             elif a[0] != b[0] or len(b[1]) != 4 * dims:
@@ -88,6 +95,17 @@ def _memories(m: Migration, src_count: int, tgt_count: int) -> list[str]:
                 probes.append((mid, b[1]))
         if not m.same_store:
             unindexed += dal.missing_members(m.target, vk.memory_index, present)
+            named = [n for a in attrs for n in dal.versions_of(a)]
+            kept = dal.read_versions(m.source, vk, named)
+            there = dal.read_versions(m.target, vk, list(kept))
+            versions += sorted(n for n, blob in kept.items() if there.get(n) != blob)
+        scores = dict(rows)
+        typed = [(mid, str(a.get("memory_type"))) for mid, a in zip(present, attrs, strict=True)
+                 if a.get("memory_type") in by_type]  # fmt: skip
+        for (mid, memory_type), score in zip(typed, dal.category_scores(m.target, vk, typed), strict=True):
+            by_type[memory_type] += 1
+            if score != scores[mid]:
+                uncategorised.append(mid)
         if len(rows) < m.batch_size:
             break
     problems = []
@@ -98,6 +116,17 @@ def _memories(m: Migration, src_count: int, tgt_count: int) -> list[str]:
         problems.append(f"memories whose record or vector differs on the target: {_examples(differs)}")
     if unindexed:
         problems.append(f"memories not in the target's memory index: {_examples(unindexed)}")
+    if versions:
+        problems.append(
+            f"vectors of replaced texts missing or different on the target: {_examples(versions)}"
+        )
+    if uncategorised:
+        problems.append(f"memories not in their category listing on the target: {_examples(uncategorised)}")
+    for memory_type, held in dal.category_counts(m.target, vk, MEMORY_TYPES).items():
+        if held != by_type[memory_type]:
+            problems.append(
+                f"category {memory_type}: source {by_type[memory_type]:,} memories, target listing {held:,}"
+            )
     if not m.same_store and tgt_count != expected:
         problems.append(f"memory index: source {expected:,} memories, target {tgt_count:,} entries")
     if m.to == "vectorset" and (held := dal.vector_count(m.target, vk)) != expected:

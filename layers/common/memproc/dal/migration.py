@@ -9,6 +9,7 @@ the per-vectorstore sorted-set indexes, never SCAN; each batch is one pipelined 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -87,6 +88,53 @@ def import_memories(
     for memory_id, score, text, blob in rows:
         args += [memory_id, repr(score), text, blob]
     return int(fcall(store.rb, "import_memories", [], args))
+
+
+def attrs_of(text: str) -> dict[str, Any]:
+    """A stored record's attributes ({} when it is not a JSON object)."""
+    try:
+        attrs = json.loads(text)
+    except ValueError:
+        return {}
+    return attrs if isinstance(attrs, dict) else {}
+
+
+def versions_of(attrs: dict[str, Any]) -> list[str]:
+    """The stored versions (vectors of replaced texts) a memory's history entries name."""
+    history = attrs.get("history")
+    entries = history if isinstance(history, list) else []
+    return [e["version"] for e in entries if isinstance(e, dict) and isinstance(e.get("version"), str)]
+
+
+def read_versions(store: Store, vk: VectorstoreKeys, names: list[str]) -> dict[str, bytes]:
+    """The stored vectors of texts that updates replaced, by the `version` their history entries
+    name (one round trip; the hash is shared by the vectorstore's memories, so it is read by field)."""
+    if not names:
+        return {}
+    values = store.rb.hmget(vk.memory_versions, names)
+    return {name: _b(v) for name, v in zip(names, values, strict=True) if v is not None}
+
+
+def write_versions(store: Store, vk: VectorstoreKeys, versions: dict[str, bytes]) -> None:
+    if versions:
+        store.rb.hset(vk.memory_versions, mapping=versions)  # type: ignore[arg-type]
+
+
+def category_scores(store: Store, vk: VectorstoreKeys, typed: list[tuple[str, str]]) -> list[float | None]:
+    """Per (memory id, memory type) its score in that type's category listing (one round trip)."""
+    if not typed:
+        return []
+    pipe = store.r.pipeline(transaction=False)
+    for mid, memory_type in typed:
+        pipe.zscore(vk.category_index(memory_type), mid)
+    return [None if s is None else float(s) for s in pipe.execute()]
+
+
+def category_counts(store: Store, vk: VectorstoreKeys, types: tuple[str, ...]) -> dict[str, int]:
+    pipe = store.r.pipeline(transaction=False)
+    for memory_type in types:
+        pipe.zcard(vk.category_index(memory_type))
+    return {t: int(n) for t, n in zip(types, pipe.execute(), strict=True)}
 
 
 _READ = {"hash": "HGETALL", "string": "GET", "set": "SMEMBERS"}

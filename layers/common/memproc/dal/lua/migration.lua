@@ -17,8 +17,9 @@ redis.register_function{function_name = 'export_memories___VERSION__', flags = {
 end}
 
 -- ARGV: vs, backend, dimensions, then per memory: id, index score, json, FP32 vector. Writes each
--- record and its memory-index entry; a record written before (an interrupted run) is overwritten,
--- never duplicated: the id is the key. Refuses the whole batch before writing when a vector has
+-- record and its entries in the memory index and its type's category listing (mem.index, at the
+-- memory-index score); a record written before (an interrupted run) is overwritten, never
+-- duplicated: the id is the key. Refuses the whole batch before writing when a vector has
 -- the wrong size or a record is not a JSON object.
 redis.register_function{function_name = 'import_memories___VERSION__', flags = {'allow-cross-slot-keys'},
   callback = function(keys, argv)
@@ -38,7 +39,7 @@ redis.register_function{function_name = 'import_memories___VERSION__', flags = {
   end
   for _, row in ipairs(rows) do
     mem.put_json(b, vs, row[1], row[3], row[4], row[5])
-    redis.call('ZADD', k.memory_index(vs), row[2], row[1])
+    mem.index(vs, row[1], row[4].memory_type, row[2])
   end
   return #rows
 end}
