@@ -215,7 +215,7 @@ def test_verification_detects_a_memory_lost_on_the_target_and_a_rerun_repairs_it
     assert target.client().hget(VK.memory(lost), "attrs") is not None
 
 
-def test_migrate_refuses_queued_work_and_an_existing_target_vectorstore(
+def test_migrate_refuses_queued_work_a_reembedding_and_an_existing_target_vectorstore(
     servers: dict[str, RedisServer], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     source, target = servers["vectorset"], servers["search"]
@@ -229,6 +229,11 @@ def test_migrate_refuses_queued_work_and_an_existing_target_vectorstore(
     assert target.client().dbsize() == 0  # refused before writing anything
 
     drain()
+    source.client().hset(VK.config, "reembed_model", "text-embedding-3-small")  # memproc reembed runs
+    assert migrate(*args) == 2
+    assert "is being re-embedded" in capsys.readouterr().err
+    assert target.client().dbsize() == 0
+    source.client().hdel(VK.config, "reembed_model")
     target.client().hset(VK.config, "dimensions", DIMS)  # a vectorstore of that name lives there
     assert migrate(*args) == 2
     assert "already exists on the target" in capsys.readouterr().err
@@ -280,3 +285,132 @@ def test_migrate_refuses_a_target_without_the_backend(
     assert "has no Query Engine" in capsys.readouterr().err
     with pytest.raises(redis.ResponseError):
         source.client().execute_command("FT._LIST")
+
+
+# What a session stated, which erasing it undoes: an update (whose replaced text's vector is kept in
+# {vs}:memory_versions, and which here also changes the memory's type), a supersede, a retraction.
+BANK, BARCLAYS = "The user works at a bank.", "The user works at Barclays."
+LISBON, BERLIN = "The user lives in Lisbon.", "The user lives in Berlin."
+VEGGIE = "The user is vegetarian."
+FIRST, SECOND = (
+    "user: I work at a bank, live in Lisbon, and I am vegetarian.",
+    "user: Barclays. Berlin. Meat.",
+)
+
+
+def restated(monkeypatch: pytest.MonkeyPatch, fake: Any, server: RedisServer, backend: str) -> None:
+    """s-a states three memories; s-b updates, supersedes and retracts one each (scripted model)."""
+    use(monkeypatch, server, backend)
+    fake.clear_failures()
+    fake.latency = 0.0
+    fake.extraction_for = fake.embedding_for = None
+
+    def answer(transcript: str, shown: list[tuple[str, str]]) -> dict[str, Any] | None:
+        ids = {text: mid for mid, text in shown}
+        if FIRST in transcript:
+            adds = [(BANK, "fact"), (LISBON, "fact"), (VEGGIE, "preference")]
+            ops: list[dict[str, Any]] = []
+        else:
+            adds = []
+            ops = [
+                {"op": "update", "id": ids[BANK], "text": BARCLAYS, "memory_type": "relationship"},
+                {"op": "supersede", "id": ids[LISBON], "text": BERLIN, "memory_type": "fact"},
+                {"op": "retract", "id": ids[VEGGIE]},
+            ]
+        return {
+            "memories": [{"text": t, "memory_type": c, "confidence": 0.9, "tags": []} for t, c in adds],
+            "operations": [{"confidence": 0.9, "tags": [], **op} for op in ops],
+            "summary": "work, home and food",
+            "topics": [],
+        }
+
+    fake.reconciliation_for = answer
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
+    _reset()
+    for day, (sid, text) in enumerate((("s-a", FIRST), ("s-b", SECOND)), 10):
+        store(VS, text, session_id=sid, metadata={"session_timestamp": f"2026-01-{day}T09:00:00Z"})
+        assert drain().processed == 1
+    fake.reconciliation_for = None
+    r = server.client()
+    assert r.hlen(VK.memory_versions) == 1
+    assert r.zcard(VK.category_index("relationship")) == 1
+
+
+def shown(*categories: str) -> dict[str, Any]:
+    """Every memory as the API shows it (status, times, history), by category and by search."""
+    views: dict[str, Any] = {"all": api("/hierarchy", memory_type="all", limit=100)["discrete_memories"]}
+    for c in categories:
+        views[c] = [
+            m["memory_id"] for m in api("/hierarchy", memory_type="discrete", category=c)["discrete_memories"]
+        ]
+    views["search"] = [
+        (h["text"], h["status"], round(h["similarity"], 2))
+        for h in api("/search", q=BANK, k=10, include_superseded="true")["results"]
+    ]
+    return views
+
+
+def test_a_round_trip_keeps_history_versions_categories_and_what_erasure_undoes(
+    servers: dict[str, RedisServer], monkeypatch: pytest.MonkeyPatch, fake_llm_server: Any
+) -> None:
+    """vectorset -> search -> vectorset: the vectorstore comes back key for key, and erasing the
+    session that updated, superseded and retracted restores the replaced text with its own vector."""
+    redis8, stack = servers["vectorset"], servers["search"]
+    restated(monkeypatch, fake_llm_server, redis8, "vectorset")
+    categories = ("fact", "preference", "relationship")
+    before, original = shown(*categories), snapshot(redis8.client(), VS)
+    statuses = {m["text"]: m["status"] for m in before["all"]}
+    assert statuses == {BARCLAYS: "current", LISBON: "superseded", BERLIN: "current", VEGGIE: "retracted"}
+
+    assert migrate("--to", "search", "--target-url", stack.url, VS) == 0
+    versions = redis8.client(decode=False).hgetall(VK.memory_versions)
+    assert stack.client(decode=False).hgetall(VK.memory_versions) == versions
+    use(monkeypatch, stack, "search")
+    assert shown(*categories) == before
+
+    redis8.client().flushall()  # back into the emptied Redis 8
+    use(monkeypatch, stack, "search")
+    assert migrate("--to", "vectorset", "--target-url", redis8.url, VS) == 0
+    back = snapshot(redis8.client(), VS)
+    assert back.pop(VK.migration)[1][b"state"] == b"done"
+    assert back == original
+
+    use(monkeypatch, redis8, "vectorset")
+    assert call("DELETE", mem_path(VS, "/session/s-b")).status == 200
+    after = {m["text"]: m for m in api("/hierarchy", memory_type="all", limit=100)["discrete_memories"]}
+    assert {t: (m["status"], m["memory_type"], m["history"]) for t, m in after.items()} == {
+        BANK: ("current", "fact", []), LISBON: ("current", "fact", []), VEGGIE: ("current", "preference", []),
+    }  # fmt: skip
+    hits = api("/search", q=BANK, k=1)["results"]
+    assert [(h["text"], round(h["similarity"], 2)) for h in hits] == [(BANK, 1.0)]
+    r = redis8.client()
+    assert r.hlen(VK.memory_versions) == 0
+    assert (r.zcard(VK.category_index("fact")), r.zcard(VK.category_index("relationship"))) == (2, 0)
+
+
+def test_verification_names_a_lost_version_and_category_entry_and_a_rerun_repairs_them(
+    servers: dict[str, RedisServer],
+    monkeypatch: pytest.MonkeyPatch,
+    fake_llm_server: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    source, target = servers["vectorset"], servers["search"]
+    restated(monkeypatch, fake_llm_server, source, "vectorset")
+    args = ("--to", "search", "--target-url", target.url, VS)
+    assert migrate(*args) == 0
+    tr = target.client()
+    (version,) = tr.hkeys(VK.memory_versions)
+    (updated,) = tr.zrange(VK.category_index("relationship"), 0, -1)
+    tr.hdel(VK.memory_versions, version)
+    tr.zrem(VK.category_index("relationship"), updated)
+    capsys.readouterr()
+
+    assert migrate(*args) == 1
+    err = capsys.readouterr().err
+    assert f"vectors of replaced texts missing or different on the target: {version}" in err
+    assert f"memories not in their category listing on the target: {updated}" in err
+    assert "category relationship: source 1 memories, target listing 0" in err
+    assert migrate(*args) == 0
+    assert tr.hexists(VK.memory_versions, version)
+    assert tr.zscore(VK.category_index("relationship"), updated) is not None
