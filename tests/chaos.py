@@ -95,6 +95,7 @@ def processor_env(redis_url: str, fake_url: str) -> dict[str, str]:
         "EMBEDDING_DIMENSIONS": "64",
         "POWERTOOLS_METRICS_DISABLED": "true",
         "POWERTOOLS_LOG_LEVEL": "ERROR",
+        "AUTH_MODE": "NONE",
         "LEASE_SECONDS": "5",
         "PROCESSING_INTERVAL_SECONDS": "1",
         "RETRY_BASE_SECONDS": "0.2",

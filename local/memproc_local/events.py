@@ -71,6 +71,20 @@ def _header_pairs(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> lis
     return [(str(k), str(v)) for k, v in items]
 
 
+def authorizer_claims(claims: Mapping[str, Any]) -> dict[str, str]:
+    """Token claims as a REST API's Cognito authorizer hands them to Lambda: every value a string,
+    a list (``cognito:groups``) joined with commas, as API Gateway does."""
+    out: dict[str, str] = {}
+    for name, value in claims.items():
+        if isinstance(value, list | tuple):
+            out[str(name)] = ",".join(str(v) for v in value)
+        elif isinstance(value, bool):
+            out[str(name)] = "true" if value else "false"
+        else:
+            out[str(name)] = str(value)
+    return out
+
+
 def build_event(
     route: Route,
     method: str,
@@ -83,12 +97,19 @@ def build_event(
     *,
     source_ip: str = "127.0.0.1",
     request_time: datetime | None = None,
+    identity: Mapping[str, Any] | None = None,
+    claims: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The API Gateway REST (v1) Lambda proxy event for one request.
 
     ``path`` is the raw request path (percent-encoding kept, as REST APIs deliver it), ``query``
     the raw query string without ``?``, ``path_params`` already decoded. ``headers`` may be a
     mapping or (name, value) pairs; repeated names end up in ``multiValueHeaders``.
+
+    What API Gateway's authentication adds: ``identity`` fields of ``requestContext.identity``
+    (``userArn``/``caller`` for AWS_IAM, ``apiKey``/``apiKeyId`` for API keys), and ``claims``, the
+    verified token's claims a Cognito authorizer puts in ``requestContext.authorizer.claims``, every
+    value a string as API Gateway renders them (see :func:`authorizer_claims`).
     """
     pairs = _header_pairs(headers)
     single: dict[str, str] = {}
@@ -149,10 +170,13 @@ def build_event(
             "apiKey": None,
             "apiKeyId": None,
             "clientCert": None,
+            **(identity or {}),
         },
         "domainName": host,
         "apiId": API_ID,
     }
+    if claims is not None:
+        request_context["authorizer"] = {"claims": authorizer_claims(claims)}
     return {
         "resource": route.resource,
         "path": path,

@@ -6,10 +6,11 @@ from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
+from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
-from memproc import request_body
+from memproc import auth, request_body
 from memproc.dal.connection import StoreError, store_failure
 from memproc.errors import ApiError, InvalidInput
 from memproc.observability import logger
@@ -37,20 +38,46 @@ def json_response(status: int, model: BaseModel) -> Response[Any]:
     )
 
 
-def resolve(app: APIGatewayRestResolver, event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Screen the raw request, so an oversized or non-JSON body costs nothing and stores nothing,
-    then let the resolver route and validate it."""
-    problem = request_body.screen(event, get_settings().max_body_bytes)
-    if problem is None:
-        return app.resolve(event, context)
-    status, code, message = problem
+def _refused(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """A refusal as a Lambda proxy response, for requests turned away before the resolver runs."""
     body = ErrorResponse(error=ErrorBody(code=code, message=message)).model_dump_json(exclude_none=True)
-    return {"statusCode": status, "headers": {"Content-Type": content_types.APPLICATION_JSON}, "body": body}
+    return {
+        "statusCode": status,
+        "headers": {"Content-Type": content_types.APPLICATION_JSON, **(headers or {})},
+        "body": body,
+    }
+
+
+def resolve(app: APIGatewayRestResolver, event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Identify the caller (401 without one), screen the raw request, so an oversized or non-JSON
+    body costs nothing and stores nothing, then let the resolver route, validate and authorize it."""
+    settings = get_settings()
+    try:
+        caller = auth.authenticate(event, settings)
+    except auth.Unauthenticated as exc:
+        return _refused(exc.status, exc.code, exc.message, exc.headers)
+    problem = request_body.screen(event, settings.max_body_bytes)
+    if problem is not None:
+        return _refused(*problem)
+    logger.append_keys(caller=caller.principal)
+    app.append_context(caller=caller)
+    return app.resolve(event, context)
+
+
+def _authorize(app: APIGatewayRestResolver, next_middleware: NextMiddleware) -> Response[Any]:
+    """Every route: the caller `resolve` identified may act on the vectorstore of the path (403)."""
+    caller = app.context.get("caller")
+    if not isinstance(caller, auth.Caller):  # resolved without `resolve`: identify here, fail closed
+        caller = auth.authenticate(app.current_event.raw_event, get_settings())
+    vectorstore = (app.context.get("_route_args") or {}).get("vectorstore_name")
+    auth.authorize(caller, path_arg(vectorstore) if isinstance(vectorstore, str) else None, get_settings())
+    return next_middleware(app)
 
 
 def make_resolver() -> APIGatewayRestResolver:
     """A REST resolver whose every error is JSON with a stable code and a human message."""
     app = APIGatewayRestResolver(enable_validation=True, json_body_deserializer=request_body.strict_json)
+    app.use(middlewares=[_authorize])
 
     @app.exception_handler(ApiError)
     def _api_error(exc: ApiError) -> Response[Any]:
