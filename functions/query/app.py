@@ -1,5 +1,5 @@
-"""Read routes: processing status, submission status, hierarchy, sessions, stats, search, dead
-letters (and redriving one)."""
+"""Read routes: health, processing status, submission status, hierarchy, sessions, stats, search,
+dead letters (and redriving one)."""
 
 from typing import Any
 
@@ -18,6 +18,14 @@ from memproc.settings import get_settings
 tracer = get_tracer()
 
 app = make_resolver()
+
+
+@app.get("/api/health")
+@tracer.capture_method
+def get_health() -> Response[Any]:
+    parse_query(NoParams, app)
+    result, headers = status.health(get_store(), get_settings())
+    return json_response(200 if result.success else 503, result, headers)
 
 
 @app.get("/api/memory/<vectorstore_name>/processing_status")

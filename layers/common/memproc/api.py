@@ -32,9 +32,12 @@ def error_response(
     )
 
 
-def json_response(status: int, model: BaseModel) -> Response[Any]:
+def json_response(status: int, model: BaseModel, headers: dict[str, str] | None = None) -> Response[Any]:
     return Response(
-        status_code=status, content_type=content_types.APPLICATION_JSON, body=model.model_dump_json()
+        status_code=status,
+        content_type=content_types.APPLICATION_JSON,
+        body=model.model_dump_json(),
+        headers=headers,
     )
 
 

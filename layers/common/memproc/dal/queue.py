@@ -7,13 +7,14 @@ are Redis server time.
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass
 from typing import Any
 
 from memproc.dal.connection import Store
-from memproc.dal.functions import fcall
-from memproc.keys import VectorstoreKeys
+from memproc.dal.functions import LIBRARY_VERSION, fcall
+from memproc.keys import PROCESSOR_STATUS, RAW_MEMORY_QUEUE, VectorstoreKeys
 from memproc.settings import Settings
 
 
@@ -247,12 +248,33 @@ class QueueStatus:
     all_in_flight: int
     all_dead: int
     eviction_policy: str  # the store's maxmemory-policy; anything but noeviction can lose work
+    queue_head_due: float | None  # when the item first in RAW_MEMORY_QUEUE became due (None: none is)
+
+
+def _due(score: Any) -> float | None:
+    """A queue score as a due time; parked items (+inf) and an empty queue have none."""
+    if score in (None, ""):
+        return None
+    value = float(score)
+    return value if math.isfinite(value) else None
 
 
 def status(store: Store, vectorstore: str) -> QueueStatus:
-    (now, queue_size, flat, today, last, pending, inflight, dead, oldest, all_inflight, all_dead, policy) = (
-        fcall(store.r, "status", [], [vectorstore], readonly=True)
-    )
+    (
+        now,
+        queue_size,
+        flat,
+        today,
+        last,
+        pending,
+        inflight,
+        dead,
+        oldest,
+        all_inflight,
+        all_dead,
+        policy,
+        head,
+    ) = fcall(store.r, "status", [], [vectorstore], readonly=True)
     return QueueStatus(
         now=float(now),
         queue_size=int(queue_size),
@@ -266,4 +288,49 @@ def status(store: Store, vectorstore: str) -> QueueStatus:
         all_in_flight=int(all_inflight),
         all_dead=int(all_dead),
         eviction_policy=_s(policy),
+        queue_head_due=_due(head),
+    )
+
+
+@dataclass(frozen=True)
+class HealthProbe:
+    """What GET /api/health reads, in one pipeline of plain commands: they answer even when the
+    function library is missing, which is one of the things it checks."""
+
+    now: float
+    library_loaded: bool
+    eviction_policy: str
+    processor: dict[str, str]  # background_processor:status
+    queue_size: int
+    queue_head_due: float | None
+
+
+def _library_names(listing: Any) -> set[str]:
+    """Library names in a FUNCTION LIST reply (RESP2 flat pairs or RESP3 maps)."""
+    names = set()
+    for library in listing or []:
+        fields = (
+            library if isinstance(library, dict) else dict(zip(library[::2], library[1::2], strict=False))
+        )
+        names.add(_s(fields.get("library_name", "")))
+    return names
+
+
+def health_probe(store: Store) -> HealthProbe:
+    library = f"memproc_{LIBRARY_VERSION}"
+    pipe = store.r.pipeline(transaction=False)
+    pipe.time()
+    pipe.function_list(library=library)
+    pipe.info("memory")
+    pipe.hgetall(PROCESSOR_STATUS)
+    pipe.zrange(RAW_MEMORY_QUEUE, 0, 0, withscores=True)
+    pipe.zcard(RAW_MEMORY_QUEUE)
+    (seconds, micros), listing, memory, processor, head, queue_size = pipe.execute()
+    return HealthProbe(
+        now=int(seconds) + int(micros) / 1e6,
+        library_loaded=library in _library_names(listing),
+        eviction_policy=str(memory.get("maxmemory_policy", "unknown")),
+        processor=dict(processor),
+        queue_size=int(queue_size),
+        queue_head_due=_due(head[0][1]) if head else None,
     )

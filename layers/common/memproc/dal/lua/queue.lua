@@ -277,8 +277,10 @@ redis.register_function{function_name = 'status___VERSION__', flags = {'no-write
   if oldest[2] == 'inf' then oldest[2] = redis.call('HGET', k.raw(vs, oldest[1]), 'created_at') end
   local today = redis.call('HMGET', STATS_PREFIX .. ymd(now), 'processed_count', 'last_processed_at')
   local policy = string.match(redis.call('INFO', 'memory'), 'maxmemory_policy:([%w%-]+)') or 'unknown'
+  -- The head of the whole queue: due since its score (parked items, at +inf, are never due).
+  local head = redis.call('ZRANGE', QUEUE, 0, 0, 'WITHSCORES')
   return {string.format('%.6f', now), redis.call('ZCARD', QUEUE), redis.call('HGETALL', STATUS),
     today[1] or '0', today[2] or '', redis.call('ZCARD', k.pending(vs)),
     redis.call('ZCARD', k.inflight(vs)), redis.call('ZCARD', k.dead(vs)), oldest[2] or '',
-    redis.call('ZCARD', INFLIGHT), redis.call('ZCARD', DEAD), policy}
+    redis.call('ZCARD', INFLIGHT), redis.call('ZCARD', DEAD), policy, head[2] or ''}
 end}
