@@ -60,6 +60,9 @@ $(EVAL_STAMP):
 eval-vectors: $(EVAL_STAMP) ## Embed every eval text with all-MiniLM-L6-v2 (.eval-venv) -> eval/vectors.json
 	HF_HUB_OFFLINE=1 $(EVAL_VENV)/bin/python -m eval.embed
 
+openapi: $(STAMP) ## The API's OpenAPI document from the handlers -> docs/openapi.json (+ the layer's copy the API serves)
+	$(PY) -m memproc_local.openapi
+
 check: $(STAMP) ## ruff + mypy
 	$(VENV)/bin/ruff check layers local functions tests bench scripts eval
 	$(VENV)/bin/ruff format --check layers local functions tests bench scripts eval
@@ -68,7 +71,7 @@ check: $(STAMP) ## ruff + mypy
 clean: ## Remove the venvs (.eval-venv too) and build output (the engines cached in ~/.cache/memproc stay)
 	rm -rf $(VENV) $(TOOLS) $(EVAL_VENV) .aws-sam
 
-.PHONY: help venv redis engines test dev bench chaos eval eval-vectors check clean
+.PHONY: help venv redis engines test dev bench chaos eval eval-vectors openapi check clean
 
 # --- AWS tooling (SAM CLI + cfn-lint) in their own venv: the SAM CLI pins its own boto3/pydantic. ---
 SAM      := SAM_CLI_TELEMETRY=0 $(TOOLS)/bin/sam

@@ -174,7 +174,7 @@ def test_get_event_has_api_gateway_v1_shape(server: LocalApiServer) -> None:
     assert ctx["resourcePath"] == event["resource"]
     assert ctx["httpMethod"] == "GET"
     assert ctx["stage"] == "local"
-    assert ctx["path"] == "/local/api/memory/user%201/raw/x"
+    assert ctx["path"] == "/api/memory/user%201/raw/x"  # as requested: the local URL has no stage
     assert ctx["accountId"] == "123456789012"
     assert ctx["apiId"] == "local"
     assert ctx["protocol"] == "HTTP/1.1"

@@ -99,6 +99,7 @@ def build_event(
     request_time: datetime | None = None,
     identity: Mapping[str, Any] | None = None,
     claims: Mapping[str, Any] | None = None,
+    base_path: str | None = None,
 ) -> dict[str, Any]:
     """The API Gateway REST (v1) Lambda proxy event for one request.
 
@@ -110,6 +111,10 @@ def build_event(
     (``userArn``/``caller`` for AWS_IAM, ``apiKey``/``apiKeyId`` for API keys), and ``claims``, the
     verified token's claims a Cognito authorizer puts in ``requestContext.authorizer.claims``, every
     value a string as API Gateway renders them (see :func:`authorizer_claims`).
+
+    ``requestContext.path`` is the path the client requested: ``/<stage>`` and ``path`` on an
+    execute-api domain (the default), ``base_path`` and ``path`` where the URL has no stage (the
+    local server, a custom domain).
     """
     pairs = _header_pairs(headers)
     single: dict[str, str] = {}
@@ -147,7 +152,7 @@ def build_event(
         "httpMethod": method,
         "extendedRequestId": base64.b64encode(secrets.token_bytes(12)).decode("ascii"),
         "requestTime": _request_time(moment),
-        "path": f"/{stage}{path}",
+        "path": f"{f'/{stage}' if base_path is None else base_path}{path}",
         "accountId": ACCOUNT_ID,
         "protocol": "HTTP/1.1",
         "stage": stage,

@@ -224,6 +224,7 @@ class LocalApiServer:
             source_ip=client_ip,
             identity=admitted.identity,
             claims=admitted.claims,
+            base_path="",  # served at the root: no stage segment in the URL
         )
         status, reply_headers, data = self._invoke(route, event)
         return _Reply(status, reply_headers, data, function=route.function)

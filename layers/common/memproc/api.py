@@ -1,7 +1,11 @@
-"""What every HTTP handler shares: the resolver with validation, error mapping, observability."""
+"""What every HTTP handler shares: the resolver with validation, error mapping, observability,
+the caller's identity, query-string models, and the OpenAPI description of all of it."""
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
@@ -14,10 +18,29 @@ from memproc import auth, request_body
 from memproc.dal.connection import StoreError, store_failure
 from memproc.errors import ApiError, InvalidInput
 from memproc.observability import logger
+from memproc.schemas.requests import NoParams
 from memproc.schemas.responses import ErrorBody, ErrorResponse
 from memproc.settings import get_settings
 
 Q = TypeVar("Q", bound=BaseModel)
+R = TypeVar("R")
+# The attribute of a route function naming its query-string model (Resolver.query).
+QUERY_MODEL = "memproc_query_model"
+# What each error status means on every route, as the OpenAPI description says it.
+ERRORS = {
+    400: "Invalid input: a path value or query parameter (the code names which)",
+    401: "No caller identity for the deployment's AuthMode (code unauthenticated)",
+    403: "The caller may not use this vectorstore (code forbidden)",
+    404: "No such vectorstore, session, memory or raw memory",
+    409: "The request conflicts with the record's state",
+    413: "The body is larger than MAX_BODY_BYTES",
+    415: "The body is not application/json",
+    422: "The body is not valid (code validation_error or malformed_json)",
+    503: "The store is unavailable, busy or full, or the queue is full; retry after Retry-After",
+}
+_ALWAYS = (400, 401, 503)
+_OF_A_VECTORSTORE = (403, 404)
+_WITH_BODY = (413, 415, 422)
 
 
 def error_response(
@@ -67,20 +90,88 @@ def resolve(app: APIGatewayRestResolver, event: dict[str, Any], context: Any) ->
     return app.resolve(event, context)
 
 
-def _authorize(app: APIGatewayRestResolver, next_middleware: NextMiddleware) -> Response[Any]:
-    """Every route: the caller `resolve` identified may act on the vectorstore of the path (403)."""
+def _admit(app: APIGatewayRestResolver, next_middleware: NextMiddleware) -> Response[Any]:
+    """Every route: the caller `resolve` identified may act on the vectorstore of the path (403);
+    then the query string must fit the route's model (400), which the handler receives."""
     caller = app.context.get("caller")
     if not isinstance(caller, auth.Caller):  # resolved without `resolve`: identify here, fail closed
         caller = auth.authenticate(app.current_event.raw_event, get_settings())
     vectorstore = (app.context.get("_route_args") or {}).get("vectorstore_name")
     auth.authorize(caller, path_arg(vectorstore) if isinstance(vectorstore, str) else None, get_settings())
+    route = app.context.get("_route")
+    model = getattr(getattr(route, "func", None), QUERY_MODEL, NoParams)
+    app.append_context(query=parse_query(model, app))
     return next_middleware(app)
 
 
-def make_resolver() -> APIGatewayRestResolver:
+def ok(model: type[BaseModel], status: int = 200, *errors: int, description: str = "") -> dict[int, Any]:
+    """A route's documented responses: its body model, and errors beyond those of every route."""
+    responses: dict[int, Any] = {
+        status: {
+            "description": description or model.__doc__ or "OK",
+            "content": {"application/json": {"model": model}},
+        }
+    }
+    for code in errors:
+        responses[code] = {"description": ERRORS[code]}
+    return responses
+
+
+class Resolver(APIGatewayRestResolver):
+    """Powertools' REST resolver with what memproc adds: every route's query string validated
+    against its model (:meth:`query`; none declared: no parameters at all), and an OpenAPI schema
+    that documents those parameters and the error shape of every status (:meth:`documented_schema`)."""
+
+    def query(self, model: type[Q]) -> Callable[[Callable[..., R]], Callable[..., R]]:
+        """Declare a route's query-string model: the handler gets the validated instance in its
+        parameter annotated with the model (validated by ``parse_query``'s rules, after the caller
+        is admitted)."""
+
+        def decorate(fn: Callable[..., R]) -> Callable[..., R]:
+            signature = inspect.signature(fn)
+            names = [n for n, p in signature.parameters.items() if p.annotation in (model, model.__name__)]
+            if len(names) != 1:
+                raise TypeError(f"{fn.__name__} needs exactly one parameter annotated {model.__name__}")
+
+            @functools.wraps(fn)
+            def handler(*args: Any, **kwargs: Any) -> R:
+                return fn(*args, **kwargs, **{names[0]: self.context["query"]})
+
+            # Powertools reads the route's parameters from the signature: the query model is ours.
+            params = [p for n, p in signature.parameters.items() if n != names[0]]
+            handler.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+            setattr(handler, QUERY_MODEL, model)
+            return handler
+
+        return decorate
+
+    def documented_schema(self) -> dict[str, Any]:
+        """Powertools' OpenAPI schema of these routes, plus each route's query parameters (from its
+        model's JSON schema: types, defaults, bounds, enums, descriptions) and the ErrorResponse of
+        every error status it can answer."""
+        from memproc import openapi
+
+        schema = openapi.as_dict(self.get_openapi_schema())
+        operations = schema.get("paths", {})
+        for route in self._static_routes + self._dynamic_routes:
+            operation = operations[route.openapi_path][route.method.lower()]
+            operation.get("responses", {}).pop("422", None)  # Powertools' shape; memproc's is below
+            model = getattr(route.func, QUERY_MODEL, NoParams)
+            operation.setdefault("parameters", []).extend(openapi.query_parameters(model))
+            statuses = [*_ALWAYS]
+            if "{vectorstore_name}" in route.openapi_path:
+                statuses += _OF_A_VECTORSTORE
+            if "requestBody" in operation:
+                statuses += _WITH_BODY
+            openapi.document_errors(operation, ERRORS, statuses)
+        openapi.add_error_schemas(schema, ErrorResponse)
+        return schema
+
+
+def make_resolver() -> Resolver:
     """A REST resolver whose every error is JSON with a stable code and a human message."""
-    app = APIGatewayRestResolver(enable_validation=True, json_body_deserializer=request_body.strict_json)
-    app.use(middlewares=[_authorize])
+    app = Resolver(enable_validation=True, json_body_deserializer=request_body.strict_json)
+    app.use(middlewares=[_admit])
 
     @app.exception_handler(ApiError)
     def _api_error(exc: ApiError) -> Response[Any]:
