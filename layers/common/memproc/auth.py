@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from memproc.errors import ApiError
+from memproc.errors import Forbidden, Unauthenticated
 from memproc.settings import Settings
 
 # How the 401 tells a client what to send (RFC 9110 requires the header on a 401).
@@ -36,15 +36,7 @@ _WHAT = {
 # whitespace, commas or brackets (settings refuse an ADMIN_GROUP that does).
 _LIST_SEPARATORS = re.compile(r"[\s,]+")
 
-
-class Unauthenticated(ApiError):
-    status = 401
-    code = "unauthenticated"
-
-
-class Forbidden(ApiError):
-    status = 403
-    code = "forbidden"
+__all__ = ["Caller", "Forbidden", "Unauthenticated", "authenticate", "authorize", "caller", "claim_values"]
 
 
 @dataclass(frozen=True)

@@ -249,6 +249,7 @@ class QueueStatus:
     all_dead: int
     eviction_policy: str  # the store's maxmemory-policy; anything but noeviction can lose work
     queue_head_due: float | None  # when the item first in RAW_MEMORY_QUEUE became due (None: none is)
+    library_loaded: bool = True  # it answered: the library is there (the probe checks it for real)
 
 
 def _due(score: Any) -> float | None:

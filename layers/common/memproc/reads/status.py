@@ -24,32 +24,22 @@ from memproc.validation import require_raw_id, require_vectorstore
 QUEUE_LAG_INTERVALS = 3
 
 
-def checks(
-    settings: Settings,
-    *,
-    now: float,
-    processor: dict[str, str],
-    eviction_policy: str,
-    queue_size: int,
-    queue_head_due: float | None,
-    library_loaded: bool = True,
-) -> HealthChecks:
+def checks(settings: Settings, facts: queue.QueueStatus | queue.HealthProbe) -> HealthChecks:
     """The health facts, from whichever read gathered them (the status function or the probe)."""
-    beat = processor.get("last_heartbeat")
-    interval = int(processor.get("interval_seconds") or settings.processing_interval_seconds)
-    age = round(max(0.0, now - float(beat)), 3) if beat else None
+    beat = facts.processor.get("last_heartbeat")
+    interval = int(facts.processor.get("interval_seconds") or settings.processing_interval_seconds)
+    age = round(max(0.0, facts.now - float(beat)), 3) if beat else None
+    due = facts.queue_head_due
     return HealthChecks(
         library=f"memproc_{LIBRARY_VERSION}",
-        library_loaded=library_loaded,
-        eviction_policy=eviction_policy,
+        library_loaded=facts.library_loaded,
+        eviction_policy=facts.eviction_policy,
         # A scheduled processor beats at least once an interval; allow one missed beat.
         processor_running=age is not None and age <= 2 * interval + 5,
         last_heartbeat_age_seconds=age,
         processing_interval_seconds=interval,
-        queue_size=queue_size,
-        oldest_queued_age_seconds=(
-            round(max(0.0, now - queue_head_due), 3) if queue_head_due is not None else None
-        ),
+        queue_size=facts.queue_size,
+        oldest_queued_age_seconds=round(max(0.0, facts.now - due), 3) if due is not None else None,
         max_queued_age_seconds=QUEUE_LAG_INTERVALS * interval,
     )
 
@@ -85,16 +75,7 @@ def problems(c: HealthChecks) -> list[str]:
 def health(store: Store, settings: Settings) -> tuple[HealthResponse, dict[str, str]]:
     """GET /api/health in one round trip: the response and its headers (Retry-After when degraded:
     the processor's next run may change the verdict)."""
-    p = queue.health_probe(store)
-    c = checks(
-        settings,
-        now=p.now,
-        processor=p.processor,
-        eviction_policy=p.eviction_policy,
-        queue_size=p.queue_size,
-        queue_head_due=p.queue_head_due,
-        library_loaded=p.library_loaded,
-    )
+    c = checks(settings, queue.health_probe(store))
     reasons = problems(c)
     response = HealthResponse(
         success=not reasons, status="degraded" if reasons else "ok", reasons=reasons, checks=c
@@ -105,14 +86,7 @@ def health(store: Store, settings: Settings) -> tuple[HealthResponse, dict[str, 
 def processing_status(store: Store, settings: Settings, vectorstore: str) -> ProcessingStatus:
     require_vectorstore(vectorstore)
     s = queue.status(store, vectorstore)
-    c = checks(
-        settings,
-        now=s.now,
-        processor=s.processor,
-        eviction_policy=s.eviction_policy,
-        queue_size=s.queue_size,
-        queue_head_due=s.queue_head_due,
-    )
+    c = checks(settings, s)
     rate = s.processor.get("rate_per_second")
     return ProcessingStatus(
         vectorstore_name=vectorstore,
