@@ -9,7 +9,8 @@ from tests.redis_server import ROOT
 
 
 def test_the_readme_lists_the_make_targets_make_help_shows() -> None:
-    shown = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    help_run = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, check=True)
+    shown = help_run.stdout
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     listed = re.search(r"\$ make help\n(.*?)```", readme, re.S)
     assert listed is not None and listed.group(1) == shown

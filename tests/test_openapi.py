@@ -17,7 +17,8 @@ from memproc import settings as settings_module
 from memproc.api import QUERY_MODEL, Resolver
 from memproc.schemas.requests import NoParams
 from memproc_local import openapi as generator
-from memproc_local.handlers import load_module
+from memproc_local.events import LambdaContext, build_event
+from memproc_local.handlers import load_handler, load_module
 from memproc_local.server import LocalApiServer
 from memproc_local.template import load_routes
 from tests.api_client import api_routes, call
@@ -169,3 +170,11 @@ def test_the_local_server_serves_the_document_for_its_own_url(env: pytest.Monkey
     assert resp.status == 200
     assert doc["servers"] == [{"url": f"http://127.0.0.1:{srv.port}"}]  # no stage in a local URL
     assert "security" not in doc  # AUTH_MODE=NONE: nothing to send
+
+
+def test_an_unknown_route_is_404_whatever_its_query(env: pytest.MonkeyPatch) -> None:
+    """The resolver's own 404 (API Gateway answers first on AWS) does not judge query parameters."""
+    route = next(r for r in load_routes(ROOT / "template.yaml") if r.resource == "/api/health")
+    event = build_event(route, "GET", "/api/memory/u1/nope", "x=1", {}, None, {})
+    result = load_handler(route, ROOT)(event, LambdaContext(route.function))
+    assert result["statusCode"] == 404 and json.loads(result["body"])["error"]["code"] == "not_found"

@@ -98,9 +98,9 @@ def _admit(app: APIGatewayRestResolver, next_middleware: NextMiddleware) -> Resp
         caller = auth.authenticate(app.current_event.raw_event, get_settings())
     vectorstore = (app.context.get("_route_args") or {}).get("vectorstore_name")
     auth.authorize(caller, path_arg(vectorstore) if isinstance(vectorstore, str) else None, get_settings())
-    route = app.context.get("_route")
-    model = getattr(getattr(route, "func", None), QUERY_MODEL, NoParams)
-    app.append_context(query=parse_query(model, app))
+    model = getattr(getattr(app.context.get("_route"), "func", None), QUERY_MODEL, None)
+    if model is not None:  # None: no route matched; the not-found handler answers
+        app.append_context(query=parse_query(model, app))
     return next_middleware(app)
 
 
@@ -121,6 +121,17 @@ class Resolver(APIGatewayRestResolver):
     """Powertools' REST resolver with what memproc adds: every route's query string validated
     against its model (:meth:`query`; none declared: no parameters at all), and an OpenAPI schema
     that documents those parameters and the error shape of every status (:meth:`documented_schema`)."""
+
+    def route(self, rule: str, method: Any, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
+        """Powertools' route registration; a route that declared no query model takes none."""
+        register = super().route(rule, method, *args, **kwargs)
+
+        def decorate(fn: Callable[..., Any]) -> Any:
+            if not hasattr(fn, QUERY_MODEL):
+                setattr(fn, QUERY_MODEL, NoParams)
+            return register(fn)
+
+        return decorate
 
     def query(self, model: type[Q]) -> Callable[[Callable[..., R]], Callable[..., R]]:
         """Declare a route's query-string model: the handler gets the validated instance in its
