@@ -170,64 +170,71 @@ def run(
     tally = Tally()
     stop_faults = threading.Event()
     saved_env = dict(os.environ)
-    with FakeOpenAI(latency=0.05) as fake:
-        os.environ.update(processor_env(server.url, fake.base_url))
-        _reset_clients()
-        workers = [start_processor(server.url, fake.base_url) for _ in range(processors)]
+    workers: list[subprocess.Popen[str]] = []
+    try:
+        with FakeOpenAI(latency=0.05) as fake:
+            os.environ.update(processor_env(server.url, fake.base_url))
+            _reset_clients()
+            workers += [start_processor(server.url, fake.base_url) for _ in range(processors)]
 
-        def injector() -> None:
-            while not stop_faults.wait(rng.uniform(0.5, 1.5)):
-                kind = rng.choice(faults)
-                tally.faults[kind] += 1
-                if kind == "kill_processor":
-                    i = rng.randrange(len(workers))
-                    workers[i].kill()
-                    workers[i].wait()
-                    workers[i] = start_processor(server.url, fake.base_url)
-                elif kind == "restart_redis":
-                    server.kill_and_restart()
-                elif kind == "freeze_redis":
-                    server.freeze()
-                    stop_faults.wait(rng.uniform(2.5, 4))  # longer than the client's timeouts
+            def injector() -> None:
+                while not stop_faults.wait(rng.uniform(0.5, 1.5)):
+                    kind = rng.choice(faults)
+                    tally.faults[kind] += 1
+                    if kind == "kill_processor":
+                        i = rng.randrange(len(workers))
+                        workers[i].kill()
+                        workers[i].wait()
+                        workers[i] = start_processor(server.url, fake.base_url)
+                    elif kind == "restart_redis":
+                        server.kill_and_restart()
+                    elif kind == "freeze_redis":
+                        server.freeze()
+                        stop_faults.wait(rng.uniform(2.5, 4))  # longer than the client's timeouts
+                        server.thaw()
+
+            thread = threading.Thread(target=injector, daemon=True)
+            thread.start()
+            deadline = time.monotonic() + seconds
+            n = 0
+            try:
+                while time.monotonic() < deadline:
+                    vs, sid = f"chaos{rng.randrange(4)}", f"s-{rng.randrange(40)}"
+                    text = tally.texts.get((vs, sid), "") + f"user: I noted fact {n} today.\n"
+                    tally.texts[(vs, sid)] = text
+                    n += 1
+                    _store(tally, vs, sid, text)
+            finally:
+                stop_faults.set()
+                thread.join()
+                if server.frozen:
                     server.thaw()
-
-        thread = threading.Thread(target=injector, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + seconds
-        n = 0
-        try:
-            while time.monotonic() < deadline:
-                vs, sid = f"chaos{rng.randrange(4)}", f"s-{rng.randrange(40)}"
-                text = tally.texts.get((vs, sid), "") + f"user: I noted fact {n} today.\n"
-                tally.texts[(vs, sid)] = text
-                n += 1
-                _store(tally, vs, sid, text)
-        finally:
-            stop_faults.set()
-            thread.join()
-            if server.frozen:
-                server.thaw()
-        admin.config_set("maxmemory", 0)  # the operator frees memory...
-        if policy == "noeviction":  # ...and the store is healthy again: resend what was unknown
-            for vs, sid, text in sorted(tally.unknown):
-                _store(tally, vs, sid, text)
-            assert not tally.unknown, tally.unknown
-        try:
-            settle(admin, workers)
-        except AssertionError:
-            if os.environ.get("MEMPROC_CHAOS_DUMP"):  # where each processor is stuck
-                for w in workers:
-                    subprocess.run(["py-spy", "dump", "--pid", str(w.pid)], check=False)
-            raise
-        assert all(w.poll() is None for w in workers), "a processor exited instead of waiting out a fault"
+            admin.config_set("maxmemory", 0)  # the operator frees memory...
+            if policy == "noeviction":  # ...and the store is healthy again: resend what was unknown
+                for vs, sid, text in sorted(tally.unknown):
+                    _store(tally, vs, sid, text)
+                assert not tally.unknown, tally.unknown
+            try:
+                settle(admin, workers)
+            except AssertionError:
+                if os.environ.get("MEMPROC_CHAOS_DUMP"):  # where each processor is stuck
+                    for w in workers:
+                        subprocess.run(["py-spy", "dump", "--pid", str(w.pid)], check=False)
+                raise
+            assert all(w.poll() is None for w in workers), "a processor exited instead of waiting out a fault"
+            for w in workers:
+                w.kill()
+                w.wait()
+            figures = verify(admin, tally)
+    finally:  # also after a failed round: its processes and environment must not outlive it
         for w in workers:
-            w.kill()
-            w.wait()
-        figures = verify(admin, tally)
-    server.stop()
-    os.environ.clear()
-    os.environ.update(saved_env)
-    _reset_clients()
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+        server.stop()
+        os.environ.clear()
+        os.environ.update(saved_env)
+        _reset_clients()
     return figures
 
 
