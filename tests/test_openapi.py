@@ -82,11 +82,12 @@ def test_every_query_parameter_is_documented_with_its_constraints() -> None:
     assert search["q"]["required"] is True and search["k"]["schema"]["maximum"] == 100
 
 
-def test_every_error_has_the_error_shape_and_every_success_a_body() -> None:
+def test_every_route_is_summarised_every_error_has_the_error_shape_every_success_a_body() -> None:
     doc = committed()
     assert set(doc["components"]["schemas"]["ErrorResponse"]["properties"]) == {"success", "error"}
     assert "HTTPValidationError" not in doc["components"]["schemas"]  # never sent
     for key, op in operations(doc).items():
+        assert not op["summary"].startswith(key[0]), key  # the handler says what it does
         statuses = {int(s) for s in op["responses"]}
         assert {400, 401, 503} <= statuses, key
         if "{vectorstore_name}" in key[1]:

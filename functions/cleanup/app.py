@@ -29,6 +29,7 @@ app = make_resolver()
 @app.query(CleanupQuery)
 @tracer.capture_method
 def cleanup(vectorstore_name: str, q: CleanupQuery) -> Response[Any]:
+    """Delete processed transcripts past retention, trim indexes, reconcile; call again while incomplete."""
     receipt = retention.cleanup(get_store(), get_settings(), path_arg(vectorstore_name), q)
     logger.info(
         "cleanup",
@@ -46,6 +47,7 @@ def cleanup(vectorstore_name: str, q: CleanupQuery) -> Response[Any]:
 @app.query(EraseMemoryQuery)
 @tracer.capture_method
 def delete_memory(vectorstore_name: str, memory_id: str, q: EraseMemoryQuery) -> Response[Any]:
+    """Erase one memory and every reference to it."""
     receipt = retention.erase_memory(
         get_store(), path_arg(vectorstore_name), path_arg(memory_id), purge_sources=q.purge_sources
     )
@@ -55,6 +57,7 @@ def delete_memory(vectorstore_name: str, memory_id: str, q: EraseMemoryQuery) ->
 @app.delete("/api/memory/<vectorstore_name>/session/<session_id>", responses=ok(ErasureReceipt))
 @tracer.capture_method
 def delete_session(vectorstore_name: str, session_id: str) -> Response[Any]:
+    """Erase a session: transcripts, summary, references and the memories only it stated."""
     return json_response(
         200, retention.erase_session(get_store(), path_arg(vectorstore_name), path_arg(session_id))
     )
@@ -69,6 +72,7 @@ def delete_session(vectorstore_name: str, session_id: str) -> Response[Any]:
 )
 @tracer.capture_method
 def delete_vectorstore(vectorstore_name: str) -> Response[Any]:
+    """Erase everything of the vectorstore (202 while a huge one needs another call)."""
     receipt = retention.erase_vectorstore(get_store(), path_arg(vectorstore_name))
     # 202: a vectorstore too large for one request is partly erased; DELETE again to finish.
     return json_response(200 if receipt.complete else 202, receipt)

@@ -74,6 +74,7 @@ def get_docs() -> Response[Any]:
 @app.get("/api/memory/<vectorstore_name>/processing_status", responses=ok(ProcessingStatus))
 @tracer.capture_method
 def processing_status(vectorstore_name: str) -> Response[Any]:
+    """The processor and the queue: heartbeat, sizes, interval, retention, health, this vectorstore's work."""
     return json_response(
         200, status.processing_status(get_store(), get_settings(), path_arg(vectorstore_name))
     )
@@ -82,6 +83,7 @@ def processing_status(vectorstore_name: str) -> Response[Any]:
 @app.get("/api/memory/<vectorstore_name>/raw/<raw_memory_id>", responses=ok(RawMemoryResponse))
 @tracer.capture_method
 def raw_status(vectorstore_name: str, raw_memory_id: str) -> Response[Any]:
+    """One submission: status, attempts, last error, result counts (never its transcript)."""
     return json_response(
         200, status.raw_status(get_store(), path_arg(vectorstore_name), path_arg(raw_memory_id))
     )
@@ -91,6 +93,7 @@ def raw_status(vectorstore_name: str, raw_memory_id: str) -> Response[Any]:
 @app.query(HierarchyQuery)
 @tracer.capture_method
 def get_hierarchy(vectorstore_name: str, q: HierarchyQuery) -> Response[Any]:
+    """Discrete memories, session summaries and raw submissions, newest first, one page per cursor."""
     return json_response(200, hierarchy.hierarchy(get_store(), path_arg(vectorstore_name), q))
 
 
@@ -98,6 +101,7 @@ def get_hierarchy(vectorstore_name: str, q: HierarchyQuery) -> Response[Any]:
 @app.query(SessionQuery)
 @tracer.capture_method
 def session(vectorstore_name: str, session_id: str, q: SessionQuery) -> Response[Any]:
+    """Everything about one session: summary, memories, submissions, token usage."""
     details = sessions.session_details(
         get_store(), path_arg(vectorstore_name), path_arg(session_id), include_transcript=q.include_transcript
     )
@@ -107,6 +111,7 @@ def session(vectorstore_name: str, session_id: str, q: SessionQuery) -> Response
 @app.get("/api/memory/<vectorstore_name>/stats", responses=ok(StatsResponse))
 @tracer.capture_method
 def get_stats(vectorstore_name: str) -> Response[Any]:
+    """Counts per level, approximate storage and the last 7 days of processing figures."""
     return json_response(200, stats.stats(get_store(), path_arg(vectorstore_name)))
 
 
@@ -114,6 +119,7 @@ def get_stats(vectorstore_name: str) -> Response[Any]:
 @app.query(SearchQuery)
 @tracer.capture_method
 def get_search(vectorstore_name: str, q: SearchQuery) -> Response[Any]:
+    """Semantic search over the discrete memories, with cosine similarity."""
     return json_response(200, search.search(get_store(), get_settings(), path_arg(vectorstore_name), q))
 
 
@@ -121,12 +127,14 @@ def get_search(vectorstore_name: str, q: SearchQuery) -> Response[Any]:
 @app.query(DeadLettersQuery)
 @tracer.capture_method
 def get_dead_letters(vectorstore_name: str, q: DeadLettersQuery) -> Response[Any]:
+    """Dead-lettered submissions with their last error, newest first."""
     return json_response(200, dead_letters.dead_letters(get_store(), path_arg(vectorstore_name), q.limit))
 
 
 @app.post("/api/memory/<vectorstore_name>/raw/<raw_memory_id>/retry", responses=ok(RetryResponse, 200, 409))
 @tracer.capture_method
 def retry(vectorstore_name: str, raw_memory_id: str) -> Response[Any]:
+    """Redrive a dead-lettered submission (409 when it is not dead)."""
     result = submissions.retry_dead_letter(get_store(), path_arg(vectorstore_name), path_arg(raw_memory_id))
     logger.info("dead letter redriven", extra={"raw_memory_id": result.raw_memory_id})
     return json_response(200, result)

@@ -27,6 +27,7 @@ app = make_resolver()
 
 @app.post("/api/memory/<vectorstore_name>/store_raw", responses=ok(StoreRawResponse, 202))
 def store_raw(vectorstore_name: str, request: Annotated[StoreRawRequest, Body()]) -> Response[Any]:
+    """Queue one complete chat session for processing (one Redis round trip)."""
     result = submissions.submit(get_store(), get_settings(), path_arg(vectorstore_name), request)
     logger.info(
         "stored raw memory",

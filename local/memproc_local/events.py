@@ -72,8 +72,9 @@ def _header_pairs(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> lis
 
 
 def authorizer_claims(claims: Mapping[str, Any]) -> dict[str, str]:
-    """Token claims as a REST API's Cognito authorizer hands them to Lambda: every value a string,
-    a list (``cognito:groups``) joined with commas, as API Gateway does."""
+    """Token claims as a REST API's Cognito authorizer hands them to Lambda: every value a string.
+    A list (``cognito:groups``) is joined with commas, one of the renderings API Gateway produces
+    (``memproc.auth.claim_values`` also reads the bracketed one)."""
     out: dict[str, str] = {}
     for name, value in claims.items():
         if isinstance(value, list | tuple):

@@ -167,6 +167,9 @@ class Resolver(APIGatewayRestResolver):
         for route in self._static_routes + self._dynamic_routes:
             operation = operations[route.openapi_path][route.method.lower()]
             operation.get("responses", {}).pop("422", None)  # Powertools' shape; memproc's is below
+            summary = (inspect.getdoc(route.func) or "").strip().split("\n", 1)[0]
+            if summary and operation.get("summary", "").startswith(route.method.upper()):
+                operation["summary"] = summary  # the handler's docstring, not Powertools' "GET /path"
             model = getattr(route.func, QUERY_MODEL, NoParams)
             operation.setdefault("parameters", []).extend(openapi.query_parameters(model))
             statuses = [*_ALWAYS]
