@@ -542,5 +542,6 @@ def test_real_template_serves_its_own_error_shapes() -> None:
         too_big = call(srv, "POST", "/api/memory/vs/store_raw", body=b"x" * 65)
         assert too_big.status == 413
         for reply in (missing, too_big):  # DESIGN: errors are JSON with a stable code and a message
+            assert reply.json()["success"] is False, reply.body  # the handlers' ErrorResponse
             error = reply.json()["error"]
             assert error["code"] and error["message"], reply.body

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from memproc.schemas.responses import ErrorBody, ErrorResponse
 from tests.api_client import api_routes
 from tests.redis_server import ROOT
 from tests.template_render import (
@@ -412,18 +413,34 @@ def test_the_api_functions_know_how_callers_are_identified(auth: str) -> None:
         assert env["ADMIN_GROUP"] == {"Ref": "AdminGroup"}
 
 
+def _gateway_body(spec: dict[str, Any]) -> dict[str, Any]:
+    """A gateway response's JSON body as API Gateway renders it (the message a JSON string)."""
+    template = spec["responseTemplates"]["application/json"]
+    return dict(json.loads(template.replace("$context.error.messageString", '"m"')))
+
+
 @pytest.mark.parametrize("auth", list(AUTH_SCENARIOS))
 def test_refused_credentials_answer_in_the_error_shape(auth: str) -> None:
+    """What API Gateway answers itself (authorizer refusals, throttling, no route) is the body the
+    handlers send: memproc's ErrorResponse, ``"success": false`` included, and nothing else."""
     overrides, rendered = auth_scenario(auth)
     responses = api_body(rendered)["x-amazon-apigateway-gateway-responses"]
-    codes = {
-        name: json.loads(
-            spec["responseTemplates"]["application/json"].replace("$context.error.messageString", '"m"')
-        )["error"]["code"]
-        for name, spec in responses.items()
-    }
+    handlers = json.loads(
+        ErrorResponse(error=ErrorBody(code="c", message="m")).model_dump_json(exclude_none=True)
+    )
+    bodies = {name: _gateway_body(spec) for name, spec in responses.items()}
+    for name, body in bodies.items():
+        assert body.keys() == handlers.keys() and body["success"] is False, name
+        assert body["error"].keys() == handlers["error"].keys(), name
+        assert ErrorResponse.model_validate(body).error.message, name
+    codes = {name: body["error"]["code"] for name, body in bodies.items()}
     assert codes["UNAUTHORIZED"] == "unauthenticated" and codes["ACCESS_DENIED"] == "forbidden"
     assert codes["API_KEY"] == "invalid_api_key"
+    assert codes["THROTTLED"] == "throttled" and codes["QUOTA_EXCEEDED"] == "quota_exceeded"
+    # API Gateway's own statuses stay: 401 / 403 from the authorizers, 429 when throttled.
+    for name in ("UNAUTHORIZED", "ACCESS_DENIED", "API_KEY", "THROTTLED", "QUOTA_EXCEEDED"):
+        assert "statusCode" not in responses[name], name
+    assert responses["THROTTLED"]["responseParameters"] == {"gatewayresponse.header.Retry-After": "'1'"}
     missing = responses["MISSING_AUTHENTICATION_TOKEN"]
     if auth_mode(overrides) == "IAM":  # also the answer to an unsigned request: API Gateway's 403
         assert codes["MISSING_AUTHENTICATION_TOKEN"] == "missing_authentication_token"

@@ -30,16 +30,19 @@ QUERY_MODEL = "memproc_query_model"
 ERRORS = {
     400: "Invalid input: a path value or query parameter (the code names which)",
     401: "No caller identity for the deployment's AuthMode (code unauthenticated)",
-    403: "The caller may not use this vectorstore (code forbidden)",
+    403: "Refused: the IAM policy does not allow this route, the API key is not valid (code "
+    "invalid_api_key), or the Cognito token may not use this vectorstore (code forbidden)",
     404: "No such vectorstore, session, memory or raw memory",
     409: "The request conflicts with the record's state",
     413: "The body is larger than MAX_BODY_BYTES",
     415: "The body is not application/json",
     422: "The body is not valid (code validation_error or malformed_json)",
+    429: "Throttled by API Gateway: the stage's rate or burst limit, or the API key's usage plan "
+    "(code throttled or quota_exceeded); retry later",
     503: "The store is unavailable, busy or full, or the queue is full; retry after Retry-After",
 }
-_ALWAYS = (400, 401, 503)
-_OF_A_VECTORSTORE = (403, 404)
+_ALWAYS = (400, 401, 403, 429, 503)  # 401/403/429 may come from API Gateway itself
+_OF_A_VECTORSTORE = (404,)
 _WITH_BODY = (413, 415, 422)
 
 
