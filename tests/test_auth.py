@@ -28,6 +28,7 @@ from memproc_local.gateway_auth import CLAIMS_HEADER, LocalAuth
 from memproc_local.routing import Route
 from memproc_local.server import LocalApiServer
 from tests.api_client import ApiResponse, api_routes, call
+from tests.memory_helpers import store
 from tests.redis_server import ROOT
 
 TENANT_A, TENANT_B = "tenant-a", "tenant-b"
@@ -71,6 +72,13 @@ def request(method: str, resource: str, vectorstore: str, **auth: Any) -> ApiRes
 def use_mode(env: pytest.MonkeyPatch, mode: str) -> None:
     env.setenv("AUTH_MODE", mode)
     settings_module.get_settings.cache_clear()
+
+
+def exist(env: pytest.MonkeyPatch, *vectorstores: str) -> None:
+    """Write each vectorstore once (one never written is 404 unknown_vectorstore on every read)."""
+    use_mode(env, "NONE")
+    for vs in vectorstores:
+        store(vs, "user: I like tea.")
 
 
 def changes(r: redis.Redis) -> int:
@@ -153,6 +161,7 @@ def test_a_body_that_fails_validation_is_still_401_without_identity(env: pytest.
 
 def test_a_percent_encoded_vectorstore_is_compared_decoded(env: pytest.MonkeyPatch) -> None:
     """The tenant check sees the name the handler acts on (the path's segment, decoded)."""
+    exist(env, "team.a", "team.b")
     use_mode(env, "COGNITO")
     token = {"claims": {"sub": "u", "custom:vectorstore": "team.a"}}
     assert call("GET", "/api/memory/team%2Ea/stats", **token).status == 200
@@ -162,6 +171,7 @@ def test_a_percent_encoded_vectorstore_is_compared_decoded(env: pytest.MonkeyPat
 def test_the_tenant_claim_and_admin_group_are_configurable(env: pytest.MonkeyPatch) -> None:
     env.setenv("TENANT_CLAIM", "custom:tenant")
     env.setenv("ADMIN_GROUP", "memproc-ops")
+    exist(env, TENANT_A, TENANT_B)
     use_mode(env, "COGNITO")
     own = {"claims": {"sub": "u", "custom:tenant": TENANT_A, "custom:vectorstore": TENANT_B}}
     assert call("GET", f"/api/memory/{TENANT_A}/stats", **own).status == 200
@@ -261,6 +271,7 @@ def send(server: LocalApiServer, method: str, path: str, headers: dict[str, str]
 @pytest.fixture
 def local_server(env: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[LocalApiServer]:
     auth: LocalAuth = request.param
+    exist(env, "u1", "u2")
     use_mode(env, auth.auth_mode)  # as memproc serve sets it
     with LocalApiServer(ROOT / "template.yaml", ROOT, port=0, auth=auth) as srv:
         yield srv

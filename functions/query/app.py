@@ -13,7 +13,7 @@ from memproc.api import json_response, make_resolver, ok, path_arg, resolve
 from memproc.dal.connection import get_store
 from memproc.observability import get_tracer, logger, metrics
 from memproc.reads import dead_letters, hierarchy, search, sessions, stats, status
-from memproc.schemas.requests import DeadLettersQuery, HierarchyQuery, SearchQuery, SessionQuery
+from memproc.schemas.requests import DeadLettersQuery, HierarchyQuery, SearchQuery, TranscriptQuery
 from memproc.schemas.responses import (
     DeadLettersResponse,
     HealthResponse,
@@ -81,12 +81,17 @@ def processing_status(vectorstore_name: str) -> Response[Any]:
 
 
 @app.get("/api/memory/<vectorstore_name>/raw/<raw_memory_id>", responses=ok(RawMemoryResponse))
+@app.query(TranscriptQuery)
 @tracer.capture_method
-def raw_status(vectorstore_name: str, raw_memory_id: str) -> Response[Any]:
-    """One submission: status, attempts, last error, result counts (never its transcript)."""
-    return json_response(
-        200, status.raw_status(get_store(), path_arg(vectorstore_name), path_arg(raw_memory_id))
+def raw_status(vectorstore_name: str, raw_memory_id: str, q: TranscriptQuery) -> Response[Any]:
+    """One submission: status, attempts, last error, result counts; its transcript on request."""
+    found = status.raw_status(
+        get_store(),
+        path_arg(vectorstore_name),
+        path_arg(raw_memory_id),
+        include_transcript=q.include_transcript,
     )
+    return json_response(200, found)
 
 
 @app.get("/api/memory/<vectorstore_name>/hierarchy", responses=ok(HierarchyResponse))
@@ -98,9 +103,9 @@ def get_hierarchy(vectorstore_name: str, q: HierarchyQuery) -> Response[Any]:
 
 
 @app.get("/api/memory/<vectorstore_name>/session/<session_id>", responses=ok(SessionDetails))
-@app.query(SessionQuery)
+@app.query(TranscriptQuery)
 @tracer.capture_method
-def session(vectorstore_name: str, session_id: str, q: SessionQuery) -> Response[Any]:
+def session(vectorstore_name: str, session_id: str, q: TranscriptQuery) -> Response[Any]:
     """Everything about one session: summary, memories, submissions, token usage."""
     details = sessions.session_details(
         get_store(), path_arg(vectorstore_name), path_arg(session_id), include_transcript=q.include_transcript

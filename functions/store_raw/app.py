@@ -25,7 +25,7 @@ from memproc.settings import get_settings
 app = make_resolver()
 
 
-@app.post("/api/memory/<vectorstore_name>/store_raw", responses=ok(StoreRawResponse, 202))
+@app.post("/api/memory/<vectorstore_name>/store_raw", responses=ok(StoreRawResponse, 202, 409))
 def store_raw(vectorstore_name: str, request: Annotated[StoreRawRequest, Body()]) -> Response[Any]:
     """Queue one complete chat session for processing (one Redis round trip)."""
     result = submissions.submit(get_store(), get_settings(), path_arg(vectorstore_name), request)

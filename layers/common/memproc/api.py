@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import unquote
@@ -33,7 +34,8 @@ ERRORS = {
     403: "Refused: the IAM policy does not allow this route, the API key is not valid (code "
     "invalid_api_key), or the Cognito token may not use this vectorstore (code forbidden)",
     404: "No such vectorstore, session, memory or raw memory",
-    409: "The request conflicts with the record's state",
+    409: "Conflicts with what is stored: the record's state, or (store_raw) a vectorstore embedded with "
+    "another model (code embedding_mismatch)",
     413: "The body is larger than MAX_BODY_BYTES",
     415: "The body is not application/json",
     422: "The body is not valid (code validation_error or malformed_json)",
@@ -122,11 +124,20 @@ def ok(model: type[BaseModel], status: int = 200, *errors: int, description: str
 
 class Resolver(APIGatewayRestResolver):
     """Powertools' REST resolver with what memproc adds: every route's query string validated
-    against its model (:meth:`query`; none declared: no parameters at all), and an OpenAPI schema
-    that documents those parameters and the error shape of every status (:meth:`documented_schema`)."""
+    against its model (:meth:`query`; none declared: no parameters at all), an OpenAPI schema
+    that documents those parameters and the error shape of every status (:meth:`documented_schema`),
+    and each route's methods remembered, so that a known path asked for with another method is a
+    405 with ``Allow`` (Powertools answers any unmatched request 404)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.known_routes: list[tuple[re.Pattern[str], frozenset[str]]] = []
 
     def route(self, rule: str, method: Any, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
         """Powertools' route registration; a route that declared no query model takes none."""
+        methods = [method] if isinstance(method, str) else list(method)
+        pattern = "[^/]+".join(re.escape(part) for part in re.split(r"<\w+>", rule.rstrip("/")))
+        self.known_routes.append((re.compile(f"^{pattern}/?$"), frozenset(m.upper() for m in methods)))
         register = super().route(rule, method, *args, **kwargs)
 
         def decorate(fn: Callable[..., Any]) -> Any:
@@ -158,6 +169,10 @@ class Resolver(APIGatewayRestResolver):
             return handler
 
         return decorate
+
+    def allowed_methods(self, path: str) -> list[str]:
+        """The methods routed for `path` (empty: no route has this path)."""
+        return sorted({m for pattern, methods in self.known_routes if pattern.match(path) for m in methods})
 
     def documented_schema(self) -> dict[str, Any]:
         """Powertools' OpenAPI schema of these routes, plus each route's query parameters (from its
@@ -222,9 +237,16 @@ def make_resolver() -> Resolver:
 
     @app.not_found
     def _not_found(exc: Exception) -> Response[Any]:
-        return error_response(
-            404, "not_found", f"no route for {app.current_event.http_method} {app.current_event.path}"
-        )
+        method, path = app.current_event.http_method, app.current_event.path
+        allowed = app.allowed_methods(path)
+        if allowed:
+            return error_response(
+                405,
+                "method_not_allowed",
+                f"{method} is not allowed on {path}; allowed: {', '.join(allowed)}",
+                headers={"Allow": ", ".join(allowed)},
+            )
+        return error_response(404, "not_found", f"no route for {method} {path}")
 
     return app
 

@@ -19,6 +19,7 @@ from memproc.schemas.responses import (
 from memproc.settings import Settings
 from memproc.timeutil import iso
 from memproc.validation import require_raw_id, require_vectorstore
+from memproc.vectorstores import require_known
 
 # The queue counts as falling behind when its head has been due this many processing intervals.
 QUEUE_LAG_INTERVALS = 3
@@ -29,7 +30,6 @@ def checks(settings: Settings, facts: queue.QueueStatus | queue.HealthProbe) -> 
     beat = facts.processor.get("last_heartbeat")
     interval = int(facts.processor.get("interval_seconds") or settings.processing_interval_seconds)
     age = round(max(0.0, facts.now - float(beat)), 3) if beat else None
-    due = facts.queue_head_due
     return HealthChecks(
         library=f"memproc_{LIBRARY_VERSION}",
         library_loaded=facts.library_loaded,
@@ -39,8 +39,9 @@ def checks(settings: Settings, facts: queue.QueueStatus | queue.HealthProbe) -> 
         last_heartbeat_age_seconds=age,
         processing_interval_seconds=interval,
         queue_size=facts.queue_size,
-        oldest_queued_age_seconds=round(max(0.0, facts.now - due), 3) if due is not None else None,
-        max_queued_age_seconds=QUEUE_LAG_INTERVALS * interval,
+        processors_running=facts.processors,
+        backlog_age_seconds=facts.backlog_age,
+        max_backlog_age_seconds=QUEUE_LAG_INTERVALS * interval,
     )
 
 
@@ -64,10 +65,10 @@ def problems(c: HealthChecks) -> list[str]:
             f"the queue processor's last heartbeat was {c.last_heartbeat_age_seconds:.0f} s ago; it runs "
             f"every {c.processing_interval_seconds} s"
         )
-    if c.oldest_queued_age_seconds is not None and c.oldest_queued_age_seconds > c.max_queued_age_seconds:
+    if c.backlog_age_seconds > c.max_backlog_age_seconds:
         reasons.append(
-            f"the oldest queued session has been waiting {c.oldest_queued_age_seconds:.0f} s (more than "
-            f"{c.max_queued_age_seconds} s): processing is falling behind"
+            f"the oldest queued session has been waiting {c.backlog_age_seconds:.0f} s (more than "
+            f"{c.max_backlog_age_seconds} s): processing is falling behind"
         )
     return reasons
 
@@ -84,8 +85,10 @@ def health(store: Store, settings: Settings) -> tuple[HealthResponse, dict[str, 
 
 
 def processing_status(store: Store, settings: Settings, vectorstore: str) -> ProcessingStatus:
-    require_vectorstore(vectorstore)
+    vk = require_vectorstore(vectorstore)
     s = queue.status(store, vectorstore)
+    if not (s.pending or s.in_flight or s.dead):
+        require_known(store, vk)
     c = checks(settings, s)
     rate = s.processor.get("rate_per_second")
     return ProcessingStatus(
@@ -99,12 +102,13 @@ def processing_status(store: Store, settings: Settings, vectorstore: str) -> Pro
         last_processed_at=iso(s.last_processed_at or s.processor.get("last_processed_at")),
         processing_interval_seconds=c.processing_interval_seconds,
         processing_rate_per_second=float(rate) if rate else None,
+        processors_running=c.processors_running,
+        backlog_age_seconds=c.backlog_age_seconds,
         retention_policy=RetentionPolicy(
             raw_memory_days=settings.raw_retention_days, session_days=settings.session_retention_days
         ),
-        eviction_policy=s.eviction_policy,
+        eviction_policy=c.eviction_policy,
         last_heartbeat_age_seconds=c.last_heartbeat_age_seconds,
-        oldest_queued_age_seconds=c.oldest_queued_age_seconds,
         degraded=problems(c),
         vectorstore=VectorstoreQueue(
             pending=s.pending,
@@ -117,12 +121,20 @@ def processing_status(store: Store, settings: Settings, vectorstore: str) -> Pro
     )
 
 
-def raw_status(store: Store, vectorstore: str, raw_id: str) -> RawMemoryResponse:
-    """One submission's state in one round trip (the transcript is never read)."""
+def raw_status(
+    store: Store, vectorstore: str, raw_id: str, *, include_transcript: bool = False
+) -> RawMemoryResponse:
+    """One submission's state in one round trip; its transcript (decoded from zlib when stored
+    compressed) only when asked, and only while it is retained."""
     vk = require_vectorstore(vectorstore)
-    record = reads.raw_record(store, vk, require_raw_id(raw_id))
-    if record is None:
+    found = reads.records(store, vk, raw_ids=[require_raw_id(raw_id)], transcripts=include_transcript)
+    if not found.raws:
+        require_known(store, vk)
         raise NotFound(
             f"no raw memory {raw_id!r} in vectorstore {vectorstore!r}", code="raw_memory_not_found"
         )
-    return RawMemoryResponse(vectorstore_name=vectorstore, **raw_view(record).model_dump())
+    return RawMemoryResponse(
+        vectorstore_name=vectorstore,
+        **raw_view(found.raws[0]).model_dump(),
+        session_data=found.transcripts.get(raw_id),
+    )
