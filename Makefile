@@ -52,8 +52,10 @@ dev-reset: $(STAMP) ## Delete make dev's Redis data (.dev/redis, or MEMPROC_DEV_
 	rm -rf "$${MEMPROC_DEV_DATA:-.dev/redis}" .dev/redis.url
 	@echo "dev-reset: deleted $${MEMPROC_DEV_DATA:-.dev/redis}; the next make dev starts empty"
 
-bench: $(STAMP) ## Benchmarks vs real Redis 8 + fake LLM -> bench/results/<date>/ (~8 min; FULL=1: larger sizes)
-	MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh --binary) $(PY) -m bench.run $(if $(FULL),--full,)
+# Both memory backends: Redis 8 (vector sets) and Redis Stack (the Query Engine), each provisioned first.
+bench: $(STAMP) ## Benchmarks vs real Redis 8 and Redis Stack (both backends) + fake LLM -> bench/results/<date>/ (~23 min; FULL=1: larger)
+	redis=$$(scripts/provision_redis.sh --binary) && stack=$$(scripts/provision_engines.sh stack) && \
+	MEMPROC_REDIS_SERVER=$$redis MEMPROC_STACK_SERVER=$$stack $(PY) -m bench.run $(if $(FULL),--full,)
 
 chaos: $(STAMP) ## Long chaos rounds: processors SIGKILLed, Redis restarted/frozen/squeezed (MEMPROC_CHAOS_SECONDS=120)
 	MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh --binary) MEMPROC_MODEL_EXAMPLES=$${MEMPROC_MODEL_EXAMPLES:-500} \
