@@ -52,6 +52,7 @@ def servers(redis8: RedisServer, stack_server: RedisServer, monkeypatch: pytest.
     monkeypatch.delenv("TARGET_REDIS_URL", raising=False)
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
     monkeypatch.setenv("EMBEDDING_DIMENSIONS", str(DIMS))
+    monkeypatch.setenv("AUTH_MODE", "NONE")  # the API as an unauthenticated local client
     yield {"vectorset": redis8, "search": stack_server}
     _reset()
 

@@ -123,20 +123,27 @@ def _scheduled(function: str, code_uri: str, every: float, stop: threading.Event
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from memproc_local.gateway_auth import LocalAuth
     from memproc_local.server import LocalApiServer
 
+    try:
+        auth = LocalAuth.from_env()
+    except ValueError as exc:
+        raise SystemExit(f"memproc serve: {exc}") from None
     url, redis_proc = devredis.start_dev_redis()
     os.environ["REDIS_URL"] = url
     # The heartbeat reports the interval this dev loop really runs at.
     os.environ["PROCESSING_INTERVAL_SECONDS"] = str(max(1, math.ceil(args.process_interval)))
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+    # The handlers check callers the way the simulated API Gateway authenticated them.
+    os.environ["AUTH_MODE"] = auth.auth_mode
     get_settings.cache_clear()
     try:
         settings = get_settings()
     except ConfigurationError as exc:
         raise SystemExit(str(exc)) from None
-    server = LocalApiServer(ROOT / "template.yaml", ROOT, args.host, args.port)
+    server = LocalApiServer(ROOT / "template.yaml", ROOT, args.host, args.port, auth=auth)
     stop = threading.Event()
     interval = args.process_interval
     if redis_proc:
@@ -153,6 +160,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(f"memproc dev: API on {server.url}\n{server.describe()}", file=sys.stderr)
+    print(f"memproc dev: auth: {auth.describe()}", file=sys.stderr)
     llm = (
         "OpenAI"
         if settings.openai_api_key
