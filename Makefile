@@ -57,6 +57,11 @@ bench: $(STAMP) ## Benchmarks vs real Redis 8 and Redis Stack (both backends) + 
 	redis=$$(scripts/provision_redis.sh --binary) && stack=$$(scripts/provision_engines.sh stack) && \
 	MEMPROC_REDIS_SERVER=$$redis MEMPROC_STACK_SERVER=$$stack $(PY) -m bench.run $(if $(FULL),--full,)
 
+PROFILE_DIR ?= bench/results/$(shell date +%F)-profile
+
+profile: $(STAMP) ## Where the processor's CPU per session goes (c=64, LLM 200 ms) -> bench/results/<date>-profile/
+	MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh --binary) $(PY) -m bench.profile $(PROFILE_DIR)
+
 chaos: $(STAMP) ## Long chaos rounds: processors SIGKILLed, Redis restarted/frozen/squeezed (MEMPROC_CHAOS_SECONDS=120)
 	MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh --binary) MEMPROC_MODEL_EXAMPLES=$${MEMPROC_MODEL_EXAMPLES:-500} \
 	$(PY) -m pytest -q tests/test_queue_model.py && MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh --binary) $(PY) -m tests.chaos
@@ -86,7 +91,7 @@ check: $(STAMP) ## ruff + mypy
 clean: ## Remove the venvs (.eval-venv too) and build output (the engines cached in ~/.cache/memproc stay)
 	rm -rf $(VENV) $(TOOLS) $(EVAL_VENV) .aws-sam
 
-.PHONY: help venv redis engines test dev redis-cli dev-reset bench chaos eval eval-vectors openapi check clean
+.PHONY: help venv redis engines test dev redis-cli dev-reset bench profile chaos eval eval-vectors openapi check clean
 
 # --- AWS tooling (SAM CLI + cfn-lint) in their own venv: the SAM CLI pins its own boto3/pydantic. ---
 SAM      := SAM_CLI_TELEMETRY=0 $(TOOLS)/bin/sam

@@ -33,7 +33,7 @@ from bench.common import (
     table,
 )
 
-SECTIONS = ("ingest", "process", "query", "coldstart", "storage", "fairness", "backends")
+SECTIONS = ("ingest", "process", "cpu", "query", "coldstart", "storage", "fairness", "backends")
 
 
 def _clean(value: Any) -> Any:
@@ -73,7 +73,7 @@ def _targets_table(sections: dict[str, dict[str, Any]]) -> str:
 
 def _parameters(meta: dict[str, Any], sections: dict[str, dict[str, Any]]) -> list[list[str]]:
     """The sizes each section ran with, read back from its data."""
-    from bench import ingest, process, query
+    from bench import cpu, ingest, process, query
 
     p = meta["parameters"]
     rows = [
@@ -101,6 +101,14 @@ def _parameters(meta: dict[str, Any], sections: dict[str, dict[str, Any]]) -> li
                 "processing",
                 f"concurrency {', '.join(map(str, process.CONCURRENCY))}; fake LLM 200 ms; "
                 f"sessions per run {spr}; {d['vectorstores']} vectorstores; 1536 dimensions",
+            ]
+        )
+    if d := data("cpu"):
+        rows.append(
+            [
+                "CPU per session",
+                f"concurrency {cpu.CONCURRENCY}; fake LLM {cpu.LATENCY * 1000:.0f} ms (embeddings 0 ms); "
+                f"{d['sessions']} sessions per drain; {process.VECTORSTORES} vectorstores",
             ]
         )
     if d := data("query"):

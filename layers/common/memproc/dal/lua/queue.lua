@@ -137,7 +137,9 @@ redis.register_function{function_name = 'claim___VERSION__', flags = {'allow-cro
   end
 
   local claimed = {}
-  local vss = redis.call('ZRANGE', READY, '-inf', now, 'BYSCORE', 'LIMIT', 0, n)
+  -- Vectorstores at their in-flight limit keep their turn, so they may head the ready set: look
+  -- past as many of them as there can be (each holds at least one in-flight item).
+  local vss = redis.call('ZRANGE', READY, '-inf', now, 'BYSCORE', 'LIMIT', 0, n + redis.call('ZCARD', INFLIGHT))
   local open, served = {}, {}
   for i = 1, #vss do open[i] = true end
   local progress = true
