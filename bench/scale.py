@@ -1,4 +1,4 @@
-"""Section 7, scale: a backlog drained by 1, 4 and 8 processor processes (local stand-ins for
+"""Section 8, scale: a backlog drained by 1, 4 and 8 processor processes (local stand-ins for
 fanned-out Lambda invocations) within one shared LLM rate limit; sessions/s against the ideal
 min(processors x concurrency / latency, limit), and the limiter's accuracy: the most chat requests
 the fake server saw in any window, against the limit."""
@@ -219,7 +219,7 @@ def run(cfg: Config) -> SectionResult:
     targets = _targets(data)
     return SectionResult(
         "scale",
-        "7. Scale: processors sharing one rate limit",
+        "8. Scale: processors sharing one rate limit",
         _markdown(data),
         data,
         plots,

@@ -63,6 +63,7 @@ def env(monkeypatch: pytest.MonkeyPatch, redis_server: RedisServer) -> pytest.Mo
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
     monkeypatch.setenv("EMBEDDING_DIMENSIONS", "64")
+    monkeypatch.setenv("AUTH_MODE", "NONE")  # the auth tests set their mode themselves
     settings_module.get_settings.cache_clear()
     connection._store.cache_clear()
     yield monkeypatch

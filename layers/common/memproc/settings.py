@@ -95,6 +95,15 @@ class Settings(BaseSettings):
     # once. 1 (the default off AWS) never fans out; the template sets it from MaxProcessors.
     max_processors: int = Field(1, ge=1, le=1000)
 
+    # Who may call the API (memproc.auth). The template sets AUTH_MODE from its AuthMode parameter;
+    # unset it fails closed (IAM: every request needs an IAM caller). NONE, no identity at all, is
+    # for the local server and the tests.
+    auth_mode: Literal["IAM", "COGNITO", "API_KEY", "NONE"] = "IAM"
+    # COGNITO: the claim naming the caller's vectorstore, and the group that may use every one
+    # (empty: no admin group).
+    tenant_claim: str = Field("custom:vectorstore", min_length=1)
+    admin_group: str = "admin"
+
     # Request limits.
     max_body_bytes: int = Field(1_048_576, ge=1_024)
     max_metadata_bytes: int = Field(16_384, ge=2)
@@ -112,6 +121,14 @@ class Settings(BaseSettings):
     def _unlimited(cls, value: Any) -> Any:
         """None or an empty value (a blank template parameter) means no limit."""
         return 0 if value is None or (isinstance(value, str) and not value.strip()) else value
+
+    @field_validator("admin_group")
+    @classmethod
+    def _group_name(cls, v: str) -> str:
+        # API Gateway joins a token's groups into one string; a name with these could not be found.
+        if any(ch.isspace() or ch in ",[]" for ch in v):
+            raise ValueError("ADMIN_GROUP must not contain whitespace, commas or brackets")
+        return v
 
     @model_validator(mode="after")
     def _retry_bounds(self) -> Settings:

@@ -28,6 +28,7 @@ SOURCES = (
     "cleanup.lua",
     "stats.lua",
     "ratelimit.lua",
+    "migration.lua",
 )
 
 
