@@ -16,7 +16,7 @@ from memproc.dal.connection import get_store
 from memproc.settings import get_settings, load_settings
 from tests.api_client import call, mem_path
 from tests.chats import WORDS
-from tests.memory_helpers import drain, store, vector_elements
+from tests.memory_helpers import drain, memory_records, memory_storage, store, stored_memories
 from tests.round_trips import RoundTrips
 
 CHAT = (
@@ -46,8 +46,8 @@ def test_a_stored_session_becomes_the_memory_hierarchy(fake_llm: Any, r: redis.R
         float(raw["created_at"]) + 30 * 86400, abs=2
     )
 
-    memories = vector_elements(r, "user123")
-    assert len(memories) == created == r.execute_command("VCARD", "user123")
+    memories = memory_records("user123")
+    assert len(memories) == created == stored_memories(r, "user123")
     assert all(isinstance(m["created_at"], float | int) for m in memories.values())
     assert all(
         m["session_id"] == "s-1" and m["raw_memory_id"] == res["raw_memory_id"] for m in memories.values()
@@ -63,7 +63,8 @@ def test_a_stored_session_becomes_the_memory_hierarchy(fake_llm: Any, r: redis.R
     assert r.smembers(vk.session_memories("s-1")) == set(memories)
     assert 364 * 86400 < r.ttl(vk.session_summary("s-1")) <= 365 * 86400
     assert r.ttl(vk.session_memories("s-1")) == -1  # as permanent as the memories, so erasure finds them
-    assert r.ttl("user123") == -1  # memories are permanent
+    held_in = memory_storage(r, "user123")
+    assert held_in and {r.ttl(key) for key in held_in} == {-1}  # memories are permanent
 
     # What an operator sees from redis-cli, and what processing_status says.
     assert r.zcard("RAW_MEMORY_QUEUE") == 0
@@ -108,7 +109,7 @@ def test_injected_instructions_never_become_memories(fake_llm: Any, r: redis.Red
     )
     store("user123", chat, "s-1")
     assert drain().processed == 1
-    texts = [m["text"].lower() for m in vector_elements(r, "user123").values()]
+    texts = [m["text"].lower() for m in memory_records("user123").values()]
     assert any("nurse" in t for t in texts)
     assert not any("admin" in t or "instruction" in t or "system" in t for t in texts)
     # The transcript reached the model inside a delimited data block.
@@ -141,10 +142,10 @@ def test_reposting_a_longer_session_extracts_only_the_new_part(fake_llm: Any, r:
 def test_near_duplicate_memories_merge_and_record_the_extra_session(fake_llm: Any, r: redis.Redis) -> None:
     store("user123", "user: I prefer green tea over coffee.", "s-1")
     drain()
-    before = vector_elements(r, "user123")
+    before = memory_records("user123")
     second = store("user123", "user: I prefer green tea over coffee.\nassistant: noted", "s-2")
     drain()
-    after = vector_elements(r, "user123")
+    after = memory_records("user123")
     assert len(after) == len(before)
     merged = [m for m in after.values() if "s-2" in m["source_sessions"]]
     assert merged and all(set(m["source_sessions"]) == {"s-1", "s-2"} for m in merged)
@@ -301,7 +302,7 @@ def test_round_trips_per_session_do_not_grow_with_the_vectorstore(fake_llm: Any,
         words = " ".join(rng.sample(WORDS, 6))
         store("big", f"user: I keep a {words} notebook.", f"g-{i}")
     drain(concurrency=8)
-    assert r.execute_command("VCARD", "big") > 150
+    assert stored_memories(r, "big") > 150
     large = requests_per_session(8, 100)
     assert large == small
     # Per session, each one round trip: the load (transcript and summary), the vectorstore's memory

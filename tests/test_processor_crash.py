@@ -19,7 +19,7 @@ from memproc.dal.connection import get_store
 from memproc.schemas.requests import StoreRawRequest
 from memproc.settings import get_settings
 from tests.chats import sessions
-from tests.memory_helpers import vector_elements
+from tests.memory_helpers import memory_records
 from tests.redis_server import ROOT, RedisServer
 
 
@@ -70,7 +70,7 @@ def assert_exactly_once(r: redis.Redis, vs: str, raw_ids: list[str]) -> dict[str
     vk = keys.VectorstoreKeys(vs)
     attempts: dict[str, int] = {}
     created_total = 0
-    mems = vector_elements(r, vs)
+    mems = memory_records(vs)
     per_raw = Counter(m["raw_memory_id"] for m in mems.values())
     for raw_id in raw_ids:
         h = r.hgetall(vk.raw(raw_id))
