@@ -258,7 +258,11 @@ class Processor:
         return self.provider.embed(texts) if texts else ([], Usage())
 
     def commit(self, item: q.Claim, payload: dict[str, Any], vectors: list[bytes]) -> q.CommitResult:
-        """Everything the item produced, and its ack, in one atomic call fenced by its token."""
+        """Everything the item produced, and its ack, in one atomic call fenced by its token. The
+        memory index must exist before the first memory is written (the Query Engine's is created on
+        first use, once per process; a vector set needs nothing)."""
+        if payload["ops"]:
+            self.store.index.ensure(payload["dimensions"])
         return q.commit(self.store, item, payload, vectors)
 
     def drain(

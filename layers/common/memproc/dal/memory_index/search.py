@@ -79,49 +79,56 @@ def _hits(reply: Any) -> list[Hit]:
     return sorted(hits, key=lambda h: h[1], reverse=True)
 
 
+class _IndexGone(redis.ResponseError):
+    """The index this process made sure of is not there any more."""
+
+
 class SearchIndex:
+    """One process's view of the deployment's index: made sure of once (FT.INFO first)."""
+
     name = "search"
 
     def __init__(self, client: redis.Redis, dimensions: int) -> None:
         self.client = client
         self.index = search_index(dimensions)
         self.dimensions = dimensions
+        self._exists = False
+
+    def _info(self) -> Any | None:
+        """FT.INFO's reply, or None when there is no such index."""
+        try:
+            return self.client.execute_command("FT.INFO", self.index)
+        except redis.ResponseError as exc:
+            message = str(exc).lower()
+            if "unknown index" in message or "no such index" in message or "not found" in message:
+                return None
+            raise
 
     def ensure(self, dimensions: int) -> None:
-        """Create the deployment's index unless it exists (FT.INFO first, so a restart or a second
-        processor does not recreate it)."""
+        """Create the deployment's index unless it exists: FT.INFO first (a restart or a second
+        processor must not recreate it), once per process. Memories must not be written before it
+        exists (they would only be found after a backfill), so the processor calls this before its
+        first commit, and a search before its first query."""
         if dimensions != self.dimensions:
             raise DimensionMismatch(f"the index holds {self.dimensions}-dimension vectors, not {dimensions}")
-        try:
-            self.client.execute_command("FT.INFO", self.index)
+        if self._exists:
             return
-        except redis.ResponseError as exc:
-            if "unknown index" not in str(exc).lower() and "not found" not in str(exc).lower():
-                raise
-        try:
-            self.client.execute_command(
-                "FT.CREATE", self.index, "ON", "HASH", "PREFIX", "1", MEMORY_PREFIX, "SCHEMA",
-                "vs", "TAG", "CASESENSITIVE",
-                "status", "TAG",
-                "memory_type", "TAG",
-                "sessions", "TAG", "SEPARATOR", ",", "CASESENSITIVE",
-                "valid_from", "NUMERIC",
-                "vec", "VECTOR", "HNSW", "6", "TYPE", "FLOAT32", "DIM", str(dimensions),
-                "DISTANCE_METRIC", "COSINE",
-            )  # fmt: skip
-        except redis.ResponseError as exc:
-            if "exists" not in str(exc).lower():  # created meanwhile by another process
-                raise
-
-    def backfilling(self) -> bool:
-        """Whether the engine is still (re)building the index, so answers may miss memories."""
-        info = self.client.execute_command("FT.INFO", self.index)
-        pairs = dict(zip(info[::2], info[1::2], strict=False)) if isinstance(info, list) else dict(info)
-        fields = {_text(k): v for k, v in pairs.items()}
-        if _text(fields.get("backfill_in_progress", "0")) == "1" or _text(fields.get("indexing", "0")) == "1":
-            return True
-        state = _text(fields.get("state", "ready")).lower()
-        return state not in ("ready", "")
+        if self._info() is None:
+            try:
+                self.client.execute_command(
+                    "FT.CREATE", self.index, "ON", "HASH", "PREFIX", "1", MEMORY_PREFIX, "SCHEMA",
+                    "vs", "TAG", "CASESENSITIVE",
+                    "status", "TAG",
+                    "memory_type", "TAG",
+                    "sessions", "TAG", "SEPARATOR", ",", "CASESENSITIVE",
+                    "valid_from", "NUMERIC",
+                    "vec", "VECTOR", "HNSW", "6", "TYPE", "FLOAT32", "DIM", str(dimensions),
+                    "DISTANCE_METRIC", "COSINE",
+                )  # fmt: skip
+            except redis.ResponseError as exc:
+                if "exists" not in str(exc).lower():  # created meanwhile by another process
+                    raise
+        self._exists = True
 
     def queue_get(
         self, pipe: Any, vectorstore: str, memory_ids: list[str]
@@ -141,6 +148,18 @@ class SearchIndex:
         return parse
 
     def nearest(self, vectorstore: str, vectors: list[bytes], k: int, where: MemoryFilter) -> list[list[Hit]]:
+        if not vectors:
+            return []
+        try:
+            return self._nearest(vectorstore, vectors, k, where)
+        except _IndexGone:  # dropped (or flushed) since this process made sure of it: once more
+            self._exists = False
+            return self._nearest(vectorstore, vectors, k, where)
+
+    def _nearest(
+        self, vectorstore: str, vectors: list[bytes], k: int, where: MemoryFilter
+    ) -> list[list[Hit]]:
+        self.ensure(self.dimensions)
         text = query(vectorstore, k, where)
         pipe = self.client.pipeline(transaction=False)
         for vector in vectors:
@@ -149,9 +168,11 @@ class SearchIndex:
                 "RETURN", "1", "dist", "LIMIT", "0", str(int(k)), "DIALECT", "2",
             )  # fmt: skip
         try:
-            replies = pipe.execute(raise_on_error=True) if vectors else []
+            replies = pipe.execute(raise_on_error=True)
         except redis.ResponseError as exc:
             message = str(exc).lower()
+            if "no such index" in message or "unknown index" in message:
+                raise _IndexGone(str(exc)) from None
             if "backfill" in message or "loading" in message:
                 raise IndexUnavailable(f"the search index is being rebuilt: {exc}") from None
             if "dim" in message or ("vector" in message and "size" in message):
