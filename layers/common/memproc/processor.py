@@ -23,6 +23,7 @@ from memproc import __version__, reconcile
 from memproc.dal import queue as q
 from memproc.dal import reads
 from memproc.dal.connection import Store, StoreError
+from memproc.dal.memory_index import IndexUnavailable
 from memproc.llm import Extraction, LLMError, LLMProvider, RetryableLLMError, Usage
 from memproc.llm.schema import Candidate
 from memproc.settings import Settings
@@ -123,6 +124,17 @@ class Processor:
                 f"{type(exc).__name__}: {exc}",
                 retryable=exc.retryable,
                 min_delay=exc.retry_after or 0.0,
+            )
+            outcome = Outcome(item, result, error=str(exc))
+        except IndexUnavailable as exc:  # the engine is (re)building its index: decide later, not blind
+            log.warning("memory index unavailable for %s/%s: %s", item.vectorstore, item.raw_id, exc)
+            result, _ = q.fail(
+                self.store,
+                self.settings,
+                item,
+                f"IndexUnavailable: {exc}",
+                retryable=True,
+                min_delay=exc.retry_after,
             )
             outcome = Outcome(item, result, error=str(exc))
         except Exception as exc:  # a bug or an outage: retried, and dead after the last attempt
