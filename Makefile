@@ -12,7 +12,7 @@ EVAL_VENV ?= .eval-venv
 EVAL_STAMP := $(EVAL_VENV)/.installed
 
 help: ## Show the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP): pyproject.toml layers/common/requirements.txt
 	@test -x $(PY) || $$(scripts/find_python.sh) -m venv $(VENV)
@@ -39,11 +39,28 @@ test: $(STAMP) ## Set everything up and run the whole test suite against real se
 dev: $(STAMP) ## Set everything up; serve the API on http://localhost:5001 (PORT=...) with the processor running
 	MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh) $(VENV)/bin/memproc serve --port $(PORT)
 
+# The dev Redis's URL is in .dev/redis.url while make dev runs; its redis-cli sits beside the
+# provisioned redis-server (a cached build, or the one on PATH).
+redis-cli: ## redis-cli against make dev's Redis: make redis-cli CMD='ZCARD RAW_MEMORY_QUEUE' (no CMD: a prompt)
+	@test -s .dev/redis.url || { echo "redis-cli: make dev is not running (no .dev/redis.url)" >&2; exit 1; }
+	@server=$$(scripts/provision_redis.sh --binary) && "$$(dirname "$$server")/redis-cli" -u "$$(cat .dev/redis.url)" $(CMD)
+
+dev-reset: $(STAMP) ## Delete make dev's Redis data (.dev/redis, or MEMPROC_DEV_DATA); stop make dev first
+	@if test -s .dev/redis.url && $(PY) -c "import redis,sys; redis.Redis.from_url(sys.argv[1]).ping()" \
+	    "$$(cat .dev/redis.url)" 2>/dev/null; then \
+	  echo "dev-reset: make dev is running (Redis at $$(cat .dev/redis.url)); stop it first" >&2; exit 1; fi
+	rm -rf "$${MEMPROC_DEV_DATA:-.dev/redis}" .dev/redis.url
+	@echo "dev-reset: deleted $${MEMPROC_DEV_DATA:-.dev/redis}; the next make dev starts empty"
+
 bench: $(STAMP) ## Benchmarks vs real Redis 8 + fake LLM -> bench/results/<date>/ (~8 min; FULL=1: larger sizes)
 	MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh --binary) $(PY) -m bench.run $(if $(FULL),--full,)
 
-eval: $(STAMP) ## Memory quality: scripted cases through the real pipeline -> eval/results/<date>-naive.md/.json
-	MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh --binary) $(PY) -m eval.run --mode naive
+chaos: $(STAMP) ## Long chaos rounds: processors SIGKILLed, Redis restarted/frozen/squeezed (MEMPROC_CHAOS_SECONDS=120)
+	MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh --binary) MEMPROC_MODEL_EXAMPLES=$${MEMPROC_MODEL_EXAMPLES:-500} \
+	$(PY) -m pytest -q tests/test_queue_model.py && MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh --binary) $(PY) -m tests.chaos
+
+eval: $(STAMP) ## Memory quality, reconcile + naive-backstop modes -> eval/results/<date>-{reconcile,naive-backstop}.md/.json
+	MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh --binary) $(PY) -m eval.run
 
 # torch goes first and pinned: these machines keep the 2.13.0 CPU build on disk, and any other torch
 # request (sentence-transformers' own, unpinned) would pull a multi-GB CUDA build.
@@ -64,7 +81,7 @@ check: $(STAMP) ## ruff + mypy
 clean: ## Remove the venvs (.eval-venv too) and build output (the engines cached in ~/.cache/memproc stay)
 	rm -rf $(VENV) $(TOOLS) $(EVAL_VENV) .aws-sam
 
-.PHONY: help venv redis engines test dev bench eval eval-vectors check clean
+.PHONY: help venv redis engines test dev redis-cli dev-reset bench chaos eval eval-vectors check clean
 
 # --- AWS tooling (SAM CLI + cfn-lint) in their own venv: the SAM CLI pins its own boto3/pydantic. ---
 SAM      := SAM_CLI_TELEMETRY=0 $(TOOLS)/bin/sam

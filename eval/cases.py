@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 CASES_DIR = Path(__file__).resolve().parent / "cases"
-KINDS = ("paraphrase", "near_miss", "update", "retrieval")
+KINDS = ("paraphrase", "near_miss", "update", "retrieval", "budget")
 MODES = ("naive", "reconcile")
 OPS = ("add", "confirm", "update", "supersede", "retract")
 TEXT_OPS = ("add", "update", "supersede")  # the ops that submit a new memory text

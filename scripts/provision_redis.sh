@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prints the path of a redis-server (>= 8, with vector sets) on stdout; progress goes to stderr.
 #
-#   1. REDIS_URL set and not forced:  prints nothing (the caller uses that server).
+#   1. REDIS_URL (or REDIS_HOST / REDIS_PORT / REDIS_DB) set and not forced: prints nothing (the
+#      caller uses that server).
 #   2. a redis-server on PATH that is >= 8 and answers VADD.
 #   3. a cached build under ${MEMPROC_CACHE:-~/.cache/memproc}/redis-<version>/.
 #   4. otherwise: download the upstream tarball of Debian stable's redis source package with a
@@ -15,8 +16,8 @@ want_binary=0
 # shellcheck source=scripts/provision_lib.sh
 . "$(dirname "$0")/provision_lib.sh"
 
-if [ -n "${REDIS_URL:-}" ] && [ $want_binary = 0 ]; then
-  log "using REDIS_URL"
+if [ -n "${REDIS_URL:-}${REDIS_HOST:-}${REDIS_PORT:-}${REDIS_DB:-}" ] && [ $want_binary = 0 ]; then
+  log "using the Redis of REDIS_URL / REDIS_HOST / REDIS_PORT / REDIS_DB"
   exit 0
 fi
 

@@ -3,9 +3,11 @@ and snapshot what Redis holds so a test can prove an operation left other data u
 
 from __future__ import annotations
 
+import inspect
 import json
 import uuid
 from array import array
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -217,3 +219,18 @@ def everything(r: redis.Redis) -> dict[bytes, Any]:
     """Every key in Redis (type, content, expiry): for 'nothing changed' assertions."""
     rb = _binary(r)
     return {k: value(rb, k) for k in sorted(rb.scan_iter(count=1000))}
+
+
+def process_queue_handler(env: Any) -> Any:
+    """The real process_queue handler with a processor built for this test's settings (the
+    handler keeps one per container); `env` is the test's monkeypatch, which restores it."""
+    from memproc_local.handlers import load_handler
+    from memproc_local.routing import Route
+    from tests.redis_server import ROOT
+
+    fn = load_handler(
+        Route("", "", "ProcessQueueFunction", Path("functions/process_queue"), "app.lambda_handler"), ROOT
+    )
+    get_settings.cache_clear()
+    env.setitem(inspect.unwrap(fn).__globals__, "_processor", None)  # the module's, not a decorator's
+    return fn

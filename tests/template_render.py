@@ -52,6 +52,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "StoreReplicas": "0",
         "ElastiCacheNodeType": "cache.t4g.small",
         "ElastiCacheEngineVersion": "9.0",
+        "MaxProcessors": "1",
+        "ProcessingIntervalMinutes": "60",
     },
     "memorydb-edges": {"RedisProvisioning": "MemoryDB", "StoreReplicas": "0", "MemoryDBEngineVersion": "7.3"},
     "external-options": {
@@ -59,10 +61,12 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "RedisSecretArn": _SECRET_ARN,
         "OpenAISecretArn": _SECRET_ARN,
         "OpenAIBaseUrl": "https://llm.example/v1",
-        "ProcessQueueReservedConcurrency": "2",
+        "MaxProcessors": "2",
+        "ReserveProcessorConcurrency": "true",
         "AlarmTopicArn": "arn:aws:sns:us-east-1:123456789012:alarms",
         "ApiLoggingLevel": "INFO",
         "ProcessingIntervalMinutes": "5",
+        "EventBusName": "memproc-events",
     },
 }
 

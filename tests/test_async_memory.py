@@ -92,7 +92,7 @@ def store_raw_memory(w: Walk) -> None:
     w.state["raw_id"] = b["raw_memory_id"]
     w.say(
         f"POST /store_raw -> 202 queued raw_memory_id={b['raw_memory_id']} position={b['queue_position']} "
-        f"estimated {b['estimated_processing_time']}s"
+        f"estimated {b['estimated_processing_time']}"
     )
     status = w.request("GET", "/processing_status").body
     assert status["queue_size"] == 1 and status["vectorstore"]["pending"] == 1

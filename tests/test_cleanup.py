@@ -188,7 +188,14 @@ def test_records_the_queue_lost_are_reconciled(scene: Scene, r: redis.Redis) -> 
     r.zrem(keys.READY, "user1")
 
     dry = cleanup(dry_run="true").body["reconciled"]
-    assert dry == {"requeued": 1, "restored_in_flight": 1, "restored_dead": 1, "ready": 0, "total": 3}
+    assert dry == {
+        "requeued": 1,
+        "restored_in_flight": 1,
+        "restored_dead": 1,
+        "ready": 0,
+        "category_indexed": 0,
+        "total": 3,
+    }
     b = cleanup().body
     assert b["reconciled"]["total"] == 3 and b["deleted_raw_memories"] == [scene.old]
     assert r.zscore(U1.pending, scene.queued) == r.zscore(keys.RAW_MEMORY_QUEUE, U1.raw(scene.queued))
@@ -322,5 +329,5 @@ def test_the_schedule_skips_names_memproc_never_wrote(scene: Scene, r: redis.Red
 def test_cleaning_an_unknown_vectorstore_writes_nothing(scene: Scene, r: redis.Redis) -> None:
     before = everything(r)
     res = cleanup("nobody")
-    assert res.status == 200 and res.body["deleted_count"] == 0 and res.body["complete"] is True
+    assert res.status == 404 and res.error_code == "unknown_vectorstore"
     assert everything(r) == before

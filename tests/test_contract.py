@@ -163,6 +163,7 @@ def test_a_scheduled_run_does_not_log_with_the_previous_requests_context(fake_ll
     from memproc_local.handlers import load_handler
     from memproc_local.routing import Route
 
+    store("user1", CHAT, "s-1")
     assert call("GET", mem_path("user1", "/processing_status")).status == 200
     assert logger.get_correlation_id()  # the API request's id (requestContext.requestId)
     handler = load_handler(

@@ -199,7 +199,7 @@ def test_erasing_a_vectorstore(scene: Scene, r: redis.Redis) -> None:
     assert queue.commit(get_store(), scene.claim, payload, vectors).outcome == "stale"
     assert not r.exists("user1") and keys_mentioning(r, "{user1}") == []
     assert delete("").status == 404
-    assert call("GET", mem_path("user1", "/stats")).body["counts"]["memories"] == 0
+    assert call("GET", mem_path("user1", "/stats")).error_code == "unknown_vectorstore"  # it is gone
 
 
 def test_a_huge_vectorstore_is_erased_in_bounded_steps(scene: Scene, r: redis.Redis) -> None:
@@ -232,7 +232,7 @@ def test_encoded_session_ids_are_erased(fake_llm: Any, r: redis.Redis) -> None:
         ("/session/nobody", "user1", {}, 404, "session_not_found"),
         ("/session/s-1", "user1", {"cascade": "true"}, 400, "unknown_query_parameter"),
         ("/session/s-1", "a:b", {}, 400, "invalid_vectorstore_name"),
-        ("", "nobody", {}, 404, "vectorstore_not_found"),
+        ("", "nobody", {}, 404, "unknown_vectorstore"),
         ("", "user1", {"force": "1"}, 400, "unknown_query_parameter"),
         ("", "RAW_MEMORY_QUEUE", {}, 400, "invalid_vectorstore_name"),
         ("", "{user1}", {}, 400, "invalid_vectorstore_name"),
@@ -254,3 +254,144 @@ def test_each_erasure_is_one_atomic_call(scene: Scene, redis_server: Any) -> Non
         assert delete("/session/s-1").status == 200
         assert delete("").status == 200
     assert seen == ["FCALL", "FCALL", "FCALL"]
+
+
+# Erasing a session undoes what it stated, and only that (read back through the API).
+BANK, BARCLAYS = "The user works at a bank.", "The user works at Barclays."
+LISBON, BERLIN = "The user lives in Lisbon.", "The user lives in Berlin."
+VEGGIE = "The user is vegetarian."
+
+
+def _scripted(fake_llm: Any, answers: dict[str, tuple[list[str], list[dict[str, Any]]]]) -> None:
+    """The model's answer by the session's first user line: new memories and operations on the
+    shown memories, named by their text (the fake gives the shown (id, text) pairs)."""
+
+    def answer(transcript: str, shown: list[tuple[str, str]]) -> dict[str, Any] | None:
+        for marker, (adds, ops) in answers.items():
+            if marker in transcript:
+                ids = {text: sid for sid, text in shown}
+                return {
+                    "memories": [
+                        {"text": t, "memory_type": "fact", "confidence": 0.9, "tags": []} for t in adds
+                    ],
+                    "operations": [
+                        {"op": o["op"], "id": ids[o["of"]], "text": o.get("text"),
+                         "memory_type": "fact" if o.get("text") else None,
+                         "confidence": 0.9 if o.get("text") else None, "tags": []}
+                        for o in ops
+                    ],
+                    "summary": f"The user talked about {marker}.",
+                    "topics": [],
+                }  # fmt: skip
+        return None
+
+    fake_llm.reconciliation_for = answer
+
+
+def _memories(vs: str = "user1") -> dict[str, dict[str, Any]]:
+    res = call("GET", mem_path(vs, "/hierarchy"), query={"memory_type": "discrete", "limit": "100"})
+    assert res.status == 200, res.body
+    return {m["text"]: m for m in res.body["discrete_memories"]}
+
+
+def _sessions(fake_llm: Any, *steps: tuple[str, str]) -> None:
+    """Each session on its own day (January 10, 11, ...), processed before the next is stored."""
+    for day, (sid, transcript) in enumerate(steps, start=10):
+        store("user1", transcript, sid, metadata={"session_timestamp": f"2026-01-{day}T09:00:00Z"})
+        assert drain().processed == 1
+
+
+@pytest.fixture
+def updated(fake_llm: Any) -> None:
+    """s-a says it works at a bank; s-b refines that to Barclays (an update of the same memory)."""
+    _scripted(
+        fake_llm,
+        {
+            "bank": ([BANK], []),
+            "Barclays": ([], [{"op": "update", "of": BANK, "text": BARCLAYS}]),
+        },
+    )
+    _sessions(fake_llm, ("s-a", "user: I work at a bank."), ("s-b", "user: It is Barclays, actually."))
+    memory = _memories()[BARCLAYS]
+    assert [(h["op"], h["text"], h["stated_by"], h["session_id"]) for h in memory["history"]] == [
+        ("update", BANK, ["s-a"], "s-b")
+    ]
+
+
+def test_erasing_the_updating_session_restores_the_text_it_replaced(updated: None, r: redis.Redis) -> None:
+    assert delete("/session/s-b").status == 200
+    memories = _memories()
+    assert list(memories) == [BANK]
+    assert (memories[BANK]["status"], memories[BANK]["source_sessions"], memories[BANK]["history"]) == (
+        "current",
+        ["s-a"],
+        [],
+    )
+    # ...with the vector of that text (its own words find it at similarity 1, Barclays' would not),
+    # and nothing of s-b's is left.
+    res = call("GET", mem_path("user1", "/search"), query={"q": BANK, "k": "1"})
+    assert [(m["text"], round(m["similarity"], 2)) for m in res.body["results"]] == [(BANK, 1.0)]
+    assert keys_mentioning(r, "Barclays") == []
+    assert r.hlen(U1.memory_versions) == 0
+
+
+def test_erasing_the_session_an_update_replaced_removes_its_statement(updated: None, r: redis.Redis) -> None:
+    assert delete("/session/s-a").status == 200
+    memory = _memories()[BARCLAYS]
+    assert (memory["source_sessions"], memory["history"]) == (["s-b"], [])
+    assert keys_mentioning(r, "at a bank") == []
+    assert r.hlen(U1.memory_versions) == 0
+
+
+def test_an_update_moves_the_memory_in_time(updated: None) -> None:
+    """The memory now holds what s-b said on January 11: the hierarchy orders and filters it by
+    that time, as search does, with or without a session filter."""
+    assert _memories()[BARCLAYS]["valid_from"].startswith("2026-01-11T09:00:00")
+    for query in ({}, {"session_id": "s-a"}, {"session_id": "s-b"}):
+        found = {}
+        for start, end in (("2026-01-11", "2026-01-11"), ("2026-01-10", "2026-01-10")):
+            res = call(
+                "GET",
+                mem_path("user1", "/hierarchy"),
+                query={"memory_type": "discrete", "start_date": start, "end_date": end, **query},
+            )
+            assert res.status == 200, res.body
+            found[start] = [m["text"] for m in res.body["discrete_memories"]]
+        assert found == {"2026-01-11": [BARCLAYS], "2026-01-10": []}, query
+
+
+def test_erasing_a_superseding_session_makes_the_old_fact_current_again(fake_llm: Any) -> None:
+    _scripted(
+        fake_llm,
+        {
+            "Lisbon": ([LISBON], []),
+            "Berlin": ([], [{"op": "supersede", "of": LISBON, "text": BERLIN}]),
+        },
+    )
+    _sessions(fake_llm, ("s-a", "user: I live in Lisbon."), ("s-b", "user: I moved to Berlin."))
+    assert _memories()[LISBON]["status"] == "superseded"
+    assert delete("/session/s-b").status == 200
+    memories = _memories()
+    assert list(memories) == [LISBON]
+    assert (memories[LISBON]["status"], memories[LISBON]["superseded_by"], memories[LISBON]["valid_to"]) == (
+        "current",
+        None,
+        None,
+    )
+
+
+def test_erasing_a_retracting_session_withdraws_the_withdrawal(fake_llm: Any) -> None:
+    _scripted(
+        fake_llm,
+        {"vegetarian": ([VEGGIE], []), "meat": ([], [{"op": "retract", "of": VEGGIE}])},
+    )
+    _sessions(fake_llm, ("s-a", "user: I am vegetarian."), ("s-b", "user: I never said that, I eat meat."))
+    assert _memories()[VEGGIE]["status"] == "retracted"
+    assert delete("/session/s-b").status == 200
+    memory = _memories()[VEGGIE]
+    assert (memory["status"], memory["valid_to"], memory["source_sessions"], memory["history"]) == (
+        "current",
+        None,
+        ["s-a"],
+        [],
+    )

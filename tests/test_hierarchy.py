@@ -12,9 +12,12 @@ import pytest
 import redis
 
 from memproc import keys
+from memproc.dal import queue
+from memproc.dal.connection import get_store
+from memproc.settings import get_settings
 from tests.api_client import call, mem_path
 from tests.chats import sessions
-from tests.memory_helpers import drain, everything, store, stored_memories
+from tests.memory_helpers import commit_payload, drain, everything, memory_records, store, stored_memories
 from tests.redis_server import RedisServer
 
 CHAT = "user: I prefer green tea over coffee.\nuser: I live in Porto.\n"
@@ -65,6 +68,7 @@ def test_the_hierarchy_has_memories_summaries_and_raw_submissions(fake_llm: Any,
     assert b["filters"] == {
         "session_id": None,
         "memory_type": "all",
+        "category": None,
         "start_date": None,
         "end_date": None,
         "limit": 50,
@@ -195,6 +199,11 @@ def test_the_cursor_walks_one_session(fake_llm: Any) -> None:
     assert len(full["discrete"]) == len(set(full["discrete"])) >= 5
 
 
+def cleanup_then_totals() -> dict[str, int]:
+    assert call("POST", mem_path("user1", "/cleanup")).status == 200
+    return dict(hierarchy().body["totals"])
+
+
 def test_expired_records_are_skipped_and_not_counted(fake_llm: Any, r: redis.Redis) -> None:
     a = store("user1", CHAT, "s-1")
     store("user1", "user: I adopted a cat named Miso.", "s-2")
@@ -205,15 +214,19 @@ def test_expired_records_are_skipped_and_not_counted(fake_llm: Any, r: redis.Red
     assert a["raw_memory_id"] not in [x["raw_memory_id"] for x in b["raw_memories"]]
     assert [s["session_id"] for s in b["session_summaries"]] == ["s-2"]
     assert b["counts"]["raw"] == 1 and b["counts"]["summary"] == 1
-    assert b["total_count"] == sum(b["counts"].values())
+    # total_count counts index entries: an expired transcript counts until cleanup trims it; a session
+    # whose summary expired stays indexed while its (permanent) memories exist.
+    assert b["totals"]["raw"] == 2 and b["totals"]["summary"] == 2
+    assert b["total_count"] == sum(b["totals"].values())
+    assert cleanup_then_totals() == {**b["totals"], "raw": 1}
     # Still walkable page by page past the expired entries.
     paged, _ = walk(limit=1)
     assert paged["summary"] == ["s-2"] and len(paged["raw"]) == 1
 
 
-def test_an_unknown_vectorstore_is_an_empty_hierarchy(env: Any, r: redis.Redis) -> None:
-    b = hierarchy("nobody").body
-    assert b["total_count"] == 0 and b["next_cursor"] is None
+def test_an_unknown_vectorstore_is_a_404(env: Any, r: redis.Redis) -> None:
+    res = hierarchy("nobody")
+    assert res.status == 404 and res.error_code == "unknown_vectorstore"
     assert r.dbsize() == 0
 
 
@@ -233,16 +246,17 @@ def test_round_trips_do_not_grow_with_the_data(
     with redis_server.requests() as large:
         assert hierarchy(limit=3).body["counts"] == {"discrete": 3, "summary": 3, "raw": 3}
     assert small == large
-    # Two pipelined round trips: three index ranges, then the records of the page (a memory's is
-    # its vector set element's attributes, or the `attrs` field of its hash).
-    expected = {
-        "vectorset": ["ZRANGE"] * 3
-        + ["VGETATTR"] * 3
+    # Two pipelined round trips: three index ranges with their counts, then the records of the page
+    # (a memory's is its vector set element's attributes, or the `attrs` field of its hash).
+    memory_reads = {"vectorset": ["VGETATTR"] * 3, "search": ["HGET"] * 3}
+    expected = (
+        ["ZRANGE"] * 3
+        + ["ZCOUNT"] * 3
+        + memory_reads[backend]
         + ["GET", "EXPIRETIME"] * 3
-        + ["HMGET", "EXPIRETIME"] * 3,
-        "search": ["ZRANGE"] * 3 + ["HGET"] * 3 + ["GET", "EXPIRETIME"] * 3 + ["HMGET", "EXPIRETIME"] * 3,
-    }
-    assert small == expected[backend]
+        + ["HMGET", "EXPIRETIME"] * 3
+    )
+    assert small == expected
     with redis_server.requests() as by_session:
         assert hierarchy(session_id="b-7", limit=3).status == 200
     assert by_session[:4] == ["SMEMBERS", "GET", "EXPIRETIME", "ZRANGE"]
@@ -307,3 +321,121 @@ def test_bad_vectorstore_names_are_refused(env: Any, r: redis.Redis, name: str) 
     res = hierarchy(name)
     assert res.status == 400 and res.error_code == "invalid_vectorstore_name"
     assert r.dbsize() == 0
+
+
+# -- total_count and category ------------------------------------------------------------------------
+
+TYPED = [
+    "user: I prefer green tea over coffee.\nuser: I live in Porto.\n",
+    "user: I adopted a cat named Miso.\nuser: I love hiking in the mountains.\n",
+    "user: My goal is to run a marathon next year.\nuser: I work as a nurse.\n",
+]
+
+
+def test_totals_count_every_matching_item_whatever_the_page(fake_llm: Any, r: redis.Redis) -> None:
+    for i, text in enumerate(TYPED + sessions(3, seed=9)):
+        store("user1", text, f"s-{i}")
+    store("user10", TYPED[0], "s-0")  # a name sharing the prefix is not counted
+    drain()
+    for query in (
+        {},
+        {"memory_type": "discrete"},
+        {"session_id": "s-1"},
+        {"category": "preference"},
+        {"category": "fact", "session_id": "s-0"},
+        {"start_date": "2000-01-01", "end_date": "2000-12-31"},
+    ):
+        everything_, _ = walk(limit=1, **query)
+        first = hierarchy(limit=1, **query).body
+        expected = {g: len(ids) for g, ids in everything_.items()}
+        groups = {"discrete": ("discrete",)}.get(
+            str(query.get("memory_type")), ("discrete", "summary", "raw")
+        )
+        assert first["totals"] == {g: (expected[g] if g in groups else 0) for g in expected}, query
+        assert first["total_count"] == sum(first["totals"].values())
+        # The same on every page.
+        second = (
+            hierarchy(limit=1, cursor=first["next_cursor"], **query).body if first["next_cursor"] else first
+        )
+        assert second["totals"] == first["totals"] and second["total_count"] == first["total_count"]
+
+
+def test_category_narrows_discrete_memories_only(fake_llm: Any, r: redis.Redis) -> None:
+    for i, text in enumerate(TYPED):
+        store("user1", text, f"s-{i}")
+    drain()
+    everything_ = hierarchy(memory_type="discrete").body["discrete_memories"]
+    by_type: dict[str, set[str]] = {}
+    for m in everything_:
+        by_type.setdefault(m["memory_type"], set()).add(m["memory_id"])
+    assert len(by_type) >= 2, by_type
+    for category, ids in by_type.items():
+        paged, _ = walk(limit=1, memory_type="discrete", category=category)
+        assert set(paged["discrete"]) == ids and len(paged["discrete"]) == len(ids)
+        b = hierarchy(category=category).body
+        assert b["filters"]["category"] == category and b["totals"]["discrete"] == len(ids)
+        assert len(b["session_summaries"]) == 3  # summaries and raw submissions are not filtered
+
+
+def test_a_changed_category_and_an_erased_memory_leave_their_listing(fake_llm: Any, r: redis.Redis) -> None:
+    store("user1", TYPED[0], "s-0")
+    drain()
+    vk = keys.VectorstoreKeys("user1")
+    m = hierarchy(category="preference").body["discrete_memories"][0]
+    score = r.zscore(vk.category_index("preference"), m["memory_id"])
+    assert score is not None and score == r.zscore(vk.memory_index, m["memory_id"])
+    # A later session updates it and the update changes its type.
+    store("user1", "user: Actually my goal is to drink only oolong.", "s-1")
+    item = queue.claim(get_store(), get_settings(), 1).items[0]
+    payload, vectors = commit_payload(int(r.hget(vk.config, "dimensions") or 64))
+    attrs = memory_records("user1")[m["memory_id"]]
+    update = {"op": "update", "target": m["memory_id"], "seq": attrs["seq"], "text": "The user wants oolong."}
+    payload.update(
+        ops=[
+            {**update, "memory_type": "goal", "confidence": 0.9, "tags": [], "vector": 0, "prior_vector": 1}
+        ],
+        seen_seq=int(r.hget(vk.config, "memory_seq") or 0),
+        embedding_model=r.hget(vk.config, "embedding_model"),
+    )
+    assert queue.commit(get_store(), item, payload, vectors * 2).outcome == "ok"
+    # It moves to its new category's listing, at the time of the session that said it now.
+    assert r.zscore(vk.category_index("preference"), m["memory_id"]) is None
+    assert r.zscore(vk.category_index("goal"), m["memory_id"]) == payload["valid_from"] != score
+    assert r.zscore(vk.memory_index, m["memory_id"]) == payload["valid_from"]
+    assert [x["memory_id"] for x in hierarchy(category="goal").body["discrete_memories"]] == [m["memory_id"]]
+    assert call("DELETE", mem_path("user1", f"/memories/{m['memory_id']}")).status == 200
+    assert r.zscore(vk.category_index("goal"), m["memory_id"]) is None
+    assert hierarchy(category="goal").body["totals"]["discrete"] == 0
+    assert call("DELETE", mem_path("user1")).status == 200
+    assert not any(r.exists(vk.category_index(c)) for c in ("fact", "preference", "event", "goal"))
+
+
+def test_cleanup_lists_memories_written_before_category_listings(fake_llm: Any, r: redis.Redis) -> None:
+    store("user1", TYPED[0], "s-0")
+    drain()
+    vk = keys.VectorstoreKeys("user1")
+    before = {c: r.zrange(vk.category_index(c), 0, -1, withscores=True) for c in ("fact", "preference")}
+    assert sum(len(v) for v in before.values()) == r.zcard(vk.memory_index) >= 2
+    r.delete(*(vk.category_index(c) for c in before))  # as a vectorstore written by an older memproc
+    dry = call("POST", mem_path("user1", "/cleanup"), query={"dry_run": "true"}).body
+    assert dry["reconciled"]["category_indexed"] == r.zcard(vk.memory_index)
+    assert not r.exists(vk.category_index("fact"))
+    assert call("POST", mem_path("user1", "/cleanup")).body["reconciled"]["category_indexed"] >= 2
+    assert {c: r.zrange(vk.category_index(c), 0, -1, withscores=True) for c in before} == before
+
+
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [
+        ({"category": "discrete"}, "invalid_category"),
+        ({"category": "Fact"}, "invalid_category"),
+        ({"category": "fact", "memory_type": "summary"}, "invalid_category"),
+        ({"category": "fact", "memory_type": "raw"}, "invalid_category"),
+    ],
+)
+def test_a_bad_category_is_400(env: Any, r: redis.Redis, query: dict[str, str], code: str) -> None:
+    store("user1", TYPED[0], "s-0")
+    before = everything(r)
+    res = hierarchy(**query)
+    assert res.status == 400 and res.error_code == code, res.body
+    assert everything(r) == before

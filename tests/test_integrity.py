@@ -16,6 +16,8 @@ import redis
 from memproc import keys
 from memproc.dal import queue
 from memproc.dal.connection import get_store
+from memproc.llm.chunking import chunk_transcript
+from memproc.processor import build_processor
 from memproc.settings import get_settings, load_settings
 from tests.api_client import call, mem_path
 from tests.memory_helpers import commit_payload, drain, everything, memory_records, store
@@ -138,11 +140,17 @@ def test_a_queue_entry_whose_record_was_evicted_becomes_a_visible_dead_letter(
 
 
 def test_an_evicting_store_refuses_new_sessions_and_says_why(evicting: None, qr: redis.Redis) -> None:
+    qr.config_set("maxmemory-policy", "noeviction")
+    store("user10", CHAT, "s-1")  # written while the store was safe
+    qr.config_set("maxmemory-policy", "allkeys-lru")
+    qr.hdel(keys.PROCESSOR_STATUS, "policy_checked_at")  # the policy is rechecked at most once a minute
     res = call("POST", mem_path("user1", "/store_raw"), json_body={"session_data": CHAT})
     assert res.status == 503 and res.error_code == "store_evicting"
     assert "allkeys-lru" in res.body["error"]["message"] and res.headers["Retry-After"]
-    assert qr.zcard(keys.RAW_MEMORY_QUEUE) == 0 and not qr.exists(U1.raw_index)
-    status = call("GET", mem_path("user1", "/processing_status")).body
+    assert qr.zcard(keys.RAW_MEMORY_QUEUE) == 1 and not qr.exists(U1.raw_index)
+    refused = call("GET", mem_path("user1", "/processing_status"))
+    assert refused.status == 404 and refused.error_code == "unknown_vectorstore"  # it was never written
+    status = call("GET", mem_path("user10", "/processing_status")).body
     assert status["eviction_policy"] == "allkeys-lru"
     assert status["degraded"] and "noeviction" in status["degraded"][0]
 
@@ -265,3 +273,57 @@ def test_a_worker_renews_the_lease_of_an_item_that_outlives_a_third_of_it(
     report = drain(lease_seconds=5, llm_timeout_seconds=10)
     assert report.processed == 1 and report.renewed >= 1
     assert r.hget(U1.raw(raw_id), "processing_attempts") == "1"
+
+
+def test_a_long_transcript_outlives_its_lease_yet_is_claimed_and_paid_for_once(
+    fake_llm: Any, r: redis.Redis
+) -> None:
+    """A live worker's lease is renewed between (and during) a long transcript's chunks, so a rival
+    processor never reaps it; a dead worker's lease runs out and the rival reaps that item."""
+    settings = load_settings(lease_seconds=5, llm_chunk_chars=1000, llm_timeout_seconds=10)
+    # A worker that died holding a claim: nothing renews it.
+    dead = store("dead", CHAT, "s-1")["raw_memory_id"]
+    abandoned = queue.claim(get_store(), settings, 1).items[0]
+    dead_deadline = float(r.hget(keys.VectorstoreKeys("dead").raw(dead), "lease_deadline"))
+    text = "".join(
+        f"user: On day {i} I ran {i % 9 + 3} km of marathon training by the river.\n" for i in range(130)
+    )
+    chunks = len(chunk_transcript(text, settings.llm_chunk_chars))
+    fake_llm.latency, fake_llm.embedding_latency = 0.7, 0.0
+    assert chunks * fake_llm.latency > settings.lease_seconds + 1  # the premise: longer than a lease
+    long = store("long", text, "s-1")["raw_memory_id"]
+    long_key = keys.VectorstoreKeys("long").raw(long)
+
+    rival: list[tuple[float, queue.ClaimBatch]] = []  # a rival processor's claim after each chunk
+    held_since: list[float] = []
+
+    def after_each_chunk(transcript: str) -> None:
+        if not held_since:
+            held_since.append(float(r.hget(long_key, "claimed_at")))
+        batch = queue.claim(get_store(), settings, 1)
+        seconds, micros = r.time()
+        rival.append((seconds + micros / 1e6, batch))
+        return None  # the fake's usual extraction
+
+    fake_llm.extraction_for = after_each_chunk
+    fake_llm.reset()
+    report = build_processor(settings).drain(concurrency=1, batch_size=1, max_items=1)
+
+    assert report.processed == 1 and report.reaped == 0 and report.renewed >= 1
+    assert len(rival) == chunks and rival[-1][0] > held_since[0] + settings.lease_seconds  # held past it
+    # The live worker's item: claimed once, its chunks sent to the LLM once each.
+    h = r.hgetall(long_key)
+    assert h["status"] == "processed" and h["processing_attempts"] == "1"
+    assert all(c.raw_id != long for _, batch in rival for c in batch.items)
+    marathon_calls = sum(
+        1
+        for q in fake_llm.requests
+        if q.path.endswith("/chat/completions") and "marathon" in json.dumps(q.body)
+    )
+    assert marathon_calls == chunks
+    # The dead worker's item: left alone until its lease ran out, then reaped and claimed again
+    # (by the rival, which abandons it in turn).
+    assert all(not batch.items and not batch.reaped for at, batch in rival if at < dead_deadline)
+    reaped = next(batch for _, batch in rival if batch.reaped)
+    assert [(c.raw_id, c.attempt) for c in reaped.items] == [(dead, abandoned.attempt + 1)]
+    assert reaped.items[0].token != abandoned.token

@@ -136,7 +136,7 @@ def test_importing_llm_does_not_import_openai() -> None:
 def test_the_request_schemas_do_not_import_llm() -> None:
     # The memory types are domain vocabulary (memproc.records), not something models borrow from llm.
     code = (
-        "import sys, memproc.schemas.requests as r; r.SearchQuery(q='tea', memory_type='fact'); "
+        "import sys, memproc.schemas.requests as r; r.SearchQuery(q='tea', category='fact'); "
         "assert 'memproc.llm' not in sys.modules, 'models imported llm'"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

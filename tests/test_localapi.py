@@ -266,8 +266,7 @@ def test_lambda_context_deadline() -> None:
     ctx = LambdaContext("Fn", timeout_seconds=0.2, memory_limit_in_mb=256)
     assert 0 < ctx.get_remaining_time_in_millis() <= 200
     assert ctx.memory_limit_in_mb == 256
-    time.sleep(0.25)
-    assert ctx.get_remaining_time_in_millis() == 0
+    assert LambdaContext("Fn", timeout_seconds=0).get_remaining_time_in_millis() == 0  # never negative
     assert LambdaContext("Fn").aws_request_id != LambdaContext("Fn").aws_request_id
 
 
@@ -474,18 +473,17 @@ def test_free_port_start_and_shutdown_do_not_hang() -> None:
     idle = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
     idle.request("GET", "/api/memory/vs/raw/x")
     assert Reply(idle.getresponse()).status == 200  # the client keeps its end of the connection open
-    started = time.monotonic()
-    srv.shutdown()
-    assert time.monotonic() - started < 3
+    srv.shutdown()  # with an idle keep-alive client still connected (the test's timeout bounds it)
+    assert srv._thread is not None and not srv._thread.is_alive()
     srv.shutdown()  # idempotent
     idle.close()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", srv.port), timeout=2).close()
 
     never_started = LocalApiServer(TEMPLATE, FIXTURE, port=0)
-    started = time.monotonic()
     never_started.shutdown()
-    assert time.monotonic() - started < 1
+    with pytest.raises(OSError):  # its port is released too
+        socket.create_connection(("127.0.0.1", never_started.port), timeout=2).close()
 
 
 # --------------------------------------------------------------------------- the real template

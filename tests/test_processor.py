@@ -83,7 +83,7 @@ def test_a_stored_session_becomes_the_memory_hierarchy(fake_llm: Any, r: redis.R
         "oldest_pending_age_seconds": None,
     }
     rs = call("GET", mem_path("user123", f"/raw/{res['raw_memory_id']}")).body
-    assert rs["status"] == "processed" and rs["memories_created"] == created and "session_data" not in rs
+    assert rs["status"] == "processed" and rs["memories_created"] == created and rs["session_data"] is None
 
 
 def test_one_llm_call_and_at_most_two_embeddings_calls_per_session(fake_llm: Any) -> None:

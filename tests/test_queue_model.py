@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+import pytest
 import redis
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -23,6 +24,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from memproc import keys, retention, submissions
 from memproc.dal import queue
 from memproc.dal.connection import get_store
+from memproc.errors import NotFound
 from memproc.reads import stats as stats_reads
 from memproc.reads import status as status_reads
 from memproc.schemas.requests import CleanupQuery, StoreRawRequest
@@ -187,6 +189,10 @@ class QueueModel(RuleBasedStateMachine):
     @rule(vs=st.sampled_from(VECTORSTORES))
     def cleanup(self, vs: str) -> None:
         """Retention (nothing is old enough) and reconciliation change nothing that is consistent."""
+        if not any(i.vs == vs for i in self.items.values()):  # never written
+            with pytest.raises(NotFound):
+                retention.cleanup(self.store, self.settings, vs, CleanupQuery(retention_days=30))
+            return
         receipt = retention.cleanup(self.store, self.settings, vs, CleanupQuery(retention_days=30))
         assert receipt.deleted_count == 0 and receipt.reconciled.total == 0
 
@@ -195,8 +201,10 @@ class QueueModel(RuleBasedStateMachine):
         items = [i for i in self.of_session(vs, sid) if i.state != "erased"]
         try:
             retention.erase_session(self.store, vs, sid)
-        except Exception as exc:  # only "no such session" is acceptable
-            assert not items and getattr(exc, "code", "") == "session_not_found", exc
+        except Exception as exc:  # only "no such session" (or no such vectorstore) is acceptable
+            written = any(i.vs == vs for i in self.items.values())
+            expected = "session_not_found" if written else "unknown_vectorstore"
+            assert not items and getattr(exc, "code", "") == expected, exc
         for item in items:
             item.state = "erased"
         self.transcripts.pop((vs, sid), None)
@@ -237,6 +245,14 @@ class QueueModel(RuleBasedStateMachine):
     def the_api_counts_what_the_model_holds(self) -> None:
         for vs in VECTORSTORES:
             mine = [i for i in self.items.values() if i.vs == vs]
+            if not mine:  # never written: every route answers 404 unknown_vectorstore
+                for read in (
+                    lambda: status_reads.processing_status(self.store, self.settings, vs),  # noqa: B023
+                    lambda: stats_reads.stats(self.store, vs),  # noqa: B023
+                ):
+                    with pytest.raises(NotFound):
+                        read()
+                continue
             count = {s: sum(i.state == s for i in mine) for s in ("queued", "processing", "dead")}
             status = status_reads.processing_status(self.store, self.settings, vs).vectorstore
             assert (status.pending, status.in_flight, status.dead) == (

@@ -49,16 +49,16 @@ def test_search_finds_the_closest_memories(memories: Any) -> None:
 
 
 def test_filters_apply_inside_redis(memories: Any, r: redis.Redis) -> None:
-    by_type = search(q="green tea", memory_type="fact").body
+    by_type = search(q="green tea", category="fact").body
     assert by_type["results"] and all(x["memory_type"] == "fact" for x in by_type["results"])
-    assert by_type["filters"]["memory_type"] == "fact"
+    assert by_type["filters"]["category"] == "fact"
     by_session = search(q="green tea", session_id="s-2").body["results"]
     assert by_session and all(x["session_id"] == "s-2" for x in by_session)
     now = datetime.fromtimestamp(r.time()[0], UTC)
     assert len(search(q="tea", start_date=(now - timedelta(hours=1)).isoformat()).body["results"]) == 4
     assert search(q="tea", start_date=(now + timedelta(hours=1)).isoformat()).body["results"] == []
     assert search(q="tea", end_date=(now - timedelta(days=1)).date().isoformat()).body["results"] == []
-    none = search(q="tea", memory_type="goal", session_id="s-1").body
+    none = search(q="tea", category="goal", session_id="s-1").body
     assert none["results"] == [] and none["note"] is None
 
 
@@ -73,7 +73,7 @@ def test_a_session_filter_matches_memories_merged_from_that_session(memories: An
 def test_before_any_memory_exists_the_result_is_empty_and_explained(fake_llm: Any, r: redis.Redis) -> None:
     calls = fake_llm.embedding_calls
     res = search(q="green tea")
-    assert res.status == 200 and res.body["results"] == [] and res.body["pending_sessions"] == 0
+    assert res.status == 404 and res.error_code == "unknown_vectorstore"  # never written
     store("user1", "user: I prefer green tea.", "s-1")
     b = search(q="green tea", session_id="s-1").body
     assert b["results"] == [] and b["pending_sessions"] == 1 and b["session_pending"] is True
@@ -116,7 +116,7 @@ def test_the_filter_is_built_from_typed_values_only() -> None:
     q = SearchQuery(
         q='x" or 1 == 1',
         session_id="s-1",
-        memory_type="fact",
+        category="fact",
         start_date="2026-03-01",
         end_date="2026-03-01T12:00:00+02:00",
     )
@@ -169,8 +169,9 @@ def test_round_trips_do_not_grow_with_the_data(
         ({"q": "tea", "k": "0"}, "invalid_k"),
         ({"q": "tea", "k": "101"}, "invalid_k"),
         ({"q": "tea", "k": "many"}, "invalid_k"),
-        ({"q": "tea", "memory_type": "discrete"}, "invalid_memory_type"),
-        ({"q": "tea", "memory_type": 'fact" or 1'}, "invalid_memory_type"),
+        ({"q": "tea", "category": "discrete"}, "invalid_category"),
+        ({"q": "tea", "category": 'fact" or 1'}, "invalid_category"),
+        ({"q": "tea", "memory_type": "fact"}, "renamed_parameter"),  # the category filter's old name
         ({"q": "tea", "session_id": 's-1" or .x == 1'}, "invalid_session_id"),
         ({"q": "tea", "session_id": "s 1"}, "invalid_session_id"),
         ({"q": "tea", "start_date": "last week"}, "invalid_start_date"),

@@ -111,10 +111,14 @@ def test_unknown_session_is_404(fake_llm: Any, r: redis.Redis) -> None:
     store("user1", CHAT, "s-1")
     drain()
     before = everything(r)
-    for vs, sid in (("user1", "s-2"), ("user10", "s-1"), ("user", "s-1")):
+    for vs, sid, code in (
+        ("user1", "s-2", "session_not_found"),
+        ("user10", "s-1", "unknown_vectorstore"),
+        ("user", "s-1", "unknown_vectorstore"),
+    ):
         res = session(sid, vs)
-        assert res.status == 404 and res.error_code == "session_not_found", (vs, sid)
-        assert sid in res.body["error"]["message"]
+        assert res.status == 404 and res.error_code == code, (vs, sid)
+        assert (sid if code == "session_not_found" else vs) in res.body["error"]["message"]
     assert everything(r) == before
 
 

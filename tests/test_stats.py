@@ -70,12 +70,17 @@ def test_counts_storage_and_daily_figures(fake_llm: Any, r: redis.Redis) -> None
     assert b["embedding"] == {"model": "text-embedding-3-small", "dimensions": 64}
 
 
-def test_an_unknown_vectorstore_has_zero_everything(env: Any, r: redis.Redis) -> None:
-    b = stats("nobody").body
-    assert b["counts"]["memories"] == 0 and b["counts"]["sessions"] == 0
-    assert b["counts"]["raw_memories"]["indexed"] == 0 and b["storage"]["total_bytes"] == 0
-    assert b["embedding"] is None and len(b["daily"]) == 7
+def test_an_unknown_vectorstore_is_a_404(env: Any, r: redis.Redis) -> None:
+    res = stats("nobody")
+    assert res.status == 404 and res.error_code == "unknown_vectorstore"
     assert r.dbsize() == 0
+
+
+def test_a_vectorstore_with_only_queued_work_has_stats(env: Any, r: redis.Redis) -> None:
+    store("user1", "user: I cycle to work.", "s-1")
+    b = stats().body
+    assert b["counts"]["memories"] == 0 and b["counts"]["raw_memories"]["queued"] == 1
+    assert b["embedding"] is None and len(b["daily"]) == 7
 
 
 def test_one_round_trip_whatever_the_size(fake_llm: Any, redis_server: RedisServer) -> None:

@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from memproc import keys
+from memproc.submissions import describe_wait
 from tests.api_client import call, mem_path
 from tests.redis_server import ROOT, RedisServer
 
@@ -86,10 +87,11 @@ def test_estimate_uses_the_measured_rate(env, r: redis.Redis) -> None:
     for i in range(7):
         res = store("user123", {"session_data": f"user: message {i}"})
     assert res.body["queue_position"] == 7
-    assert res.body["estimated_processing_time"] == pytest.approx(7 / 4, abs=0.01)
+    assert res.body["estimated_processing_seconds"] == pytest.approx(7 / 4, abs=0.01)
+    assert res.body["estimated_processing_time"] == "about 2 seconds"
     r.hset(keys.PROCESSOR_STATUS, mapping={"rate_per_second": "0.5", "last_heartbeat": r.time()[0]})
     res = store("user123", {"session_data": "user: one more"})
-    assert res.body["estimated_processing_time"] == pytest.approx(8 / 0.5, abs=0.01)
+    assert res.body["estimated_processing_seconds"] == pytest.approx(8 / 0.5, abs=0.01)
 
 
 def test_estimate_adds_the_wait_for_the_next_scheduled_run(env, r: redis.Redis) -> None:
@@ -98,7 +100,34 @@ def test_estimate_adds_the_wait_for_the_next_scheduled_run(env, r: redis.Redis) 
         mapping={"rate_per_second": "2", "last_heartbeat": int(r.time()[0]) - 40, "interval_seconds": "60"},
     )
     res = store("user123", {"session_data": "user: hello"})
-    assert res.body["estimated_processing_time"] == pytest.approx(30 + 1 / 2, abs=0.01)
+    assert res.body["estimated_processing_seconds"] == pytest.approx(30 + 1 / 2, abs=0.01)
+    assert res.body["estimated_processing_time"] == "about 31 seconds"  # 30.5, half up
+
+
+@pytest.mark.parametrize(
+    ("seconds", "wording"),
+    [
+        (0, "under a second"),
+        (0.49, "under a second"),
+        (0.5, "about 1 second"),
+        (1.4, "about 1 second"),
+        (3.5, "about 4 seconds"),
+        (59.4, "about 59 seconds"),
+        (59.5, "1-2 minutes"),
+        (60, "1-2 minutes"),
+        (150, "2-5 minutes"),
+        (1799, "29-60 minutes"),
+        (1800, "30-60 minutes"),
+        (1801, "1-2 hours"),
+        (3600, "1-2 hours"),
+        (5 * 3600, "5-10 hours"),
+        (12 * 3600, "12-24 hours"),
+        (13 * 3600, "1-2 days"),
+        (3 * 86_400, "3-6 days"),
+    ],
+)
+def test_the_estimate_reads_as_the_specification_shows_it(seconds: float, wording: str) -> None:
+    assert describe_wait(seconds) == wording
 
 
 def test_position_reflects_round_robin_across_vectorstores(env) -> None:

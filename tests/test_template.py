@@ -6,6 +6,8 @@ parameter values (tests/template_render.py), i.e. the resources CloudFormation w
 
 from __future__ import annotations
 
+import json
+import re
 import string
 from collections.abc import Iterator
 from typing import Any
@@ -260,24 +262,35 @@ def test_functions_receive_the_store_connection(name: str) -> None:
         assert not {"REDIS_URL", "REDIS_SECRET_ARN"} & set(env)
 
 
-def _secret_reads(rendered: dict[str, Any], function: str) -> list[Any]:
-    """The resources of every secretsmanager:GetSecretValue the function's role is granted."""
+def _granted(rendered: dict[str, Any], function: str, action: str) -> list[Any]:
+    """The resources the function's role may `action`: inline, managed, and role policies on it."""
     res = rendered["Resources"]
-    role = res[f"{function}Role"]["Properties"]
+    role_name = f"{function}Role"
+    role = res[role_name]["Properties"]
     documents = [p["PolicyDocument"] for p in role.get("Policies", [])]
     documents += [
         res[arn["Ref"]]["Properties"]["PolicyDocument"]
         for arn in role["ManagedPolicyArns"]
         if isinstance(arn, dict) and "Ref" in arn
     ]
-    reads: list[Any] = []
+    documents += [
+        r["Properties"]["PolicyDocument"]
+        for r in res.values()
+        if r["Type"] == "AWS::IAM::RolePolicy" and r["Properties"]["RoleName"] == {"Ref": role_name}
+    ]
+    granted: list[Any] = []
     for doc in documents:
         for statement in doc["Statement"]:
             actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
-            if "secretsmanager:GetSecretValue" in actions:
+            if action in actions:
                 resources = statement["Resource"]
-                reads += resources if isinstance(resources, list) else [resources]
-    return reads
+                granted += resources if isinstance(resources, list) else [resources]
+    return granted
+
+
+def _secret_reads(rendered: dict[str, Any], function: str) -> list[Any]:
+    """The resources of every secretsmanager:GetSecretValue the function's role is granted."""
+    return _granted(rendered, function, "secretsmanager:GetSecretValue")
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
@@ -293,3 +306,95 @@ def test_functions_may_read_exactly_the_store_secret(name: str) -> None:
             assert store_secret in reads, function
         # Nothing broader: only the store's secret and, where configured, the OpenAI key's.
         assert all(r in (store_secret, OPENAI_SECRET) for r in reads), reads
+
+
+# -- the queue processor at scale ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_the_processor_may_invoke_only_itself_and_only_to_fan_out(name: str) -> None:
+    overrides, rendered = scenario(name)
+    fans_out = overrides.get("MaxProcessors", "4") != "1"
+    own_arn = {"Fn::GetAtt": ["ProcessQueueFunction", "Arn"]}
+    assert _granted(rendered, "ProcessQueueFunction", "lambda:InvokeFunction") == (
+        [own_arn] if fans_out else []
+    )
+    for function in FUNCTIONS[:-1]:
+        assert _granted(rendered, function, "lambda:InvokeFunction") == [], function
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_the_processor_limit_and_its_reserved_concurrency(name: str) -> None:
+    overrides, rendered = scenario(name)
+    props = rendered["Resources"]["ProcessQueueFunction"]["Properties"]
+    assert props["Environment"]["Variables"]["MAX_PROCESSORS"] == {"Ref": "MaxProcessors"}
+    reserved = props.get("ReservedConcurrentExecutions")
+    # Optional: an account near its unreserved minimum (or a new one, quota 10) cannot reserve.
+    assert reserved == (
+        {"Ref": "MaxProcessors"} if overrides.get("ReserveProcessorConcurrency") == "true" else None
+    )
+    assert translate()["Parameters"]["ReserveProcessorConcurrency"]["Default"] == "false"
+
+
+def _dashboard(rendered: dict[str, Any]) -> dict[str, Any]:
+    """The dashboard body as CloudWatch parses it, every ${...} replaced by a number."""
+    body, _ = rendered["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    return dict(json.loads(re.sub(r"\$\{[^}]+\}", "1", body)))
+
+
+def test_the_dashboard_shows_every_processor_metric_by_name() -> None:
+    from memproc.fanout import FanOut
+    from memproc.observability import drain_metrics
+    from memproc.processor import DrainReport
+
+    _, rendered = scenario("elasticache")
+    shown = {
+        m[1]
+        for w in _dashboard(rendered)["widgets"]
+        for m in w["properties"].get("metrics", [])
+        if isinstance(m[0], str) and m[0] in ("Memproc", ".")
+    }
+    published = {name for name, _, _ in drain_metrics(DrainReport(), FanOut(), events=True)}
+    assert published <= shown, published - shown
+    body, _ = rendered["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    assert "${BacklogAgeAlarm.Arn}" in body and "${BacklogAgeAlarmSeconds}" in body  # its state, its line
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_an_alarm_on_backlog_age_with_a_period_of_at_least_one_tick(name: str) -> None:
+    overrides, rendered = scenario(name)
+    alarm = rendered["Resources"]["BacklogAgeAlarm"]["Properties"]
+    assert (alarm["Namespace"], alarm["MetricName"], alarm["Statistic"]) == (
+        "Memproc",
+        "BacklogAgeSeconds",
+        "Maximum",
+    )
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": "memproc"}]
+    assert alarm["Threshold"] == {"Ref": "BacklogAgeAlarmSeconds"}
+    tick = rendered["Mappings"]["ProcessingInterval"][overrides.get("ProcessingIntervalMinutes", "1")]
+    assert alarm["Period"] == tick["AlarmPeriod"] >= tick["Seconds"]  # each period has a tick's data
+    assert (alarm["EvaluationPeriods"], alarm["DatapointsToAlarm"]) == (3, 2)
+
+
+def _statements(rendered: dict[str, Any], function: str) -> list[dict[str, Any]]:
+    """Every statement of the function role's inline policies."""
+    role = rendered["Resources"][f"{function}Role"]["Properties"]
+    return [st for p in role.get("Policies", []) for st in p["PolicyDocument"]["Statement"]]
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_events_go_to_the_named_bus_only_when_one_is_named(name: str) -> None:
+    overrides, rendered = scenario(name)
+    bus = overrides.get("EventBusName")
+    for function in FUNCTIONS:
+        puts = [st for st in _statements(rendered, function) if "events:PutEvents" in str(st["Action"])]
+        env = environment(rendered, function)
+        if bus and function == "ProcessQueueFunction":
+            assert env["EVENT_BUS_NAME"] == {"Ref": "EventBusName"}
+            [statement] = puts
+            assert statement["Action"] == "events:PutEvents"
+            arn = "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/${EventBusName}"
+            assert statement["Resource"] == {"Fn::Sub": arn}
+        else:
+            assert "EVENT_BUS_NAME" not in env and puts == [], function
+    assert ("EventsFailedAlarm" in rendered["Resources"]) == bool(bus)

@@ -1,15 +1,15 @@
-"""Scheduled (EventBridge Scheduler): drain the queue within this invocation's time budget."""
+"""Scheduled (EventBridge Scheduler) and fanned out: drain the queue within this invocation's time
+budget, a schedule tick first starting the processors a backlog needs (memproc.fanout)."""
 
-from dataclasses import asdict
 from typing import Any
 
 # The processor reaches the LLM through the openai SDK; importing it here, in Lambda's init phase,
 # keeps that work out of the first scheduled invocation's time budget.
 import openai  # noqa: F401
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from memproc.observability import get_tracer, logger, metrics
+from memproc import fanout
+from memproc.observability import get_tracer, logger, metrics, record_drain
 from memproc.processor import Processor, build_processor
 from memproc.settings import get_settings
 
@@ -30,13 +30,14 @@ def get_processor() -> Processor:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    report = get_processor().drain(remaining_seconds=lambda: context.get_remaining_time_in_millis() / 1000)
-    metrics.add_metric("SessionsProcessed", MetricUnit.Count, report.processed)
-    metrics.add_metric("SessionsRetried", MetricUnit.Count, report.retried)
-    metrics.add_metric("QueueDeadLettered", MetricUnit.Count, report.dead)
-    metrics.add_metric("RecordsLost", MetricUnit.Count, report.lost)
-    metrics.add_metric("MemoriesCreated", MetricUnit.Count, report.memories_created)
-    metrics.add_metric("LLMTokens", MetricUnit.Count, report.tokens_in + report.tokens_out)
-    summary = {**asdict(report), "rate_per_second": report.rate}
+    run = fanout.run(
+        get_processor(),
+        event,
+        function_name=context.function_name,
+        request_id=context.aws_request_id,
+        remaining_seconds=lambda: context.get_remaining_time_in_millis() / 1000,
+    )
+    record_drain(run.report, run.fan_out, events=bool(get_settings().event_bus_name))
+    summary = run.summary()
     logger.info("queue drained", extra=summary)
     return summary

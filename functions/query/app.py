@@ -12,7 +12,7 @@ from memproc.api import json_response, make_resolver, parse_query, path_arg, res
 from memproc.dal.connection import get_store
 from memproc.observability import get_tracer, logger, metrics
 from memproc.reads import dead_letters, hierarchy, search, sessions, stats, status
-from memproc.schemas.requests import DeadLettersQuery, HierarchyQuery, NoParams, SearchQuery, SessionQuery
+from memproc.schemas.requests import DeadLettersQuery, HierarchyQuery, NoParams, SearchQuery, TranscriptQuery
 from memproc.settings import get_settings
 
 tracer = get_tracer()
@@ -32,10 +32,14 @@ def processing_status(vectorstore_name: str) -> Response[Any]:
 @app.get("/api/memory/<vectorstore_name>/raw/<raw_memory_id>")
 @tracer.capture_method
 def raw_status(vectorstore_name: str, raw_memory_id: str) -> Response[Any]:
-    parse_query(NoParams, app)
-    return json_response(
-        200, status.raw_status(get_store(), path_arg(vectorstore_name), path_arg(raw_memory_id))
+    q = parse_query(TranscriptQuery, app)
+    found = status.raw_status(
+        get_store(),
+        path_arg(vectorstore_name),
+        path_arg(raw_memory_id),
+        include_transcript=q.include_transcript,
     )
+    return json_response(200, found)
 
 
 @app.get("/api/memory/<vectorstore_name>/hierarchy")
@@ -48,7 +52,7 @@ def get_hierarchy(vectorstore_name: str) -> Response[Any]:
 @app.get("/api/memory/<vectorstore_name>/session/<session_id>")
 @tracer.capture_method
 def session(vectorstore_name: str, session_id: str) -> Response[Any]:
-    q = parse_query(SessionQuery, app)
+    q = parse_query(TranscriptQuery, app)
     details = sessions.session_details(
         get_store(), path_arg(vectorstore_name), path_arg(session_id), include_transcript=q.include_transcript
     )

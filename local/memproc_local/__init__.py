@@ -26,11 +26,12 @@ Faithful to API Gateway where a client or a handler could tell the difference:
 
 Deliberate differences, chosen for clearer local errors:
 
-- An unknown path is 404 ``{"error": {"code": "not_found", ...}}`` unless the template customises
-  ``MISSING_AUTHENTICATION_TOKEN``; stock API Gateway answers 403
+- An unknown path is 404 ``{"success": false, "error": {"code": "not_found", ...}}`` unless the
+  template customises ``MISSING_AUTHENTICATION_TOKEN``; stock API Gateway answers 403
   ``{"message": "Missing Authentication Token"}``.
-- A known path with a method it lacks is 405 ``{"error": {"code": "method_not_allowed", ...}}``
-  with an ``Allow`` header; API Gateway treats it like an unknown path.
+- A known path with a method it lacks is 405
+  ``{"success": false, "error": {"code": "method_not_allowed", ...}}`` with an ``Allow`` header;
+  API Gateway treats it like an unknown path.
 - All handlers share one process, so per-function environment variables from the template are
   not applied; a handler running past its ``Timeout`` (or API Gateway's 29 s) only logs a warning;
   API keys and usage plans are not enforced (as with ``sam local start-api``).

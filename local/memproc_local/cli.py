@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from memproc.settings import ConfigurationError, get_settings, load_settings
-from memproc_local.devredis import start_dev_redis
+from memproc_local import devredis
 
 ROOT = Path(__file__).resolve().parents[2]  # local/memproc_local/cli.py -> the project
 
@@ -37,16 +37,21 @@ def _progress_printer() -> Any:
 
 
 def cmd_process(args: argparse.Namespace) -> int:
+    """Drain once, or forever every PROCESSING_INTERVAL_SECONDS; a store outage is waited out with
+    backoff, as the scheduled Lambda would simply run again (leases make it safe)."""
+    from memproc.dal.connection import StoreError
     from memproc.processor import build_processor
 
-    overrides: dict[str, Any] = {
-        "processing_interval_seconds": args.interval,
-        "raw_retention_days": args.retention_days,
+    # Flags override the environment only when given: one source of truth for each setting.
+    overrides = {
+        name: value
+        for name, value in (
+            ("processing_interval_seconds", args.interval),
+            ("batch_size", args.batch_size),
+            ("concurrency", args.concurrency),
+        )
+        if value is not None
     }
-    if args.batch_size:
-        overrides["batch_size"] = args.batch_size
-    if args.concurrency:
-        overrides["concurrency"] = args.concurrency
     settings = load_settings(**overrides)
     processor = build_processor(settings)
     stop = threading.Event()
@@ -55,29 +60,28 @@ def cmd_process(args: argparse.Namespace) -> int:
         f"memproc process: provider={processor.provider.name} model={processor.provider.chat_model} "
         f"concurrency={settings.concurrency} batch={settings.batch_size} "
         f"interval={settings.processing_interval_seconds}s "
-        f"retention={settings.raw_retention_days}d",
+        f"retention={settings.raw_retention_days}d (RAW_RETENTION_DAYS)",
         file=sys.stderr,
     )
+    backoff = 0.0
     try:
         while True:
-            report = processor.drain(stop=stop, progress=progress, max_items=args.max_items)
+            try:
+                report = processor.drain(stop=stop, progress=progress, max_items=args.max_items)
+            except StoreError as exc:
+                if args.run_once:
+                    raise
+                backoff = min(30.0, max(0.5, backoff * 2))
+                logging.getLogger("memproc.process").warning(
+                    "the store is unavailable (%s); trying again in %.1f s", exc, backoff
+                )
+                if stop.wait(backoff):
+                    return 0
+                continue
+            backoff = 0.0
             if progress:
                 sys.stderr.write("\n")
-            print(
-                json.dumps(
-                    {
-                        "processed": report.processed,
-                        "retried": report.retried,
-                        "dead": report.dead,
-                        "reaped": report.reaped,
-                        "memories_created": report.memories_created,
-                        "memories_merged": report.memories_merged,
-                        "seconds": round(report.seconds, 3),
-                        "rate_per_second": round(report.rate, 3) if report.rate else None,
-                    }
-                ),
-                flush=True,
-            )
+            print(json.dumps(report.summary()), flush=True)
             if args.run_once or stop.wait(settings.processing_interval_seconds):
                 return 0
     except KeyboardInterrupt:
@@ -120,7 +124,7 @@ def _scheduled(function: str, code_uri: str, every: float, stop: threading.Event
 def cmd_serve(args: argparse.Namespace) -> int:
     from memproc_local.server import LocalApiServer
 
-    url, redis_proc = start_dev_redis()
+    url, redis_proc = devredis.start_dev_redis()
     os.environ["REDIS_URL"] = url
     # The heartbeat reports the interval this dev loop really runs at.
     os.environ["PROCESSING_INTERVAL_SECONDS"] = str(max(1, math.ceil(args.process_interval)))
@@ -134,7 +138,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = LocalApiServer(ROOT / "template.yaml", ROOT, args.host, args.port)
     stop = threading.Event()
     interval = args.process_interval
-    print(f"memproc dev: Redis at {url}" + (" (started here)" if redis_proc else ""), file=sys.stderr)
+    if redis_proc:
+        data = devredis.data_dir()
+        shown = data.relative_to(ROOT) if data.is_relative_to(ROOT) else data
+        print(
+            f"memproc dev: Redis at {url} (started here; data in {shown}, MEMPROC_DEV_DATA to move it, "
+            "make dev-reset to delete it)",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"memproc dev: Redis at {url} (yours: REDIS_URL / REDIS_HOST / REDIS_PORT / REDIS_DB)",
+            file=sys.stderr,
+        )
     print(f"memproc dev: API on {server.url}\n{server.describe()}", file=sys.stderr)
     llm = (
         "OpenAI"
@@ -145,7 +161,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"memproc dev: queue processor every {interval}s ({llm}); cleanup every {args.cleanup_interval}s",
         file=sys.stderr,
     )
-    print(f"memproc dev: debug with  redis-cli -u {url} ZCARD RAW_MEMORY_QUEUE", file=sys.stderr)
+    binary = os.environ.get("MEMPROC_REDIS_SERVER")
+    cli = Path(binary).with_name("redis-cli") if binary else None
+    direct = f"{cli} -u {url}" if cli and cli.exists() else f"redis-cli -u {url}"
+    print(
+        f"memproc dev: debug with  make redis-cli CMD='ZCARD RAW_MEMORY_QUEUE'  (that is: {direct} ...)",
+        file=sys.stderr,
+    )
     _scheduled("ProcessQueueFunction", "functions/process_queue", interval, stop)
     _scheduled("CleanupFunction", "functions/cleanup", args.cleanup_interval, stop)
     # `kill` stops the dev server as cleanly as Ctrl-C (and the Redis it started with it).
@@ -157,6 +179,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         stop.set()
         server.shutdown()
+        devredis.forget_url()
         if redis_proc:
             redis_proc.terminate()
             redis_proc.wait(10)
@@ -191,6 +214,39 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reembed(args: argparse.Namespace) -> int:
+    """Re-embed one vectorstore's memories with the configured provider, resumably, with progress."""
+    from dataclasses import asdict
+
+    from memproc import reembed
+    from memproc.dal.connection import get_store
+    from memproc.errors import ApiError
+    from memproc.llm import make_provider
+
+    settings = get_settings()
+    provider = make_provider(settings)
+    print(
+        f"memproc reembed: {args.vectorstore} with {provider.embedding_model} ({provider.dimensions} "
+        f"dimensions), {args.batch} memories per batch",
+        file=sys.stderr,
+    )
+
+    def show(p: reembed.Progress) -> None:
+        print(f"  {p.done}/{p.total} memories re-embedded", file=sys.stderr, flush=True)
+
+    try:
+        result = reembed.reembed(
+            get_store(settings), provider, args.vectorstore, batch=args.batch, progress=show
+        )
+    except ApiError as exc:
+        print(f"memproc reembed: {exc.message}", file=sys.stderr)
+        return 2
+    if result.previous and result.previous != result.model:
+        print(f"memproc reembed: {result.previous} -> {result.model}", file=sys.stderr)
+    print(json.dumps(asdict(result)), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="memproc", description=__doc__)
@@ -215,10 +271,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("process", help="drain the queue: once, or every --interval seconds")
     p.add_argument("--run-once", action="store_true", help="drain once and exit")
     p.add_argument(
-        "--interval", type=int, default=60, metavar="SECONDS", help="seconds between runs (default 60)"
-    )
-    p.add_argument(
-        "--retention-days", type=int, default=30, metavar="N", help="raw transcript retention (default 30)"
+        "--interval",
+        type=int,
+        default=None,
+        metavar="SECONDS",
+        help="seconds between runs (default PROCESSING_INTERVAL_SECONDS)",
     )
     p.add_argument(
         "--batch-size", type=int, default=None, help="items claimed per Redis call (default BATCH_SIZE)"
@@ -239,6 +296,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="list what would be deleted; change nothing")
     p.add_argument("--limit", type=int, default=1000, help="index entries examined per step (default 1000)")
     p.set_defaults(func=cmd_cleanup)
+
+    p = sub.add_parser(
+        "reembed",
+        help="re-embed a vectorstore's memories with the configured provider (resumable; switches its "
+        "embedding model when every memory is done)",
+    )
+    p.add_argument("vectorstore")
+    p.add_argument("--batch", type=int, default=100, help="memories per embeddings call (default 100)")
+    p.set_defaults(func=cmd_reembed)
 
     args = parser.parse_args(argv)
     try:

@@ -182,7 +182,9 @@ class LocalApiServer:
             return self._too_large()
         except BadRequest:  # werkzeug's ClientDisconnected
             message = "request body shorter than Content-Length, or malformed chunked encoding"
-            return _Reply(400, [], _json_bytes({"error": {"code": "bad_request", "message": message}}))
+            return _Reply(
+                400, [], _json_bytes({"success": False, "error": {"code": "bad_request", "message": message}})
+            )
 
         raw_path, query = _split_target(environ[_TARGET])
         match = self.table.match(method, raw_path)
@@ -197,7 +199,7 @@ class LocalApiServer:
         if route is None:
             allowed = ", ".join(match.allowed)
             message = f"{method} is not allowed on {match.resource}; allowed: {allowed}"
-            error = {"error": {"code": "method_not_allowed", "message": message}}
+            error = {"success": False, "error": {"code": "method_not_allowed", "message": message}}
             return _Reply(405, [("Allow", allowed)], _json_bytes(error))
 
         client_ip = str(environ["REMOTE_ADDR"])
@@ -265,7 +267,9 @@ class LocalApiServer:
             f"No route for {method} {path} in {self.template_path.name} "
             "(API Gateway would answer 403 Missing Authentication Token)"
         )
-        return _Reply(404, [], _json_bytes({"error": {"code": "not_found", "message": message}}))
+        return _Reply(
+            404, [], _json_bytes({"success": False, "error": {"code": "not_found", "message": message}})
+        )
 
     def _log(self, line: str) -> None:
         """One line (or a traceback) to stderr; looked up per call so test capture sees it."""

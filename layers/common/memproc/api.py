@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
@@ -48,9 +49,28 @@ def resolve(app: APIGatewayRestResolver, event: dict[str, Any], context: Any) ->
     return {"statusCode": status, "headers": {"Content-Type": content_types.APPLICATION_JSON}, "body": body}
 
 
-def make_resolver() -> APIGatewayRestResolver:
+class Resolver(APIGatewayRestResolver):
+    """Powertools' REST resolver, remembering each route's methods so that a known path asked for
+    with another method is a 405 with ``Allow`` (Powertools answers any unmatched request 404)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.known_routes: list[tuple[re.Pattern[str], frozenset[str]]] = []
+
+    def route(self, rule: str, method: Any, *args: Any, **kwargs: Any) -> Any:
+        methods = [method] if isinstance(method, str) else list(method)
+        pattern = "[^/]+".join(re.escape(part) for part in re.split(r"<\w+>", rule.rstrip("/")))
+        self.known_routes.append((re.compile(f"^{pattern}/?$"), frozenset(m.upper() for m in methods)))
+        return super().route(rule, method, *args, **kwargs)
+
+    def allowed_methods(self, path: str) -> list[str]:
+        """The methods routed for `path` (empty: no route has this path)."""
+        return sorted({m for pattern, methods in self.known_routes if pattern.match(path) for m in methods})
+
+
+def make_resolver() -> Resolver:
     """A REST resolver whose every error is JSON with a stable code and a human message."""
-    app = APIGatewayRestResolver(enable_validation=True, json_body_deserializer=request_body.strict_json)
+    app = Resolver(enable_validation=True, json_body_deserializer=request_body.strict_json)
 
     @app.exception_handler(ApiError)
     def _api_error(exc: ApiError) -> Response[Any]:
@@ -84,9 +104,16 @@ def make_resolver() -> APIGatewayRestResolver:
 
     @app.not_found
     def _not_found(exc: Exception) -> Response[Any]:
-        return error_response(
-            404, "not_found", f"no route for {app.current_event.http_method} {app.current_event.path}"
-        )
+        method, path = app.current_event.http_method, app.current_event.path
+        allowed = app.allowed_methods(path)
+        if allowed:
+            return error_response(
+                405,
+                "method_not_allowed",
+                f"{method} is not allowed on {path}; allowed: {', '.join(allowed)}",
+                headers={"Allow": ", ".join(allowed)},
+            )
+        return error_response(404, "not_found", f"no route for {method} {path}")
 
     return app
 

@@ -13,6 +13,8 @@ DEAD = "{RAW_MEMORY_QUEUE}:dead"
 # Vectorstores with waiting items, score = when each is next due a turn (round-robin fairness).
 READY = "{RAW_MEMORY_QUEUE}:ready"
 PROCESSOR_STATUS = "background_processor:status"
+# Live processors (drains), score = when each drops out unless it beats again: fan-out counts them.
+PROCESSORS = "{RAW_MEMORY_QUEUE}:processors"
 # Every vectorstore ever written, so scheduled work can visit them without SCAN.
 VECTORSTORES = "memproc:vectorstores"
 # Where the scheduled cleanup run resumes in VECTORSTORES.
@@ -34,6 +36,7 @@ GLOBAL_KEYS: dict[str, str] = {
     "DEAD": DEAD,
     "READY": READY,
     "STATUS": PROCESSOR_STATUS,
+    "PROCESSORS": PROCESSORS,
     "VECTORSTORES": VECTORSTORES,
 }
 
@@ -51,12 +54,19 @@ VECTORSTORE_KEYS: dict[str, str] = {
     "raw_index": "raw_index",
     "session_index": "session_index",
     "memory_index": "memory_index",
+    # "<memory id>:<seq>" -> the FP32 vector of a text an update replaced (named by its history entry).
+    "memory_versions": "memory_versions",
+    # memory_index split by memory type (same members and scores): hierarchy's `category` filter.
+    "category_index": "category_index:",
     "pending": "pending",
     "inflight": "inflight",
     "dead": "dead",
     "config": "config",
     "counters": "counters",
     "cleanup": "cleanup",
+    # A vector set being filled by `memproc reembed`, swapped in when it is complete.
+    "reembed": "reembed",
+    "reembed_todo": "reembed_todo",  # the memory listing as that run found it
     # Raw id -> session id of every unfinished submission (to find its session queue).
     "queued_sessions": "queued_sessions",
 }
@@ -123,6 +133,13 @@ class VectorstoreKeys:
     def memory_index(self) -> str:
         return self._key("memory_index")
 
+    def category_index(self, memory_type: str) -> str:
+        return self._key("category_index", memory_type)
+
+    @property
+    def memory_versions(self) -> str:
+        return self._key("memory_versions")
+
     @property
     def pending(self) -> str:
         return self._key("pending")
@@ -148,6 +165,14 @@ class VectorstoreKeys:
         return self._key("queued_sessions")
 
     @property
+    def reembed(self) -> str:
+        return self._key("reembed")
+
+    @property
+    def reembed_todo(self) -> str:
+        return self._key("reembed_todo")
+
+    @property
     def cleanup(self) -> str:
         """Cursors of the cleanup passes (the library's `cleanup`)."""
         return self._key("cleanup")
@@ -162,9 +187,13 @@ def _lua_string(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def lua_header() -> str:
-    """Lua locals for every key name: `QUEUE`, ..., and `k.raw(vs, id)`, `k.pending(vs)`, ..."""
+def lua_header(categories: tuple[str, ...] = ()) -> str:
+    """Lua locals for every key name: `QUEUE`, ..., and `k.raw(vs, id)`, `k.pending(vs)`, ...; and
+    `CATEGORIES` (and the set `CATEGORY`), the memory types that have a category index."""
     lines = [f"local {name} = {_lua_string(value)}" for name, value in GLOBAL_KEYS.items()]
+    # Literal tables: a library's load runs without ipairs and the other standard functions.
+    lines.append("local CATEGORIES = {" + ", ".join(_lua_string(c) for c in categories) + "}")
+    lines.append("local CATEGORY = {" + ", ".join(f"[{_lua_string(c)}] = true" for c in categories) + "}")
     lines.append(f"local STATS_PREFIX = {_lua_string(PROCESSING_STATS_PREFIX)}")
     lines.append("local k = {}")
     for name, suffix in VECTORSTORE_KEYS.items():

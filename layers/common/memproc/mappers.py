@@ -33,7 +33,12 @@ def memory_view(m: MemoryRecord) -> DiscreteMemory:
         superseded_by=m.superseded_by,
         history=[
             MemoryHistoryEntry(
-                op=h.op, text=h.text, session_id=h.session_id, at=iso(h.at), valid_from=iso(h.valid_from)
+                op=h.op,
+                text=h.text,
+                session_id=h.session_id,
+                stated_by=h.stated_by or ([h.session_id] if h.session_id and h.op != "update" else []),
+                at=iso(h.at),
+                valid_from=iso(h.valid_from),
             )
             for h in m.history
         ],

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
 from memproc import __version__, reconcile
+from memproc import events as ev
 from memproc.dal import queue as q
 from memproc.dal import reads
 from memproc.dal.connection import Store, StoreError
@@ -41,6 +44,15 @@ class Outcome:
     usage: Usage = field(default_factory=Usage)
     error: str = ""
     seconds: float = 0.0
+    commit: q.CommitResult | None = None  # what the commit wrote, when it was processed
+
+    def event(self) -> ev.Event | None:
+        """SessionProcessed for a commit, SessionFailed for a dead letter, else nothing."""
+        if self.result == "processed" and self.commit is not None:
+            return ev.processed_event(self.item, self.commit, self.usage.tokens_in, self.usage.tokens_out)
+        if self.result == "dead":
+            return ev.failed_event(self.item, self.error, self.usage.tokens_in, self.usage.tokens_out)
+        return None
 
 
 @dataclass
@@ -57,6 +69,20 @@ class DrainReport:
     tokens_in: int = 0
     tokens_out: int = 0
     seconds: float = 0.0
+    # The queue as this drain found it (its first heartbeat), for the scale metrics.
+    backlog: int = 0
+    backlog_age_seconds: float = 0.0
+    processors_running: int = 0
+    admitted: bool = True  # False: MAX_PROCESSORS were already running, so this one left at once
+    # Seconds from submission to processed, one per processed item (summarised as percentiles).
+    waits: list[float] = field(default_factory=list, repr=False)
+    # The shared LLM rate limiter's waits and the provider's 429s.
+    rate_limit_waits: int = 0
+    rate_limit_wait_seconds: float = 0.0
+    llm_throttled: int = 0
+    events_published: int = 0
+    events_retried: int = 0  # entries sent again (a failed PutEvents call or entry)
+    events_failed: int = 0  # entries given up on, logged with their ids
 
     @property
     def handled(self) -> int:
@@ -66,9 +92,27 @@ class DrainReport:
     def rate(self) -> float | None:
         return self.processed / self.seconds if self.processed and self.seconds > 0 else None
 
+    @property
+    def wait_p50(self) -> float | None:
+        return percentile(self.waits, 0.50)
+
+    @property
+    def wait_p95(self) -> float | None:
+        return percentile(self.waits, 0.95)
+
+    def summary(self) -> dict[str, Any]:
+        """The drain as its log line and JSON output show it: the waits as percentiles."""
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "waits"}
+        out["seconds"] = round(self.seconds, 3)
+        out["rate_per_second"] = round(self.rate, 3) if self.rate else None
+        out["queue_wait_p50_seconds"] = self.wait_p50
+        out["queue_wait_p95_seconds"] = self.wait_p95
+        return out
+
     def add(self, o: Outcome) -> None:
         if o.result == "processed":
             self.processed += 1
+            self.waits.append(o.item.waited + o.seconds)
         elif o.result == "retry":
             self.retried += 1
         elif o.result == "dead":
@@ -79,6 +123,14 @@ class DrainReport:
         self.memories_merged += o.memories_merged
         self.tokens_in += o.usage.tokens_in
         self.tokens_out += o.usage.tokens_out
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile: a value that was observed (None for none)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[max(0, math.ceil(q * len(ordered)) - 1)], 3)
 
 
 @dataclass(frozen=True)
@@ -107,45 +159,48 @@ HISTORY_LIMIT = 50
 class Processor:
     """Processes claimed items; thread-safe, so one instance serves a worker pool."""
 
-    def __init__(self, store: Store, settings: Settings, provider: LLMProvider) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        provider: LLMProvider,
+        publishers: ev.PublisherFactory | None = None,
+    ) -> None:
         self.store = store
         self.settings = settings
         self.provider = provider
+        self.publishers = publishers or ev.publisher_factory(settings)
 
     def process(self, item: q.Claim) -> Outcome:
         started = time.monotonic()
         try:
             outcome = self._process(item, started)
         except LLMError as exc:
+            error = f"{type(exc).__name__}: {exc}"
             result, _ = q.fail(
                 self.store,
                 self.settings,
                 item,
-                f"{type(exc).__name__}: {exc}",
+                error,
                 retryable=exc.retryable,
                 min_delay=exc.retry_after or 0.0,
             )
-            outcome = Outcome(item, result, error=str(exc))
+            outcome = Outcome(item, result, error=error)
         except IndexUnavailable as exc:  # the engine is (re)building its index: decide later, not blind
             log.warning("memory index unavailable for %s/%s: %s", item.vectorstore, item.raw_id, exc)
+            error = f"IndexUnavailable: {exc}"
             result, _ = q.fail(
-                self.store,
-                self.settings,
-                item,
-                f"IndexUnavailable: {exc}",
-                retryable=True,
-                min_delay=exc.retry_after,
+                self.store, self.settings, item, error, retryable=True, min_delay=exc.retry_after
             )
-            outcome = Outcome(item, result, error=str(exc))
+            outcome = Outcome(item, result, error=error)
         except Exception as exc:  # a bug or an outage: retried, and dead after the last attempt
             log.exception("processing %s/%s failed", item.vectorstore, item.raw_id)
+            error = f"{type(exc).__name__}: {exc}"
             try:
-                result, _ = q.fail(
-                    self.store, self.settings, item, f"{type(exc).__name__}: {exc}", retryable=True
-                )
+                result, _ = q.fail(self.store, self.settings, item, error, retryable=True)
             except StoreError:
                 result = "stale"  # the lease will expire and the reaper re-queues the item
-            outcome = Outcome(item, result, error=str(exc))
+            outcome = Outcome(item, result, error=error)
         outcome.seconds = time.monotonic() - started
         return outcome
 
@@ -235,10 +290,10 @@ class Processor:
                 f"({self.provider.dimensions} dimensions) but the {result.detail}",
                 retryable=False,
             )
-            return Outcome(item, failed, usage=usage, error=result.detail)
+            return Outcome(item, failed, usage=usage, error=f"embedding mismatch: {result.detail}")
         if result.outcome != "ok":
             return Outcome(item, "stale", usage=usage)
-        return Outcome(item, "processed", result.created, result.merged, usage)
+        return Outcome(item, "processed", result.created, result.merged, usage, commit=result)
 
     def plan(self, item: q.Claim, loaded: reads.ProcessingInput) -> Work:
         """Full, delta or nothing: a re-posted, longer version of a processed session costs only its
@@ -286,26 +341,69 @@ class Processor:
         max_items: int | None = None,
         stop: threading.Event | None = None,
         progress: Callable[[DrainReport], None] | None = None,
+        admit: Callable[[q.Beat], bool] | None = None,
     ) -> DrainReport:
         """Process until the queue has nothing eligible, time runs short, or `stop` is set.
 
         Leases of items held longer than a third of LEASE_SECONDS are renewed, so long work is
         never reaped while this worker lives, and a dead worker's items come back within a lease.
+        The drain counts as a live processor meanwhile (renewed the same way); `admit` sees the
+        first heartbeat's figures and may end the drain before it claims anything (fan-out).
+        Each commit and dead letter is handed to this drain's event publisher (EVENT_BUS_NAME),
+        which sends from its own thread; the drain's end flushes what it has not sent yet.
         """
+        publisher = self.publishers()
+        try:
+            report = self._drain(
+                publisher, concurrency, batch_size, remaining_seconds, max_items, stop, progress, admit
+            )
+        finally:
+            # Flush within what the invocation has left, less a margin for the heartbeat and logs.
+            left = remaining_seconds() - 3.0 if remaining_seconds else 30.0
+            sent = publisher.close(timeout=max(1.0, min(30.0, left))) if publisher else None
+        if sent is not None:
+            report.events_published, report.events_retried = sent.published, sent.retried
+            report.events_failed = sent.failed
+        return report
+
+    def _drain(
+        self,
+        publisher: ev.EventPublisher | None,
+        concurrency: int | None,
+        batch_size: int | None,
+        remaining_seconds: Callable[[], float] | None,
+        max_items: int | None,
+        stop: threading.Event | None,
+        progress: Callable[[DrainReport], None] | None,
+        admit: Callable[[q.Beat], bool] | None,
+    ) -> DrainReport:
         concurrency = concurrency or self.settings.concurrency
         batch_size = batch_size or self.settings.batch_size
         report = DrainReport()
         started = time.monotonic()
-        policy = q.heartbeat(self.store, self.settings, __version__, starting=True)
-        if policy != "noeviction":
+        me, live_for = uuid.uuid4().hex, float(self.settings.lease_seconds)
+
+        def beat(**kw: Any) -> q.Beat:
+            """The heartbeat as this processor: live for `ttl` more seconds, or leaving (no ttl)."""
+            return q.heartbeat(self.store, self.settings, __version__, processor=me, **kw)
+
+        first = beat(starting=True, ttl=live_for)
+        report.backlog, report.backlog_age_seconds = first.backlog, first.backlog_age
+        report.processors_running = first.processors
+        if first.policy != "noeviction":
             log.warning(
                 "the store's maxmemory-policy is %r: an evicting store can delete queued sessions; "
                 "set it to noeviction (store_raw refuses new sessions until then)",
-                policy,
+                first.policy,
             )
+        if admit is not None and not admit(first):
+            report.admitted = False
+            beat()
+            return report
         running: dict[Future[Outcome], tuple[q.Claim, float]] = {}
         mean_seconds = 0.0
         renew_after = self.settings.lease_seconds / 3
+        beat_at = started + renew_after
 
         def may_claim() -> bool:
             if stop is not None and stop.is_set():
@@ -316,15 +414,20 @@ class Processor:
             return remaining_seconds is None or remaining_seconds() > max(10.0, 3 * mean_seconds)
 
         def renew_leases() -> float:
-            """Renew the leases due; seconds until the next is due."""
+            """Renew the leases due (and this processor's registration); seconds until the next is due."""
+            nonlocal beat_at
             now = time.monotonic()
+            if now >= beat_at:
+                beat(ttl=live_for)
+                beat_at = now + renew_after
             due = [(fut, claim) for fut, (claim, at) in running.items() if now - at >= renew_after]
             if due:
                 gone = q.renew(self.store, self.settings, [claim for _, claim in due])
                 report.renewed += len(due) - len(gone)
                 for fut, claim in due:
                     running[fut] = (claim, now)
-            return max(0.1, min((at + renew_after - now for _, at in running.values()), default=renew_after))
+            due_in = min((at + renew_after - now for _, at in running.values()), default=renew_after)
+            return max(0.1, min(due_in, beat_at - now))
 
         with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="memproc") as pool:
             # handled-count when a claim last came back short: the queue looked empty then.
@@ -344,6 +447,9 @@ class Processor:
                     batch = q.claim(self.store, self.settings, want)
                     report.reaped += batch.reaped
                     report.lost += batch.lost
+                    if publisher is not None:  # dead-lettered by the claim (expired last lease, lost)
+                        for d in batch.dead:
+                            publisher.publish(ev.failed_event(d, d.error))
                     claimed_at = time.monotonic()
                     for item in batch.items:
                         running[pool.submit(self.process, item)] = (item, claimed_at)
@@ -357,6 +463,9 @@ class Processor:
                     del running[fut]
                     outcome = fut.result()
                     report.add(outcome)
+                    event = outcome.event()
+                    if publisher is not None and event is not None:
+                        publisher.publish(event)  # after the commit; sent from the publisher's thread
                     n = report.handled
                     mean_seconds += (outcome.seconds - mean_seconds) / n
                 report.seconds = time.monotonic() - started
@@ -364,9 +473,7 @@ class Processor:
                     progress(report)
         report.seconds = time.monotonic() - started
         # A drain of 50+ sessions replaces the measured rate; smaller ones nudge it.
-        q.heartbeat(
-            self.store, self.settings, __version__, rate=report.rate, weight=min(1.0, report.processed / 50)
-        )
+        beat(rate=report.rate, weight=min(1.0, report.processed / 50))
         return report
 
 

@@ -117,7 +117,7 @@ def same_view(a: Lookup, b: Lookup) -> bool:
 @dataclass
 class Decision:
     """The extraction's operations against real memory ids; `texts` are what needs a vector (the
-    text of every add/update/supersede, in operation order)."""
+    text of every add/update/supersede, and the text an update replaces, in operation order)."""
 
     ops: list[dict[str, Any]] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
@@ -142,6 +142,9 @@ def decide(extraction: Extraction, lookup: Lookup) -> Decision:
             )
             entry["vector"] = len(decision.texts)
             decision.texts.append(op.text or "")
+            if op.op == "update":  # the replaced text's vector, kept so erasure can restore it
+                entry["prior_vector"] = len(decision.texts)
+                decision.texts.append(memory.text)
         elif op.op == "confirm" and not op.text:
             entry["text"] = memory.text
         decision.ops.append(entry)

@@ -205,13 +205,15 @@ def _history(v: Any) -> list[HistoryEntry]:
 
 class HistoryEntry(BaseModel):
     """A statement a memory no longer shows as its text: a restatement (confirm), the text an
-    update replaced, or the withdrawal (retract), with the session that made it."""
+    update replaced (with the sessions that stated it), or the withdrawal (retract), with the
+    session that made the change."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     op: str
     text: Text = None
     session_id: Text = None
+    stated_by: StringList = Field(default_factory=list)
     raw_memory_id: Text = None
     at: Epoch = None
     valid_from: Epoch = None

@@ -14,9 +14,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from memproc import vectorstores
 from memproc.dal import lifecycle
 from memproc.dal.connection import Store
 from memproc.errors import NotFound
+from memproc.keys import VectorstoreKeys
 from memproc.schemas.requests import CleanupQuery
 from memproc.schemas.responses import (
     CleanupReceipt,
@@ -29,6 +31,7 @@ from memproc.schemas.responses import (
 from memproc.settings import Settings
 from memproc.timeutil import iso
 from memproc.validation import require_memory_id, require_session_id, require_vectorstore, vectorstore_problem
+from memproc.vectorstores import require_known
 
 SCHEDULE_BATCH = 100
 # Stop starting new calls when less than this remains of the invocation.
@@ -47,7 +50,10 @@ def cleanup(store: Store, settings: Settings, vectorstore: str, q: CleanupQuery)
     record is gone and reconciles records the queue lost. `complete` is false while older entries
     remain beyond this call's `limit`.
     """
-    return _cleanup(store, settings, vectorstore, q)[0]
+    receipt = _cleanup(store, settings, vectorstore, q)[0]
+    if not any(receipt.examined.values()) and not receipt.live_kept:  # nothing there: does it exist?
+        require_known(store, VectorstoreKeys(vectorstore))
+    return receipt
 
 
 def _cleanup(
@@ -161,10 +167,11 @@ def erase_memory(
 ) -> ErasureReceipt:
     """Remove one memory and every reference to it (session sets, raw records), clear the prose of
     the summaries that may state it, and with `purge_sources` delete the transcripts it came from."""
-    require_vectorstore(vectorstore)
+    vk = require_vectorstore(vectorstore)
     require_memory_id(memory_id)
     res = lifecycle.erase_memory(store, vectorstore, memory_id, purge_sources=purge_sources)
     if res is None:
+        require_known(store, vk)
         raise NotFound(f"no memory {memory_id!r} in vectorstore {vectorstore!r}", code="memory_not_found")
     return ErasureReceipt(
         vectorstore_name=vectorstore,
@@ -178,10 +185,11 @@ def erase_session(store: Store, vectorstore: str, session_id: str) -> ErasureRec
     """Remove a session: its raw memories wherever they are in the queue, summary, memory set,
     index entries, dedupe keys and the memories only it produced; shared memories lose it as a
     source. One atomic call."""
-    require_vectorstore(vectorstore)
+    vk = require_vectorstore(vectorstore)
     require_session_id(session_id)
     res = lifecycle.erase_session(store, vectorstore, session_id)
     if res is None:
+        require_known(store, vk)
         raise NotFound(f"no session {session_id!r} in vectorstore {vectorstore!r}", code="session_not_found")
     return ErasureReceipt(
         vectorstore_name=vectorstore, erased="session", id=session_id, removed=ErasureCounts(**_counts(res))
@@ -209,7 +217,7 @@ def erase_vectorstore(
         res = lifecycle.erase_vectorstore_step(store, vectorstore, batch, STATS_DAYS)
         if res is None:
             if first:
-                raise NotFound(f"no vectorstore {vectorstore!r}", code="vectorstore_not_found")
+                raise vectorstores.unknown(vectorstore)
             complete = True  # finished meanwhile by a concurrent erasure
             break
         first = False

@@ -8,6 +8,9 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# What the offline provider (no OpenAI key) calls its hashing embeddings.
+OFFLINE_EMBEDDING_MODEL = "offline-hashing"
+
 
 class ConfigurationError(RuntimeError):
     """A configuration value is invalid; the message names the environment variable."""
@@ -50,6 +53,9 @@ class Settings(BaseSettings):
     # Memories: a vector set (Redis 8) or the Query Engine (ElastiCache for Valkey, MemoryDB).
     vector_backend: Literal["auto", "vectorset", "search"] = "auto"
 
+    # Events: SessionProcessed / SessionFailed to this EventBridge bus after each commit (empty: none).
+    event_bus_name: str | None = None
+
     # Retention.
     raw_retention_days: int = Field(30, ge=1)
     session_retention_days: int = Field(365, ge=1)
@@ -72,6 +78,10 @@ class Settings(BaseSettings):
     vectorstore_concurrency: int = Field(1, ge=1, le=64)
     processing_interval_seconds: int = Field(60, ge=1)
     default_rate_per_second: float = Field(1.0, gt=0)
+    # Processors at once, scheduled and fanned out: a scheduled run that finds the backlog too large
+    # for one starts up to MAX_PROCESSORS - 1 more (memproc.fanout); a run over the limit leaves at
+    # once. 1 (the default off AWS) never fans out; the template sets it from MaxProcessors.
+    max_processors: int = Field(1, ge=1, le=1000)
 
     # Request limits.
     max_body_bytes: int = Field(1_048_576, ge=1_024)
@@ -84,6 +94,16 @@ class Settings(BaseSettings):
         if self.retry_max_seconds < self.retry_base_seconds:
             raise ValueError("RETRY_MAX_SECONDS must be >= RETRY_BASE_SECONDS")
         return self
+
+    @property
+    def embeddings(self) -> tuple[str, int]:
+        """(model, dimensions) of the vectors this deployment's processor makes: the OpenAI model
+        when a key is configured (OPENAI_API_KEY or OPENAI_SECRET_ARN), else the offline one. store_raw
+        compares it with the vectorstore's, without reading the key."""
+        has_key = bool(self.openai_secret_arn) or bool(
+            self.openai_api_key and self.openai_api_key.get_secret_value().strip()
+        )
+        return (self.embedding_model if has_key else OFFLINE_EMBEDDING_MODEL), self.embedding_dimensions
 
     @property
     def raw_retention_seconds(self) -> int:

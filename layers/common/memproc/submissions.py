@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import uuid
 
 from memproc.dal import queue
@@ -20,6 +21,7 @@ from memproc.settings import Settings
 from memproc.timeutil import iso
 from memproc.transcript import encode_transcript
 from memproc.validation import require_raw_id, require_session_id, require_vectorstore
+from memproc.vectorstores import require_known
 
 
 def estimated_seconds(position: int, rate: str, idle: str, interval: str, settings: Settings) -> float:
@@ -31,6 +33,23 @@ def estimated_seconds(position: int, rate: str, idle: str, interval: str, settin
     draining = idle != "" and float(idle) < 2.0
     wait = 0.0 if draining or position == 0 else period / 2
     return round(wait + position / max(per_second, 1e-6), 2)
+
+
+def describe_wait(seconds: float) -> str:
+    """An estimate as people say it: "under a second", "about 4 seconds", then ranges ("2-5
+    minutes", "1-2 hours", "1-2 days") from the estimate to twice it, because past a minute the
+    schedule and the measured rate make it a rough figure."""
+    n = math.floor(seconds + 0.5)  # half up
+    if n < 1:
+        return "under a second"
+    if n < 60:
+        return f"about {n} second{'s' if n != 1 else ''}"
+    for unit, size in (("minutes", 60), ("hours", 3600), ("days", 86_400)):
+        low = max(1, math.floor(seconds / size))
+        high = max(low + 1, math.ceil(2 * seconds / size))
+        if unit == "days" or high <= {"minutes": 60, "hours": 24}[unit]:
+            return f"{low}-{high} {unit}"
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def submit(store: Store, settings: Settings, vectorstore: str, request: StoreRawRequest) -> StoreRawResponse:
@@ -68,6 +87,19 @@ def submit(store: Store, settings: Settings, vectorstore: str, request: StoreRaw
             code="store_evicting",
             headers={"Retry-After": "60"},
         )
+    if done.outcome == "embedding_mismatch":
+        model, dimensions = settings.embeddings
+        raise Conflict(
+            f"vectorstore {vectorstore!r} holds memories embedded with {done.status!r} ({done.dimensions} "
+            f"dimensions), but this deployment embeds with {model!r} ({dimensions} dimensions), so its "
+            f"sessions could not be processed. Re-embed its memories with `memproc reembed {vectorstore}` "
+            "(or set EMBEDDING_MODEL / EMBEDDING_DIMENSIONS, and the OpenAI key, back to match)",
+            code="embedding_mismatch",
+            details={
+                "vectorstore": {"embedding_model": done.status, "dimensions": int(done.dimensions or 0)},
+                "deployment": {"embedding_model": model, "dimensions": dimensions},
+            },
+        )
     if done.outcome in ("queue_full", "vectorstore_full"):
         # Suggest coming back when about 1% of the queue has drained.
         backlog = max(1, done.queue_size // 100)
@@ -85,6 +117,7 @@ def submit(store: Store, settings: Settings, vectorstore: str, request: StoreRaw
     position = (
         min(done.queue_size, done.pending_rank * max(done.active_vectorstores, 1)) if done.pending_rank else 0
     )
+    seconds = estimated_seconds(position, done.rate, done.idle, done.interval, settings)
     return StoreRawResponse(
         raw_memory_id=done.raw_id,
         session_id=session_id,
@@ -94,13 +127,14 @@ def submit(store: Store, settings: Settings, vectorstore: str, request: StoreRaw
         queued_at=iso(done.created_at) or "",
         queue_position=position,
         queue_size=done.queue_size,
-        estimated_processing_time=estimated_seconds(position, done.rate, done.idle, done.interval, settings),
+        estimated_processing_time=describe_wait(seconds),
+        estimated_processing_seconds=seconds,
     )
 
 
 def retry_dead_letter(store: Store, vectorstore: str, raw_id: str) -> RetryResponse:
     """Redrive one dead-lettered submission with a fresh attempt budget."""
-    require_vectorstore(vectorstore)
+    vk = require_vectorstore(vectorstore)
     require_raw_id(raw_id)
     outcome, detail = queue.redrive(store, vectorstore, raw_id)
     if outcome == "queued":
@@ -112,6 +146,7 @@ def retry_dead_letter(store: Store, vectorstore: str, raw_id: str) -> RetryRespo
             code="record_lost",
         )
     if not detail:
+        require_known(store, vk)
         raise NotFound(
             f"no raw memory {raw_id!r} in vectorstore {vectorstore!r}", code="raw_memory_not_found"
         )

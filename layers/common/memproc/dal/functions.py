@@ -16,6 +16,7 @@ from typing import Any
 import redis
 
 from memproc.keys import lua_header
+from memproc.records import MEMORY_TYPES
 
 # One chunk: helpers first, then the functions that use them.
 SOURCES = ("common.lua", "memories.lua", "queue.lua", "commit.lua", "erasure.lua", "cleanup.lua", "stats.lua")
@@ -23,7 +24,7 @@ SOURCES = ("common.lua", "memories.lua", "queue.lua", "commit.lua", "erasure.lua
 
 def _assemble() -> tuple[str, str]:
     folder = resources.files("memproc.dal").joinpath("lua")
-    body = lua_header() + "\n".join(folder.joinpath(name).read_text() for name in SOURCES)
+    body = lua_header(MEMORY_TYPES) + "\n".join(folder.joinpath(name).read_text() for name in SOURCES)
     version = hashlib.sha256(body.encode()).hexdigest()[:12]
     return f"#!lua name=memproc_{version}\n" + body.replace("__VERSION__", version), version
 

@@ -39,7 +39,7 @@ class Submission:
 class Enqueued:
     """What `enqueue` answers: the outcome and what the time estimate needs."""
 
-    outcome: str  # queued | duplicate | queue_full | vectorstore_full | store_evicting
+    outcome: str  # queued | duplicate | queue_full | vectorstore_full | store_evicting | embedding_mismatch
     raw_id: str
     created_at: str
     pending_rank: int  # 1-based position among the vectorstore's pending items (0: not waiting)
@@ -49,12 +49,14 @@ class Enqueued:
     rate: str  # the processor's measured sessions/s ('' before the first measurement)
     idle: str  # seconds since the last heartbeat ('' before the first)
     interval: str  # the processor's schedule interval ('' before the first heartbeat)
+    dimensions: str = ""  # embedding_mismatch: the vectorstore's dimension (its model is in `status`)
 
 
 def enqueue(store: Store, settings: Settings, s: Submission) -> Enqueued:
     """Dedupe, admission check, raw hash, queue entries, indexes and position: one round trip."""
     vk = VectorstoreKeys(s.vectorstore)
-    outcome, raw_id, created, rank, queue_size, rate, status, active, idle, interval = fcall(
+    model, dimensions = settings.embeddings
+    outcome, raw_id, created, rank, queue_size, rate, status, active, idle, interval, *more = fcall(
         store.r,
         "enqueue",
         [vk.raw(s.raw_id), vk.dedupe(s.digest)],
@@ -69,10 +71,22 @@ def enqueue(store: Store, settings: Settings, s: Submission) -> Enqueued:
             settings.max_pending_per_vectorstore,
             s.digest,
             s.length,
+            model,
+            dimensions,
         ],
     )
     return Enqueued(
-        outcome, raw_id, created, int(rank), int(queue_size), status, int(active), rate, idle, interval
+        outcome,
+        raw_id,
+        created,
+        int(rank),
+        int(queue_size),
+        status,
+        int(active),
+        rate,
+        idle,
+        interval,
+        _s(more[0]) if more else "",
     )
 
 
@@ -86,6 +100,18 @@ class Claim:
     token: str
     session_id: str
     attempt: int
+    waited: float = 0.0  # seconds from submission (or redrive) to this claim, in server time
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An item the claim dead-lettered (a last attempt's lease expired, or its record was lost)."""
+
+    vectorstore: str
+    raw_id: str
+    session_id: str
+    error: str
+    attempt: int
 
 
 @dataclass(frozen=True)
@@ -94,20 +120,25 @@ class ClaimBatch:
     reaped: int  # expired leases put back in the queue
     buried: int  # expired leases of a last attempt, dead-lettered
     lost: int = 0  # queue entries whose raw record was gone, dead-lettered as "record lost"
+    dead: tuple[DeadLetter, ...] = ()  # the buried and lost items
 
 
 def claim(store: Store, settings: Settings, limit: int, reap_limit: int = 100) -> ClaimBatch:
-    items, reaped, buried, lost = fcall(
+    items, reaped, buried, lost, dead = fcall(
         store.r,
         "claim",
         [],
         [limit, settings.lease_seconds, settings.max_attempts, reap_limit, settings.vectorstore_concurrency],
     )
     return ClaimBatch(
-        [Claim(_s(vs), _s(rid), _s(tok), _s(sid), int(n)) for vs, rid, tok, sid, n in items],
+        [
+            Claim(_s(vs), _s(rid), _s(tok), _s(sid), int(n), float(waited))
+            for vs, rid, tok, sid, n, waited in items
+        ],
         int(reaped),
         int(buried),
         int(lost),
+        tuple(DeadLetter(_s(vs), _s(rid), _s(sid), _s(err), int(n)) for vs, rid, sid, err, n in dead),
     )
 
 
@@ -205,6 +236,18 @@ def redrive(store: Store, vectorstore: str, raw_id: str) -> tuple[str, str]:
     return _s(outcome), _s(detail)
 
 
+@dataclass(frozen=True)
+class Beat:
+    """What a heartbeat answers: the store's maxmemory-policy, and the queue as fan-out sees it."""
+
+    policy: str
+    backlog: int  # items eligible now
+    backlog_age: float  # seconds the oldest eligible item has been eligible (0: none is)
+    vectorstores: int  # vectorstores with waiting items
+    processors: int  # live processors, the caller included when it registered
+    rate: float | None  # one processor's measured sessions/s (None before the first measurement)
+
+
 def heartbeat(
     store: Store,
     settings: Settings,
@@ -213,10 +256,12 @@ def heartbeat(
     rate: float | None = None,
     weight: float = 1.0,
     starting: bool = False,
-) -> str:
-    """Stamp background_processor:status (a measured rate is blended in with `weight`); returns
-    the store's maxmemory-policy."""
-    _, policy = fcall(
+    processor: str = "",
+    ttl: float = 0.0,
+) -> Beat:
+    """Stamp background_processor:status (a measured rate is blended in with `weight`) and, for a
+    `processor` id, register it as live for `ttl` seconds (0: it is done and leaves)."""
+    _, policy, backlog, age, vectorstores, processors, measured = fcall(
         store.r,
         "heartbeat",
         [],
@@ -226,9 +271,18 @@ def heartbeat(
             f"{rate:.4f}" if rate is not None else "",
             f"{weight:.4f}",
             "1" if starting else "",
+            processor,
+            f"{ttl:.3f}",
         ],
     )
-    return _s(policy)
+    return Beat(
+        _s(policy),
+        int(backlog),
+        float(age),
+        int(vectorstores),
+        int(processors),
+        float(measured) if measured else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -247,12 +301,15 @@ class QueueStatus:
     all_in_flight: int
     all_dead: int
     eviction_policy: str  # the store's maxmemory-policy; anything but noeviction can lose work
+    backlog_age: float  # seconds the oldest eligible item of any vectorstore has been eligible
+    processors: int  # live processors
 
 
 def status(store: Store, vectorstore: str) -> QueueStatus:
-    (now, queue_size, flat, today, last, pending, inflight, dead, oldest, all_inflight, all_dead, policy) = (
-        fcall(store.r, "status", [], [vectorstore], readonly=True)
-    )
+    (
+        now, queue_size, flat, today, last, pending, inflight, dead, oldest, all_inflight, all_dead, policy,
+        age, processors,
+    ) = fcall(store.r, "status", [], [vectorstore], readonly=True)  # fmt: skip
     return QueueStatus(
         now=float(now),
         queue_size=int(queue_size),
@@ -266,4 +323,6 @@ def status(store: Store, vectorstore: str) -> QueueStatus:
         all_in_flight=int(all_inflight),
         all_dead=int(all_dead),
         eviction_policy=_s(policy),
+        backlog_age=float(age),
+        processors=int(processors),
     )

@@ -7,7 +7,7 @@ O(log N + results) whatever else Redis holds. Records come back as `memproc.reco
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,11 +15,16 @@ import redis
 
 from memproc.dal.connection import Store
 from memproc.dal.functions import fcall
-from memproc.keys import VectorstoreKeys
+from memproc.keys import VECTORSTORES, VectorstoreKeys
 from memproc.records import RAW_FIELDS, TRANSCRIPT_FIELDS, MemoryRecord, RawRecord, SummaryRecord
 from memproc.transcript import decode_transcript
 
 SESSION_RAW_LIMIT = 100
+
+
+def vectorstore_exists(store: Store, vectorstore: str) -> bool:
+    """Whether store_raw has written the vectorstore (and it has not been erased since)."""
+    return store.r.zscore(VECTORSTORES, vectorstore) is not None
 
 
 def _score(v: float | None, default: str) -> str:
@@ -37,6 +42,15 @@ class Newest:
 
 
 @dataclass(frozen=True)
+class Count:
+    """How many entries of a zset index have scores in [bottom, top] (ZCOUNT: O(log N))."""
+
+    key: str
+    top: float | None
+    bottom: float | None
+
+
+@dataclass(frozen=True)
 class Members:
     """Every member of a set (a session's memory ids)."""
 
@@ -50,12 +64,12 @@ class Summary:
     session_id: str
 
 
-IndexRead = Newest | Members | Summary
+IndexRead = Newest | Count | Members | Summary
 
 
 def index_entries(store: Store, vk: VectorstoreKeys, reads: dict[str, IndexRead]) -> dict[str, Any]:
-    """One round trip for several index reads: rows [(member, score)] for `Newest`, a set for
-    `Members`, a `SummaryRecord` (or None) for `Summary`."""
+    """One round trip for several index reads: rows [(member, score)] for `Newest`, a number for
+    `Count`, a set for `Members`, a `SummaryRecord` (or None) for `Summary`."""
     pipe = store.r.pipeline(transaction=False)
     for read in reads.values():
         if isinstance(read, Newest):
@@ -69,6 +83,8 @@ def index_entries(store: Store, vk: VectorstoreKeys, reads: dict[str, IndexRead]
                 num=read.count,
                 withscores=True,
             )
+        elif isinstance(read, Count):
+            pipe.zcount(read.key, _score(read.bottom, "-inf"), _score(read.top, "+inf"))
         elif isinstance(read, Members):
             pipe.smembers(read.key)
         else:
@@ -133,12 +149,6 @@ def records(
         if data is not None:
             out.transcripts[rid] = decode_transcript(data, (encoding or b"").decode())
     return out
-
-
-def raw_record(store: Store, vk: VectorstoreKeys, raw_id: str) -> RawRecord | None:
-    """One submission's record (never its transcript) in one round trip."""
-    found = records(store, vk, raw_ids=[raw_id]).raws
-    return found[0] if found else None
 
 
 @dataclass(frozen=True)
@@ -264,3 +274,77 @@ def processing_input(store: Store, vectorstore: str, raw_id: str, session_id: st
         metadata=meta if isinstance(meta, dict) else {},
         summary=SummaryRecord.from_json(session_id, summary),
     )
+
+
+# -- re-embedding (memproc.reembed): its progress lives in the vectorstore's config ---------------
+
+REEMBED_FIELDS = ("reembed_model", "reembed_dimensions", "reembed_next", "reembed_done")
+
+
+@dataclass(frozen=True)
+class ReembedState:
+    model: str | None  # what the vectorstore's memories are embedded with now
+    dimensions: int | None
+    target: tuple[str, int] | None  # the model of a run in progress
+    next: int  # rank in memory_index where it resumes
+    done: int  # memories it gave a new vector
+    memories: int
+
+
+def reembed_state(store: Store, vk: VectorstoreKeys) -> ReembedState:
+    pipe = store.r.pipeline(transaction=False)
+    pipe.hmget(vk.config, ["embedding_model", "dimensions", *REEMBED_FIELDS])
+    pipe.zcard(vk.memory_index)
+    (model, dims, t_model, t_dims, nxt, done), count = pipe.execute()
+    return ReembedState(
+        model=model,
+        dimensions=int(dims) if dims else None,
+        target=(t_model, int(t_dims)) if t_model and t_dims else None,
+        next=int(nxt or 0),
+        done=int(done or 0),
+        memories=int(count),
+    )
+
+
+def memory_ids(store: Store, vk: VectorstoreKeys) -> list[str]:
+    """Every memory id of the vectorstore (its memory index)."""
+    return [str(m) for m in store.r.zrange(vk.memory_index, 0, -1)]
+
+
+def reembed_todo(store: Store, vk: VectorstoreKeys, start: int, count: int) -> list[str]:
+    """The run's snapshot of the memory listing, from rank `start`."""
+    return [str(m) for m in store.r.zrange(vk.reembed_todo, start, start + count - 1)]
+
+
+def reembed_begin(store: Store, vk: VectorstoreKeys, model: str, dimensions: int) -> None:
+    """Start (over): a snapshot of the memory listing to walk, and the run's target."""
+    pipe = store.r.pipeline(transaction=True)
+    pipe.delete(vk.reembed_todo)
+    pipe.copy(vk.memory_index, vk.reembed_todo, replace=True)
+    pipe.hset(
+        vk.config,
+        mapping={
+            "reembed_model": model,
+            "reembed_dimensions": dimensions,
+            "reembed_next": 0,
+            "reembed_done": 0,
+        },
+    )
+    pipe.execute()
+
+
+def reembed_step(store: Store, vk: VectorstoreKeys, next_rank: int, done: int) -> None:
+    store.r.hset(vk.config, mapping={"reembed_next": next_rank, "reembed_done": done})
+
+
+def reembed_commit(
+    store: Store, vk: VectorstoreKeys, model: str, dimensions: int, swap: Callable[[Any], None]
+) -> None:
+    """The new vectors (`swap` queues the memory index's part) and the new model, in one transaction
+    (every key is in the vectorstore's hash slot)."""
+    pipe = store.r.pipeline(transaction=True)
+    swap(pipe)
+    pipe.hset(vk.config, mapping={"embedding_model": model, "dimensions": dimensions})
+    pipe.hdel(vk.config, *REEMBED_FIELDS)
+    pipe.delete(vk.reembed_todo)
+    pipe.execute()

@@ -17,6 +17,7 @@ from memproc.llm.chunking import ChunkedExtractor, norm_key
 from memproc.llm.offline_heuristics import STOPWORDS, WORD_RE, heuristic_extraction
 from memproc.llm.prompt import build_messages
 from memproc.llm.schema import Candidate, Extraction, MemoryOperation
+from memproc.settings import OFFLINE_EMBEDDING_MODEL
 
 if TYPE_CHECKING:
     from memproc.settings import Settings
@@ -75,7 +76,7 @@ class OfflineProvider(ChunkedExtractor):
         dimensions: int = 1536,
         chunk_chars: int = 48_000,
         chat_model: str = "offline-heuristic",
-        embedding_model: str = "offline-hashing",
+        embedding_model: str = OFFLINE_EMBEDDING_MODEL,
     ) -> None:
         self.dimensions = dimensions
         self.chunk_chars = chunk_chars

@@ -47,10 +47,10 @@ tags: up to 10 short lowercase keywords. At most 50 memories; prefer fewer, bett
 8. <memories> (when given) lists what is already remembered, by id. A statement about the same \
 subject as a listed memory is not a new memory but an operation on its id: confirm (said again), \
 update (same fact refined or corrected: give the full new text), supersede (it changed and the old \
-one no longer holds, e.g. moved, new job, stopped: give the new fact's full text), retract (the user \
-withdraws it or says it was never true). A negation, another person, another number or another \
-time is a different fact: a new memory. Listed memories the transcript does not mention get no \
-operation.
+one no longer holds, e.g. moved, new job, stopped, a new amount, no longer true: give the new fact's \
+full text), retract (the user withdraws it or says it was never true). What reads alike but is about \
+another person, another thing or another occasion is a different fact: a new memory. Listed \
+memories the transcript does not mention get no operation.
 Reply with JSON that matches the schema, nothing else."""
 
 _DELIMITER_RE = re.compile(

@@ -1,7 +1,9 @@
 """GET hierarchy: memories, summaries and raw submissions, newest first, with cursor pagination.
 
-Two round trips whatever the data's size: the index ranges of the page, then its records. Index
-entries whose record has expired are skipped (and not counted); the cursor still moves past them.
+Two round trips whatever the data's size: the index ranges of the page with the number of entries
+matching the filters (ZCOUNT over the same date range: O(log N)), then the page's records. Index
+entries whose record has expired are skipped on the page; the cursor still moves past them.
+`limit` applies to each group; `category` narrows discrete memories through their category listing.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from memproc.dal import reads
 from memproc.dal.connection import Store
 from memproc.errors import InvalidInput
 from memproc.mappers import memory_view, raw_view, summary_view
+from memproc.records import MemoryRecord
 from memproc.schemas.requests import HierarchyQuery
 from memproc.schemas.responses import (
     DiscreteMemory,
@@ -27,6 +30,7 @@ from memproc.schemas.responses import (
 )
 from memproc.timeutil import iso_datetime
 from memproc.validation import require_vectorstore
+from memproc.vectorstores import require_known
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "all": ("discrete", "summary", "raw"),
@@ -50,9 +54,14 @@ class Position:
     tied: int = 1
 
 
+def _said_at(m: MemoryRecord) -> float:
+    return m.valid_from or m.created_at or 0.0
+
+
 def _filters_digest(vectorstore: str, q: HierarchyQuery) -> str:
     basis = json.dumps(
-        [vectorstore, q.session_id, q.memory_type, q.min_score, q.max_score], separators=(",", ":")
+        [vectorstore, q.session_id, q.memory_type, q.category, q.min_score, q.max_score],
+        separators=(",", ":"),
     )
     return hashlib.sha256(basis.encode()).hexdigest()[:16]
 
@@ -89,7 +98,8 @@ def decode_cursor(cursor: str, digest: str) -> dict[str, Position | None]:
         raise bad from None
     if body.get("f") != digest:
         raise InvalidInput(
-            "cursor belongs to a query with other filters (session_id, memory_type, start_date, end_date)",
+            "cursor belongs to a query with other filters (session_id, memory_type, category, start_date, "
+            "end_date)",
             code="invalid_cursor",
         )
     return positions
@@ -140,16 +150,29 @@ def hierarchy(store: Store, vectorstore: str, q: HierarchyQuery) -> HierarchyRes
     wanted = [g for g in groups if not (g in positions and positions[g] is None)]
     sid = q.session_id
 
-    # First round trip: the index entries of this page.
+    memories = vk.category_index(q.category) if q.category else vk.memory_index
+    # First round trip: the index entries of this page, and how many match in each group (a
+    # session's memories and summary are counted from what the page reads anyway).
     plan: dict[str, reads.IndexRead] = {}
     for g in wanted:
         pos = positions.get(g)
         if g == "discrete":
-            plan[g] = reads.Members(vk.session_memories(sid)) if sid else _newest(vk.memory_index, q, pos)
+            plan[g] = reads.Members(vk.session_memories(sid)) if sid else _newest(memories, q, pos)
         elif g == "summary":
             plan[g] = reads.Summary(sid) if sid else _newest(vk.session_index, q, pos)
         else:
             plan[g] = _newest(vk.session_raws(sid) if sid else vk.raw_index, q, pos)
+    indexed = {"discrete": memories, "summary": vk.session_index, "raw": vk.raw_index}
+    if sid:
+        indexed = {"raw": vk.session_raws(sid)}
+        # A session's group already paged to its end is still read: it is counted from its records.
+        if "discrete" in groups:
+            plan.setdefault("discrete", reads.Members(vk.session_memories(sid)))
+        if "summary" in groups:
+            plan.setdefault("summary", reads.Summary(sid))
+    for g in groups:
+        if g in indexed:
+            plan[f"count:{g}"] = reads.Count(indexed[g], q.max_score, q.min_score)
     first = reads.index_entries(store, vk, plan)
 
     # Second round trip: the records behind the entries on this page.
@@ -171,29 +194,44 @@ def hierarchy(store: Store, vectorstore: str, q: HierarchyQuery) -> HierarchyRes
         raw_ids=fetch.get("raw", []),
     )
 
+    totals = {g: int(first[f"count:{g}"]) for g in groups if f"count:{g}" in first}
     discrete: list[DiscreteMemory] = []
     if "discrete" in fetch:
         ids = [mid for mid in fetch["discrete"] if mid in found.memories]  # skip erased ones
-        if sid:  # a session's memories come from its set: order, filter and page them here
-            rows = [(mid, found.memories[mid].created_at or 0.0) for mid in ids]
+        if sid:  # a session's memories come from its set: filter, order, count and page them here,
+            # by the time the memory index orders by (when it was said)
+            rows = [
+                (mid, _said_at(found.memories[mid]))
+                for mid in ids
+                if q.category is None or found.memories[mid].memory_type == q.category
+            ]
             rows = [row for row in rows if _in_range(row[1], q)]
             rows.sort(key=lambda row: (row[1], row[0]), reverse=True)
-            page, next_pos["discrete"] = _page(rows, positions.get("discrete"), q.limit)
-            ids = [mid for mid, _ in page]
+            totals["discrete"] = len(rows)
+            done = "discrete" in positions and positions["discrete"] is None  # counted, not listed
+            page, pos = _page(rows, positions.get("discrete"), q.limit)
+            next_pos["discrete"] = None if done else pos
+            ids = [] if done else [mid for mid, _ in page]
         discrete = [memory_view(found.memories[mid]) for mid in ids]
     summaries: list[SessionSummary] = []
-    if sid and first.get("summary") is not None and _in_range(first["summary"].updated_at, q):
-        summaries.append(summary_view(first["summary"]))
+    summary = first.get("summary") if sid else None
+    if summary is not None and _in_range(summary.updated_at, q):
+        totals["summary"] = 1
+        if not ("summary" in positions and positions["summary"] is None):
+            summaries.append(summary_view(summary))
     summaries += [summary_view(s) for s in found.summaries]
     raws: list[RawMemory] = [raw_view(r) for r in found.raws]
 
     counts = HierarchyCounts(discrete=len(discrete), summary=len(summaries), raw=len(raws))
+    if not (discrete or summaries or raws or q.cursor):
+        require_known(store, vk)
     more = any(p is not None for p in next_pos.values())
     return HierarchyResponse(
         vectorstore_name=vectorstore,
         filters=HierarchyFilters(
             session_id=sid,
             memory_type=q.memory_type,
+            category=q.category,
             start_date=iso_datetime(q.start_date),
             end_date=iso_datetime(q.end_date),
             limit=q.limit,
@@ -201,7 +239,8 @@ def hierarchy(store: Store, vectorstore: str, q: HierarchyQuery) -> HierarchyRes
         discrete_memories=discrete,
         session_summaries=summaries,
         raw_memories=raws,
-        total_count=counts.discrete + counts.summary + counts.raw,
+        total_count=sum(totals.values()),
+        totals=HierarchyCounts(**totals),
         counts=counts,
         next_cursor=encode_cursor(digest, next_pos) if more else None,
     )

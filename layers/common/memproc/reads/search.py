@@ -20,6 +20,7 @@ from memproc.schemas.responses import SearchFilters, SearchResponse, SearchResul
 from memproc.settings import Settings
 from memproc.timeutil import iso_datetime
 from memproc.validation import require_vectorstore
+from memproc.vectorstores import require_known
 
 _provider: tuple[Settings, Any] | None = None
 # Within this much cosine similarity a current memory ranks above a superseded one.
@@ -43,7 +44,7 @@ def memory_filter(q: SearchQuery) -> MemoryFilter:
     filter by when the statement was made (the session's own time)."""
     return MemoryFilter(
         current_only=not q.include_superseded,
-        memory_type=q.memory_type,
+        memory_type=q.category,
         session_id=q.session_id,
         valid_from_min=q.min_score,
         valid_from_max=q.max_score,
@@ -71,6 +72,8 @@ def search(
 ) -> SearchResponse:
     vk = require_vectorstore(vectorstore)
     state = reads.search_state(store, vk, q.session_id)
+    if not state.memories and not state.waiting:
+        require_known(store, vk)
     results: list[SearchResult] = []
     if state.memories:  # nothing to search yet: no embedding call either
         provider = provider or embedding_provider(settings)
@@ -81,7 +84,7 @@ def search(
         k=q.k,
         filters=SearchFilters(
             session_id=q.session_id,
-            memory_type=q.memory_type,
+            category=q.category,
             start_date=iso_datetime(q.start_date),
             end_date=iso_datetime(q.end_date),
         ),

@@ -8,6 +8,7 @@ from memproc.errors import NotFound
 from memproc.mappers import memory_view, raw_view, summary_view
 from memproc.schemas.responses import SessionDetails, SessionRawMemory, TokenUsage
 from memproc.validation import require_session_id, require_vectorstore
+from memproc.vectorstores import require_known
 
 
 def session_details(
@@ -18,6 +19,7 @@ def session_details(
     sid = require_session_id(session_id)
     entries = reads.session_entries(store, vk, sid)
     if entries.summary is None and not entries.memory_ids and not entries.raw_total:
+        require_known(store, vk)
         raise NotFound(f"no session {sid!r} in vectorstore {vectorstore!r}", code="session_not_found")
     found = reads.records(
         store, vk, memory_ids=entries.memory_ids, raw_ids=entries.raw_ids, transcripts=include_transcript

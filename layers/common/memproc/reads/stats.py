@@ -20,6 +20,7 @@ from memproc.schemas.responses import (
 )
 from memproc.timeutil import iso
 from memproc.validation import require_vectorstore
+from memproc.vectorstores import require_known
 
 STATS_DAYS = 7
 STATS_SAMPLES = 5
@@ -70,6 +71,8 @@ def stats(store: Store, vectorstore: str) -> StatsResponse:
         int(s["raw_index"]),
     )
     counters, config = _pairs(s["counters"]), _pairs(s["config"])
+    if not counters and not config and not indexed:  # store_raw counts every submission it takes
+        require_known(store, vk)
     days = [(d, _pairs(h)) for d, h in _list(s["daily"])]
     daily = [_day(d, h) for d, h in days]
     totals: dict[str, str] = {}

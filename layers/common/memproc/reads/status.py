@@ -10,6 +10,7 @@ from memproc.schemas.responses import ProcessingStatus, RawMemoryResponse, Reten
 from memproc.settings import Settings
 from memproc.timeutil import iso
 from memproc.validation import require_raw_id, require_vectorstore
+from memproc.vectorstores import require_known
 
 
 def degraded(eviction_policy: str) -> list[str]:
@@ -23,8 +24,10 @@ def degraded(eviction_policy: str) -> list[str]:
 
 
 def processing_status(store: Store, settings: Settings, vectorstore: str) -> ProcessingStatus:
-    require_vectorstore(vectorstore)
+    vk = require_vectorstore(vectorstore)
     s = queue.status(store, vectorstore)
+    if not (s.pending or s.in_flight or s.dead):
+        require_known(store, vk)
     beat = s.processor.get("last_heartbeat")
     interval = int(s.processor.get("interval_seconds") or settings.processing_interval_seconds)
     # A scheduled processor beats at least once an interval; allow one missed beat.
@@ -41,6 +44,8 @@ def processing_status(store: Store, settings: Settings, vectorstore: str) -> Pro
         last_processed_at=iso(s.last_processed_at or s.processor.get("last_processed_at")),
         processing_interval_seconds=interval,
         processing_rate_per_second=float(rate) if rate else None,
+        processors_running=s.processors,
+        backlog_age_seconds=round(s.backlog_age, 3),
         retention_policy=RetentionPolicy(
             raw_memory_days=settings.raw_retention_days, session_days=settings.session_retention_days
         ),
@@ -57,12 +62,20 @@ def processing_status(store: Store, settings: Settings, vectorstore: str) -> Pro
     )
 
 
-def raw_status(store: Store, vectorstore: str, raw_id: str) -> RawMemoryResponse:
-    """One submission's state in one round trip (the transcript is never read)."""
+def raw_status(
+    store: Store, vectorstore: str, raw_id: str, *, include_transcript: bool = False
+) -> RawMemoryResponse:
+    """One submission's state in one round trip; its transcript (decoded from zlib when stored
+    compressed) only when asked, and only while it is retained."""
     vk = require_vectorstore(vectorstore)
-    record = reads.raw_record(store, vk, require_raw_id(raw_id))
-    if record is None:
+    found = reads.records(store, vk, raw_ids=[require_raw_id(raw_id)], transcripts=include_transcript)
+    if not found.raws:
+        require_known(store, vk)
         raise NotFound(
             f"no raw memory {raw_id!r} in vectorstore {vectorstore!r}", code="raw_memory_not_found"
         )
-    return RawMemoryResponse(vectorstore_name=vectorstore, **raw_view(record).model_dump())
+    return RawMemoryResponse(
+        vectorstore_name=vectorstore,
+        **raw_view(found.raws[0]).model_dump(),
+        session_data=found.transcripts.get(raw_id),
+    )

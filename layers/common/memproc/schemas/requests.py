@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from memproc.records import MEMORY_TYPES
+from memproc.records import MemoryType
 from memproc.timeutil import parse_instant
 from memproc.validation import SESSION_ID_RE, SESSION_ID_RULE
 
@@ -87,16 +87,30 @@ class DateRange(QueryParams):
 
 class HierarchyQuery(DateRange):
     session_id: str | None = None
-    memory_type: HierarchyLevel = "all"
-    limit: int = Field(50, ge=1, le=1000, description="Items per group")
+    memory_type: HierarchyLevel = Field("all", description="The level: discrete, summary, raw or all")
+    category: MemoryType | None = Field(
+        None, description="Discrete memories of this category only: fact, preference, insight, ..."
+    )
+    limit: int = Field(50, ge=1, le=1000, description="Items per group (with memory_type=all: in each group)")
     cursor: str | None = Field(
         None, min_length=1, max_length=4096, description="next_cursor of a previous page"
     )
 
     _session = field_validator("session_id")(_check_session_id)
 
+    @model_validator(mode="after")
+    def _category_needs_memories(self) -> HierarchyQuery:
+        if self.category is not None and self.memory_type not in ("discrete", "all"):
+            raise PydanticCustomError(
+                "invalid_category",
+                "category filters discrete memories: use it with memory_type=discrete or all",
+            )
+        return self
 
-class SessionQuery(QueryParams):
+
+class TranscriptQuery(QueryParams):
+    """GET session/{id} and raw/{id}: the transcripts too, while they are retained."""
+
     include_transcript: bool = False
 
 
@@ -108,8 +122,8 @@ class SearchQuery(DateRange):
     q: str = Field(min_length=1, max_length=2000, description="Text to search for")
     k: int = Field(10, ge=1, le=100, description="Number of results")
     session_id: str | None = None
-    memory_type: str | None = Field(
-        None, description="fact, preference, insight, event, goal or relationship"
+    category: MemoryType | None = Field(
+        None, description="Memories of this category only: fact, preference, insight, event, goal, ..."
     )
     include_superseded: bool = Field(
         False, description="Also memories no longer true (superseded or retracted); current ones rank first"
@@ -117,22 +131,22 @@ class SearchQuery(DateRange):
 
     _session = field_validator("session_id")(_check_session_id)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "memory_type" in data:
+            raise PydanticCustomError(
+                "renamed_parameter",
+                "search's category filter is called category (memory_type is the hierarchy's level: "
+                "discrete, summary, raw or all)",
+            )
+        return data
+
     @field_validator("q")
     @classmethod
     def _not_blank(cls, v: str) -> str:
         if not v.strip():
             raise PydanticCustomError("invalid_q", "q must not be blank")
-        return v
-
-    @field_validator("memory_type")
-    @classmethod
-    def _known_type(cls, v: str | None) -> str | None:
-        if v is not None and v not in MEMORY_TYPES:
-            raise PydanticCustomError(
-                "invalid_memory_type",
-                "memory_type must be one of: {types}",
-                {"types": ", ".join(MEMORY_TYPES)},
-            )
         return v
 
 

@@ -23,7 +23,11 @@ class StoreRawResponse(BaseModel):
     queued_at: str = Field(description="ISO 8601 UTC time the session was queued")
     queue_position: int = Field(description="Estimated items processed before this one (0: not waiting)")
     queue_size: int
-    estimated_processing_time: float = Field(description="Estimated seconds until processed")
+    estimated_processing_time: str = Field(
+        description='When it should be processed, as the specification shows it: "about 4 seconds", '
+        '"2-5 minutes"'
+    )
+    estimated_processing_seconds: float = Field(description="The same estimate in seconds")
 
 
 class RetentionPolicy(BaseModel):
@@ -51,6 +55,10 @@ class ProcessingStatus(BaseModel):
     last_processed_at: str | None
     processing_interval_seconds: int
     processing_rate_per_second: float | None
+    processors_running: int = Field(description="Live processors: the scheduled one and those it fanned out")
+    backlog_age_seconds: float = Field(
+        description="How long the oldest eligible submission of any vectorstore has waited for a processor"
+    )
     retention_policy: RetentionPolicy
     vectorstore: VectorstoreQueue
     eviction_policy: str = Field(description="The store's maxmemory-policy; noeviction is expected")
@@ -73,7 +81,10 @@ class ErrorResponse(BaseModel):
 class MemoryHistoryEntry(BaseModel):
     op: str = Field(description="confirm: restated; update: the text it replaced; retract: withdrawn")
     text: str | None = None
-    session_id: str | None = None
+    session_id: str | None = Field(None, description="The session that restated, updated or withdrew it")
+    stated_by: list[str] = Field(
+        default_factory=list, description="The sessions whose statement `text` is (an update's replaced text)"
+    )
     at: str | None = Field(None, description="When memproc processed it")
     valid_from: str | None = Field(None, description="The session's own time of the statement")
 
@@ -144,20 +155,23 @@ class RawMemory(BaseModel):
     expires_at: str | None = None
 
 
-class RawMemoryResponse(RawMemory):
-    """GET raw/{raw_memory_id}: one submission's state, without its transcript."""
+class SessionRawMemory(RawMemory):
+    session_data: str | None = Field(
+        None, description="The transcript; only with include_transcript=true, while it is retained"
+    )
+
+
+class RawMemoryResponse(SessionRawMemory):
+    """GET raw/{raw_memory_id}: one submission's state (its transcript with include_transcript=true)."""
 
     success: bool = True
     vectorstore_name: str
 
 
-class SessionRawMemory(RawMemory):
-    session_data: str | None = Field(None, description="The transcript; only with include_transcript=true")
-
-
 class HierarchyFilters(BaseModel):
     session_id: str | None
     memory_type: HierarchyLevel
+    category: str | None
     start_date: str | None
     end_date: str | None
     limit: int
@@ -176,7 +190,11 @@ class HierarchyResponse(BaseModel):
     discrete_memories: list[DiscreteMemory]
     session_summaries: list[SessionSummary]
     raw_memories: list[RawMemory]
-    total_count: int = Field(description="Items in this page (all groups)")
+    total_count: int = Field(
+        description="Items matching the filters in every group asked for, on all pages (index entries: "
+        "those of expired transcripts count until cleanup trims them)"
+    )
+    totals: HierarchyCounts = Field(description="Items matching the filters per group, on all pages")
     counts: HierarchyCounts = Field(description="Items in this page per group")
     next_cursor: str | None = Field(description="Pass as cursor for the next page; null when done")
 
@@ -265,7 +283,7 @@ class StatsResponse(BaseModel):
 
 class SearchFilters(BaseModel):
     session_id: str | None
-    memory_type: str | None
+    category: str | None
     start_date: str | None
     end_date: str | None
 
@@ -314,6 +332,7 @@ class ReconcileCounts(BaseModel):
     restored_in_flight: int = Field(0, description="processing records missing from the in-flight set")
     restored_dead: int = Field(0, description="error records missing from the dead set")
     ready: int = Field(0, description="1 when the vectorstore had waiting items but no turn in the ready set")
+    category_indexed: int = Field(0, description="memories missing from their category listing, listed again")
     total: int = 0
 
 

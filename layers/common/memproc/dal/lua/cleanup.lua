@@ -92,7 +92,8 @@ end
 --    is gone are trimmed, live ones are reconciled and kept;
 --  reconcile: a rolling walk over the whole raw_index (queue repairs, stale entries);
 --  sessions: a rolling walk over session_index (expired summaries, stale session_raws entries);
---  memories: a rolling walk over memory_index (entries whose memory is gone).
+--  memories: a rolling walk over memory_index (entries whose memory is gone; memories missing
+--    from their category listing are listed again).
 -- Cursors live in {vs}:cleanup; a dry run reads them but writes nothing.
 -- ARGV: vs, retention seconds, limit, dry (1/0), backend.  Returns a JSON receipt.
 -- Flagged allow-oom: on a store at maxmemory it must still run to free memory (it deletes before
@@ -105,7 +106,8 @@ redis.register_function{function_name = 'cleanup___VERSION__', flags = {'allow-o
   local cutoff = now - retention
   local deleted = {}
   local trimmed = {raw_index = 0, session_index = 0, session_raws = 0, memory_index = 0}
-  local repaired = {requeued = 0, restored_in_flight = 0, restored_dead = 0, ready = 0, unparked = 0}
+  local repaired = {requeued = 0, restored_in_flight = 0, restored_dead = 0, ready = 0, unparked = 0,
+    category_indexed = 0}
   local examined = {}
   local done = {}
   local seen = {}
@@ -161,8 +163,19 @@ redis.register_function{function_name = 'cleanup___VERSION__', flags = {'allow-o
     end)
 
   examined.memories, done.memories = pass(state, 'memories', k.memory_index(vs), '+inf', n, dry,
-    function(mid)
-      if not mem.exists(b, vs, mid) then trim('memory_index', k.memory_index(vs), mid) end
+    function(mid, score)
+      local attrs = mem.get(b, vs, mid)
+      if not attrs then
+        trim('memory_index', k.memory_index(vs), mid)
+        for _, key in ipairs(mem.category_keys(vs)) do
+          if not dry then redis.call('ZREM', key, mid) end
+        end
+      elseif CATEGORY[attrs.memory_type]
+          and not redis.call('ZSCORE', k.category_index(vs, attrs.memory_type), mid) then
+        -- Written before category listings existed (or the listing lost it): listed again.
+        repaired.category_indexed = repaired.category_indexed + 1
+        if not dry then redis.call('ZADD', k.category_index(vs, attrs.memory_type), score, mid) end
+      end
     end)
 
   -- A vectorstore with waiting items must be in the ready set, or no claim ever serves it (items

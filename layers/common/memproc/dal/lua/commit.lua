@@ -29,24 +29,32 @@ local function check_payload(p, nblobs)
     if (NEEDS_VECTOR[op.op] or op.op == 'confirm') and type(op.text) ~= 'string' then
       return 'operation ' .. i .. ' has no text'
     end
-    if NEEDS_VECTOR[op.op] then
-      local blob = type(op.vector) == 'number' and nblobs[op.vector] or nil
+    -- An update also carries the vector of the text it replaces, so erasing the updating
+    -- session can put that text back (see erase_session).
+    for _, field in ipairs(op.op == 'update' and {'vector', 'prior_vector'} or NEEDS_VECTOR[op.op] and {'vector'} or {}) do
+      local blob = type(op[field]) == 'number' and nblobs[op[field]] or nil
       if not blob or #blob ~= 4 * p.dimensions then
-        return 'operation ' .. i .. ' has no vector of ' .. p.dimensions .. ' dimensions'
+        return 'operation ' .. i .. ' has no ' .. field .. ' of ' .. p.dimensions .. ' dimensions'
       end
       vectors = vectors + 1
     end
   end
   local nblob = 0
   for _ in pairs(nblobs) do nblob = nblob + 1 end
-  if nblob ~= vectors then return 'has ' .. nblob .. ' vectors for ' .. vectors .. ' new or changed texts' end
+  if nblob ~= vectors then return 'has ' .. nblob .. ' vectors for ' .. vectors .. ' new, changed or replaced texts' end
   return nil
 end
 
-local function remember(attrs, entry, limit)
+-- Append to a memory's bounded history; an entry that falls off takes its stored vector with it.
+local function remember(vs, attrs, entry, limit)
   local history = as_list(attrs.history)
   history[#history + 1] = entry
-  while #history > limit do table.remove(history, 1) end
+  while #history > limit do
+    local gone = table.remove(history, 1)
+    if type(gone) == 'table' and type(gone.version) == 'string' then
+      redis.call('HDEL', k.memory_versions(vs), gone.version)
+    end
+  end
   attrs.history = history
 end
 
@@ -122,14 +130,14 @@ redis.register_function{function_name = 'commit___VERSION__', flags = {'allow-cr
     if op.op == 'add' then
       local mid, attrs = new_memory(i, op)
       mem.put(b, vs, mid, attrs, blobs[op.vector])
-      redis.call('ZADD', k.memory_index(vs), p.valid_from, mid)
+      mem.index(vs, mid, op.memory_type, p.valid_from)
       touched(mid)
       counts.created = counts.created + 1
     elseif op.op == 'supersede' then
       local mid, attrs = new_memory(i, op)
       attrs.supersedes = op.target
       mem.put(b, vs, mid, attrs, blobs[op.vector])
-      redis.call('ZADD', k.memory_index(vs), p.valid_from, mid)
+      mem.index(vs, mid, op.memory_type, p.valid_from)
       local old = targets[op.target]
       old.status, old.valid_to, old.superseded_by = 'superseded', p.valid_from, mid
       old.updated_at, old.seq = now, newseq
@@ -146,21 +154,31 @@ redis.register_function{function_name = 'commit___VERSION__', flags = {'allow-cr
         attrs.merge_count = (tonumber(attrs.merge_count) or 0) + 1
         attrs.text_sources = as_list(attrs.text_sources)
         if not contains(attrs.text_sources, sid) then table.insert(attrs.text_sources, sid) end
-        if op.text ~= attrs.text then entry.text = op.text; remember(attrs, entry, limit) end
+        if op.text ~= attrs.text then entry.text = op.text; remember(vs, attrs, entry, limit) end
         counts.merged = counts.merged + 1
       elseif op.op == 'update' then
-        entry.text = attrs.text
-        remember(attrs, entry, limit)
+        -- The replaced text stays the statement of the sessions that made it (`stated_by`), with
+        -- its vector and time, so erasing this session restores it and erasing those removes it.
+        entry.text, entry.was_valid_from, entry.was_memory_type = attrs.text, attrs.valid_from, attrs.memory_type
+        entry.stated_by = as_list(attrs.text_sources)
+        if #entry.stated_by == 0 then entry.stated_by = {attrs.session_id} end
+        entry.version = op.target .. ':' .. newseq
+        redis.call('HSET', k.memory_versions(vs), entry.version, blobs[op.prior_vector])
+        remember(vs, attrs, entry, limit)
         attrs.text, attrs.valid_from, attrs.text_sources = op.text, p.valid_from, {sid}
-        if op.memory_type then attrs.memory_type = op.memory_type end
+        if op.memory_type then
+          mem.recategorize(vs, op.target, attrs.memory_type, op.memory_type)
+          attrs.memory_type = op.memory_type
+        end
+        mem.index(vs, op.target, attrs.memory_type, p.valid_from)  -- now said at this session's time
         if op.confidence then attrs.confidence = op.confidence end
         if #as_list(op.tags) > 0 then attrs.tags = op.tags end
         blob = blobs[op.vector]
         counts.updated = counts.updated + 1
       else  -- retract: the user withdrew it; kept, no longer current
         if type(op.text) == 'string' then entry.text = op.text end
-        remember(attrs, entry, limit)
-        attrs.status, attrs.valid_to = 'retracted', p.valid_from
+        remember(vs, attrs, entry, limit)
+        attrs.status, attrs.valid_to, attrs.retracted_by = 'retracted', p.valid_from, sid
         counts.retracted = counts.retracted + 1
       end
       mem.put(b, vs, op.target, attrs, blob)

@@ -26,6 +26,22 @@ local function unlink_raw_memory(vs, rid, mid)
   if #kept ~= #list then redis.call('HSET', key, 'memory_ids', cjson.encode(kept)) end
 end
 
+-- The sessions whose statement a history entry records: the text an update replaced names them;
+-- a restatement or a withdrawal is its own session's.
+local function stated_by(entry)
+  if type(entry.stated_by) == 'table' then return as_list(entry.stated_by) end
+  return {entry.session_id}
+end
+
+-- The stored vectors of texts a memory's updates replaced go with the memory.
+local function drop_versions(vs, history)
+  for _, entry in ipairs(as_list(history)) do
+    if type(entry) == 'table' and type(entry.version) == 'string' then
+      redis.call('HDEL', k.memory_versions(vs), entry.version)
+    end
+  end
+end
+
 -- DELETE one memory: the memory (its history with it), its index entry and every reference to it;
 -- summaries of its sessions lose their prose; with purge_sources, the transcripts it came from go.
 -- ARGV: vs, memory id, backend, purge sources (1/0).
@@ -37,7 +53,8 @@ redis.register_function{function_name = 'erase_memory___VERSION__', flags = {'al
   if not attrs then return {'not_found'} end
   local now = now_s()
   mem.del(b, vs, mid)
-  redis.call('ZREM', k.memory_index(vs), mid)
+  mem.unindex(vs, mid, attrs.memory_type)
+  drop_versions(vs, attrs.history)
   -- A memory it superseded stays superseded (that was true), but no longer points at it.
   if type(attrs.supersedes) == 'string' then
     local old = mem.get(b, vs, attrs.supersedes)
@@ -66,9 +83,8 @@ redis.register_function{function_name = 'erase_memory___VERSION__', flags = {'al
 end}
 
 -- DELETE one session: its raw memories (wherever they are in the queue), summary, memory set,
--- raw index, dedupe keys and index entries; memories that came only from it are removed, shared
--- ones lose it as a source and every statement it made in their history (one whose current text
--- only this session stated is removed: its vector encodes that text).  ARGV: vs, session id, backend.
+-- raw index, dedupe keys and index entries, and what it stated in memories (below).
+-- ARGV: vs, session id, backend.
 -- Returns a JSON receipt or 'not_found'.
 redis.register_function{function_name = 'erase_session___VERSION__', flags = {'allow-oom', 'allow-cross-slot-keys'},
   callback = function(keys, argv)
@@ -106,24 +122,75 @@ redis.register_function{function_name = 'erase_session___VERSION__', flags = {'a
   redis.call('DEL', mkey, rkey, k.session_queue(vs, sid))
   counts.sessions = 1
   redis.call('ZREM', k.session_index(vs), sid)
+  -- What the session stated is undone: memories only it stated go (one it superseded holds
+  -- again), an update it made gives way to the text it replaced (with that text's vector), a
+  -- withdrawal it made is withdrawn, and its statements leave every history.
+  local versions, seq = k.memory_versions(vs), nil
+  local function next_seq()
+    seq = seq or redis.call('HINCRBY', k.config(vs), 'memory_seq', 1)
+    return seq
+  end
   for _, mid in ipairs(mids) do
     local attrs = mem.get(b, vs, mid)
     if attrs then
       local sources = as_list(attrs.source_sessions)
       if contains(sources, sid) or attrs.session_id == sid then
         sources = without(sources, sid)
-        local stated_by = attrs.text_sources and without(attrs.text_sources, sid)
-        if #sources == 0 or (stated_by and #stated_by == 0) then
+        local history = {}
+        for _, entry in ipairs(as_list(attrs.history)) do
+          if type(entry) == 'table' then
+            local by = without(stated_by(entry), sid)
+            if #by == 0 then
+              if type(entry.version) == 'string' then redis.call('HDEL', versions, entry.version) end
+            else
+              if type(entry.stated_by) == 'table' then entry.stated_by = by end
+              if entry.session_id == sid then entry.session_id = nil end
+              history[#history + 1] = entry
+            end
+          end
+        end
+        attrs.history = history
+        local text_by = attrs.text_sources and without(attrs.text_sources, sid)
+        local blob = nil
+        if text_by and #text_by == 0 then
+          for i = #history, 1, -1 do
+            local entry = history[i]
+            blob = entry.op == 'update' and type(entry.version) == 'string' and redis.call('HGET', versions, entry.version)
+            if blob then
+              attrs.text, attrs.text_sources = entry.text, entry.stated_by
+              attrs.valid_from = entry.was_valid_from or attrs.valid_from
+              if type(entry.was_memory_type) == 'string' then
+                mem.recategorize(vs, mid, attrs.memory_type, entry.was_memory_type)
+                attrs.memory_type = entry.was_memory_type
+              end
+              table.remove(history, i)
+              redis.call('HDEL', versions, entry.version)
+              break
+            end
+          end
+        end
+        if #sources == 0 or (text_by and #text_by == 0 and not blob) then
           mem.del(b, vs, mid)
-          redis.call('ZREM', k.memory_index(vs), mid)
+          mem.unindex(vs, mid, attrs.memory_type)
+          drop_versions(vs, history)
+          if type(attrs.supersedes) == 'string' then
+            local old = mem.get(b, vs, attrs.supersedes)
+            if old and old.superseded_by == mid and old.status == 'superseded' then
+              old.status, old.valid_to, old.superseded_by, old.seq = 'current', nil, nil, next_seq()
+              mem.put(b, vs, attrs.supersedes, old, nil)
+            end
+          end
           counts.memories = counts.memories + 1
         else
-          local history = {}
-          for _, entry in ipairs(as_list(attrs.history)) do
-            if type(entry) ~= 'table' or entry.session_id ~= sid then history[#history + 1] = entry end
+          if blob then
+            attrs.seq = next_seq()
+            mem.index(vs, mid, attrs.memory_type, attrs.valid_from or 0)
+          elseif text_by then
+            attrs.text_sources = text_by
           end
-          attrs.history = history
-          if stated_by then attrs.text_sources = stated_by end
+          if attrs.status == 'retracted' and attrs.retracted_by == sid then
+            attrs.status, attrs.valid_to, attrs.retracted_by, attrs.seq = 'current', nil, nil, next_seq()
+          end
           local kept = {}
           for _, rid in ipairs(as_list(attrs.source_raw_ids)) do
             if not is_raw[rid] then kept[#kept + 1] = rid end
@@ -134,7 +201,7 @@ redis.register_function{function_name = 'erase_session___VERSION__', flags = {'a
           if is_raw[attrs.raw_memory_id] then attrs.raw_memory_id = kept[1] or '' end
           attrs.merge_count = math.max(0, (tonumber(attrs.merge_count) or 0) - 1)
           attrs.updated_at = now
-          mem.put(b, vs, mid, attrs, nil)
+          mem.put(b, vs, mid, attrs, blob or nil)
           counts.memories_updated = counts.memories_updated + 1
         end
       end
@@ -185,8 +252,9 @@ redis.register_function{function_name = 'erase_vectorstore___VERSION__', flags =
     if redis.call('EXISTS', key) == 1 then return cjson.encode(counts) end
   end
   if b ~= 'search' then counts.memories = redis.call('ZCARD', k.memory_index(vs)) end
-  redis.call('UNLINK', vs, k.memory_index(vs), k.config(vs), k.counters(vs), k.cleanup(vs),
-    k.queued_sessions(vs))
+  redis.call('UNLINK', vs, k.memory_index(vs), k.memory_versions(vs), k.config(vs), k.counters(vs),
+    k.cleanup(vs), k.queued_sessions(vs), k.reembed(vs), k.reembed_todo(vs),
+    unpack(mem.category_keys(vs)))
   local now = now_s()
   for d = 0, days do redis.call('DEL', k.daily_stats(vs, ymd(now - d * 86400))) end
   redis.call('ZREM', VECTORSTORES, vs)

@@ -42,6 +42,35 @@ function mem.exists(b, vs, id)
   return redis.call('VISMEMBER', vs, id) == 1
 end
 
+-- The listings beside the engine: memory_index (every memory, score = when it was said) and, per
+-- memory type, category_index:<type> with the same scores, so the hierarchy can page and count
+-- one category by index range (ZRANGE / ZCOUNT) as it does all of them.
+-- CATEGORIES and CATEGORY (the same as a set) come with the generated key builders.
+function mem.index(vs, id, memory_type, score)
+  redis.call('ZADD', k.memory_index(vs), score, id)
+  if CATEGORY[memory_type] then redis.call('ZADD', k.category_index(vs, memory_type), score, id) end
+end
+
+function mem.unindex(vs, id, memory_type)
+  redis.call('ZREM', k.memory_index(vs), id)
+  if CATEGORY[memory_type] then redis.call('ZREM', k.category_index(vs, memory_type), id) end
+end
+
+-- A memory whose type changed moves to its new category's listing, at the same score.
+function mem.recategorize(vs, id, old_type, new_type)
+  if old_type == new_type then return end
+  local score = redis.call('ZSCORE', k.memory_index(vs), id)
+  if CATEGORY[old_type] then redis.call('ZREM', k.category_index(vs, old_type), id) end
+  if score and CATEGORY[new_type] then redis.call('ZADD', k.category_index(vs, new_type), score, id) end
+end
+
+-- Every category listing's key (erasing a vectorstore unlinks them all).
+function mem.category_keys(vs)
+  local out = {}
+  for i, c in ipairs(CATEGORIES) do out[i] = k.category_index(vs, c) end
+  return out
+end
+
 -- MEMORY USAGE of the engine's storage: the vector set, or the first `samples` hashes scaled up.
 function mem.bytes(b, vs, samples)
   if b ~= 'search' then return tonumber(redis.call('MEMORY', 'USAGE', vs) or 0) or 0 end

@@ -15,7 +15,10 @@ end
 
 -- store_raw: dedupe, admission check, raw hash, queues, indexes and position in one call.
 -- KEYS: raw hash, dedupe key.  ARGV: vs, raw id, session id, data, encoding, metadata json,
--- max queue, max pending per vs, dedupe digest, session length.
+-- max queue, max pending per vs, dedupe digest, session length, and the embedding model and
+-- dimension the processor will use: a vectorstore whose memories were embedded otherwise is
+-- refused here ('embedding_mismatch', with its model and dimension), since every session of it
+-- would only be dead-lettered later.
 redis.register_function{function_name = 'enqueue___VERSION__', flags = {'allow-cross-slot-keys'},
   callback = function(keys, argv)
   local now = now_s()
@@ -44,6 +47,10 @@ redis.register_function{function_name = 'enqueue___VERSION__', flags = {'allow-c
     return {'store_evicting', '', '', 0, qsize, rate, policy, 0, idle, interval}
   end
   if qsize >= tonumber(argv[7]) then return {'queue_full', '', '', 0, qsize, rate, '', 0, idle, interval} end
+  local cfg = redis.call('HMGET', k.config(vs), 'embedding_model', 'dimensions')
+  if cfg[2] and (cfg[1] ~= argv[11] or tonumber(cfg[2]) ~= tonumber(argv[12])) then
+    return {'embedding_mismatch', '', '', 0, qsize, rate, cfg[1] or '', 0, idle, interval, cfg[2]}
+  end
   local pending = redis.call('ZCARD', k.pending(vs))
   if pending >= tonumber(argv[8]) then
     return {'vectorstore_full', '', '', 0, qsize, rate, '', 0, idle, interval}
@@ -88,7 +95,9 @@ end
 -- the processor's heartbeat. A vectorstore with `per_vs` items in flight gets no more: its
 -- sessions are reconciled against each other's memories, so they are decided one after another.
 -- ARGV: max items, lease seconds, max attempts, max leases to reap, per_vs.
--- Returns {{vs, id, token, session id, attempt}...}, reaped, buried, lost.
+-- Returns {{vs, id, token, session id, attempt, seconds since submission (or redrive)}...},
+-- reaped, buried, lost, and the items it dead-lettered {{vs, id, session id, error, attempts}...}
+-- (for the SessionFailed events).
 redis.register_function{function_name = 'claim___VERSION__', flags = {'allow-cross-slot-keys'},
   callback = function(keys, argv)
   local now = now_s()
@@ -96,6 +105,11 @@ redis.register_function{function_name = 'claim___VERSION__', flags = {'allow-cro
   local per_vs = tonumber(argv[5])
   redis.call('HSET', STATUS, 'last_heartbeat', string.format('%.6f', now))
   local reaped, buried, lost_count = 0, 0, 0
+  local dead = {}
+  local function buried_item(vs, id)
+    local h = redis.call('HMGET', k.raw(vs, id), 'session_id', 'last_error', 'processing_attempts')
+    dead[#dead + 1] = {vs, id, h[1] or '', h[2] or '', tonumber(h[3] or '0') or 0}
+  end
   for _, key in ipairs(redis.call('ZRANGE', INFLIGHT, '-inf', now, 'BYSCORE', 'LIMIT', 0, tonumber(argv[4]))) do
     local vs, id = split_raw(key)
     if vs then
@@ -104,6 +118,7 @@ redis.register_function{function_name = 'claim___VERSION__', flags = {'allow-cro
       if h[1] == 'processing' then
         if tonumber(h[2] or '0') >= max_attempts then
           bury(vs, id, now, 'lease expired on the last attempt (the worker died or timed out)')
+          buried_item(vs, id)
           buried = buried + 1
         else
           redis.call('HSET', key, 'status', 'queued', 'last_error', 'lease expired (the worker died or timed out)')
@@ -113,6 +128,7 @@ redis.register_function{function_name = 'claim___VERSION__', flags = {'allow-cro
         end
       elseif not h[1] then
         lost(vs, id, now)
+        buried_item(vs, id)
         lost_count = lost_count + 1
       end
     else
@@ -147,10 +163,13 @@ redis.register_function{function_name = 'claim___VERSION__', flags = {'allow-cro
             redis.call('HDEL', key, 'next_attempt_at')
             redis.call('ZADD', INFLIGHT, deadline, key)
             redis.call('ZADD', k.inflight(vs), deadline, id)
-            claimed[#claimed + 1] = {vs, id, token, redis.call('HGET', key, 'session_id'), attempt}
+            local h = redis.call('HMGET', key, 'session_id', 'created_at', 'redriven_at')
+            local since = math.max(tonumber(h[2]) or now, tonumber(h[3]) or 0)
+            claimed[#claimed + 1] = {vs, id, token, h[1], attempt, string.format('%.3f', now - since)}
             served[i] = true
           else
             lost(vs, id, now)
+            buried_item(vs, id)
             lost_count = lost_count + 1
           end
           progress = true
@@ -174,7 +193,7 @@ redis.register_function{function_name = 'claim___VERSION__', flags = {'allow-cro
       redis.call('ZADD', READY, due, vs)
     end
   end
-  return {claimed, reaped, buried, lost_count}
+  return {claimed, reaped, buried, lost_count, dead}
 end}
 
 -- Extend the leases a live worker still holds, so long work is never reaped and paid for twice.
@@ -249,8 +268,20 @@ redis.register_function{function_name = 'redrive___VERSION__', flags = {'allow-c
   return {'queued', redis.call('ZCARD', k.pending(vs))}
 end}
 
+-- How long the oldest eligible item has been eligible (0: none is): O(log N), since the queue is
+-- scored by eligibility (parked items sit at +inf, retries at their retry time).
+local function backlog_age(now)
+  local head = redis.call('ZRANGE', QUEUE, 0, 0, 'WITHSCORES')
+  local age = 0
+  if head[2] and head[2] ~= 'inf' and tonumber(head[2]) <= now then age = now - tonumber(head[2]) end
+  return string.format('%.3f', age)
+end
+
 -- The processor's heartbeat, stamped with server time.  ARGV: interval s, version, measured
--- rate/s (empty: none), weight of the new measurement in [0,1], starting (1/empty).
+-- rate/s (empty: none), weight of the new measurement in [0,1], starting (1/empty), processor
+-- id (empty: none), seconds it stays registered (0: it is done and leaves).
+-- Returns now, the maxmemory-policy, then what fan-out decides by: items eligible, the oldest
+-- one's wait, vectorstores waiting, live processors, the measured rate ('' before the first).
 redis.register_function{function_name = 'heartbeat___VERSION__', flags = {'allow-cross-slot-keys'},
   callback = function(keys, argv)
   local t = now_s()
@@ -264,7 +295,14 @@ redis.register_function{function_name = 'heartbeat___VERSION__', flags = {'allow
     redis.call('HSET', STATUS, 'rate_per_second', string.format('%.4f', rate))
   end
   if argv[5] ~= '' then redis.call('HSET', STATUS, 'start_time', now) end
-  return {now, eviction_policy(t)}
+  -- Each drain registers until a deadline it renews; one that died drops out at it.
+  local pid, ttl = argv[6] or '', tonumber(argv[7] or '') or 0
+  redis.call('ZREMRANGEBYSCORE', PROCESSORS, '-inf', t)
+  if pid ~= '' then
+    if ttl > 0 then redis.call('ZADD', PROCESSORS, t + ttl, pid) else redis.call('ZREM', PROCESSORS, pid) end
+  end
+  return {now, eviction_policy(t), redis.call('ZCOUNT', QUEUE, '-inf', t), backlog_age(t),
+    redis.call('ZCARD', READY), redis.call('ZCARD', PROCESSORS), redis.call('HGET', STATUS, 'rate_per_second') or ''}
 end}
 
 -- Everything processing_status shows, read at one server time.  ARGV: vs.
@@ -280,5 +318,6 @@ redis.register_function{function_name = 'status___VERSION__', flags = {'no-write
   return {string.format('%.6f', now), redis.call('ZCARD', QUEUE), redis.call('HGETALL', STATUS),
     today[1] or '0', today[2] or '', redis.call('ZCARD', k.pending(vs)),
     redis.call('ZCARD', k.inflight(vs)), redis.call('ZCARD', k.dead(vs)), oldest[2] or '',
-    redis.call('ZCARD', INFLIGHT), redis.call('ZCARD', DEAD), policy}
+    redis.call('ZCARD', INFLIGHT), redis.call('ZCARD', DEAD), policy, backlog_age(now),
+    redis.call('ZCOUNT', PROCESSORS, string.format('(%.6f', now), '+inf')}
 end}

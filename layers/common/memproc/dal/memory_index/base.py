@@ -58,3 +58,21 @@ class MemoryIndex(Protocol):
     def nearest(self, vectorstore: str, vectors: list[bytes], k: int, where: MemoryFilter) -> list[list[Hit]]:
         """The `k` nearest memories of each vector (FP32 bytes), best first, in one round trip."""
         ...
+
+    # Re-embedding (memproc reembed): new vectors for existing memories, made current at once.
+
+    def restage(self, vectorstore: str, vectors: dict[str, bytes]) -> int:
+        """Write new vectors (FP32 bytes) for existing memories where `finish_restage` makes them
+        current; how many memories were written (one erased meanwhile is skipped)."""
+        ...
+
+    def unstaged(self, vectorstore: str, memory_ids: list[str], dimensions: int) -> list[str]:
+        """Which of `memory_ids` (every memory the vectorstore has) have no staged vector of
+        `dimensions` yet; staged vectors of memories no longer there are dropped."""
+        ...
+
+    def finish_restage(self, pipe: Any, vectorstore: str, staged: int) -> None:
+        """Queue, on a transaction, what makes the `staged` vectors the memories' vectors."""
+
+    def discard_restage(self, vectorstore: str) -> None:
+        """Forget vectors staged by an abandoned re-embedding."""

@@ -204,6 +204,38 @@ class SearchIndex:
 
         return parse
 
+    def restage(self, vectorstore: str, vectors: dict[str, bytes]) -> int:
+        """In place: each memory hash's `vec` (the deployment's index for the new dimension picks it
+        up; the old one stops matching it). Only hashes that still exist are written."""
+        vk = VectorstoreKeys(vectorstore)
+        ids = list(vectors)
+        pipe = self.client.pipeline(transaction=False)
+        for mid in ids:
+            pipe.exists(vk.memory(mid))
+        present = pipe.execute()
+        pipe = self.client.pipeline(transaction=False)
+        for mid, there in zip(ids, present, strict=True):
+            if there:
+                pipe.hset(vk.memory(mid), "vec", vectors[mid])
+        if len(pipe):
+            pipe.execute()
+        return sum(1 for there in present if there)
+
+    def unstaged(self, vectorstore: str, memory_ids: list[str], dimensions: int) -> list[str]:
+        """Memories whose `vec` is not of the new dimension (erased ones have no hash at all). A
+        change of model at the same dimension looks the same here: the run's snapshot covers it."""
+        vk = VectorstoreKeys(vectorstore)
+        pipe = self.client.pipeline(transaction=False)
+        for mid in memory_ids:
+            pipe.hstrlen(vk.memory(mid), "vec")
+        return [mid for mid, n in zip(memory_ids, pipe.execute(), strict=True) if int(n) != 4 * dimensions]
+
+    def finish_restage(self, pipe: Any, vectorstore: str, staged: int) -> None:
+        """Nothing to swap: the vectors were written in place."""
+
+    def discard_restage(self, vectorstore: str) -> None:
+        """Nothing staged apart from the memories themselves."""
+
     def nearest(self, vectorstore: str, vectors: list[bytes], k: int, where: MemoryFilter) -> list[list[Hit]]:
         if not vectors:
             return []

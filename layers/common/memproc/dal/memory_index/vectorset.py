@@ -13,6 +13,7 @@ from typing import Any
 import redis
 
 from memproc.dal.memory_index.base import DimensionMismatch, Hit, MemoryFilter
+from memproc.keys import VectorstoreKeys
 from memproc.records import MemoryRecord
 from memproc.validation import require_session_id
 
@@ -63,6 +64,52 @@ class VectorSetIndex:
             return out
 
         return parse
+
+    def restage(self, vectorstore: str, vectors: dict[str, bytes]) -> int:
+        """Into a vector set of its own in the vectorstore's slot (the dimension may change),
+        with each memory's current attributes: two round trips."""
+        ids = list(vectors)
+        pipe = self.client.pipeline(transaction=False)
+        for mid in ids:
+            pipe.execute_command("VGETATTR", vectorstore, mid)
+        attrs = pipe.execute()
+        pipe = self.client.pipeline(transaction=False)
+        staging = VectorstoreKeys(vectorstore).reembed
+        written = 0
+        for mid, attr in zip(ids, attrs, strict=True):
+            if attr is None:
+                continue  # erased meanwhile
+            pipe.execute_command("VADD", staging, "FP32", vectors[mid], mid, "SETATTR", _text(attr))
+            written += 1
+        if written:
+            pipe.execute()
+        return written
+
+    def unstaged(self, vectorstore: str, memory_ids: list[str], dimensions: int) -> list[str]:
+        staging = VectorstoreKeys(vectorstore).reembed
+        if not self.client.exists(staging):
+            return list(memory_ids)
+        if int(self.client.execute_command("VDIM", staging)) != dimensions:
+            self.client.delete(staging)
+            return list(memory_ids)
+        count = int(self.client.execute_command("VCARD", staging))
+        staged = {_text(m) for m in self.client.execute_command("VRANDMEMBER", staging, count) or []}
+        gone = staged - set(memory_ids)  # erased while it ran: not brought back
+        if gone:
+            pipe = self.client.pipeline(transaction=False)
+            for mid in gone:
+                pipe.execute_command("VREM", staging, mid)
+            pipe.execute()
+        return [mid for mid in memory_ids if mid not in staged]
+
+    def finish_restage(self, pipe: Any, vectorstore: str, staged: int) -> None:
+        if staged:  # RENAME replaces the vector set at once (same hash slot: {vs}:reembed)
+            pipe.rename(VectorstoreKeys(vectorstore).reembed, vectorstore)
+        else:
+            pipe.delete(vectorstore)
+
+    def discard_restage(self, vectorstore: str) -> None:
+        self.client.delete(VectorstoreKeys(vectorstore).reembed)
 
     def nearest(self, vectorstore: str, vectors: list[bytes], k: int, where: MemoryFilter) -> list[list[Hit]]:
         expression = vsim_filter(where)
