@@ -24,10 +24,6 @@ def point_at(monkeypatch: pytest.MonkeyPatch, server: RedisServer, backend: str)
     server.client().flushall()
     monkeypatch.setenv("REDIS_URL", server.url)
     monkeypatch.setenv("VECTOR_BACKEND", backend)
-    if server.cluster:
-        monkeypatch.setenv("REDIS_CLUSTER", "true")
-    else:
-        monkeypatch.delenv("REDIS_CLUSTER", raising=False)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
     monkeypatch.setenv("EMBEDDING_DIMENSIONS", "64")
