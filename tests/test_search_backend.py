@@ -17,7 +17,7 @@ from memproc import keys
 from memproc.dal import connection
 from memproc.dal.connection import get_store
 from memproc.dal.memory_index import IndexUnavailable, MemoryFilter
-from memproc.dal.memory_index.search import SearchIndex, index_ready
+from memproc.dal.memory_index.search import SearchIndex, index_ready, tag_value
 from memproc.settings import get_settings
 from tests.api_client import call, mem_path
 from tests.memory_helpers import drain, store
@@ -210,3 +210,29 @@ def test_index_ready_reads_each_engines_report_of_its_scan(stack_server: RedisSe
     for shape in readers:
         assert not index_ready(shape(VALKEY_SEARCH)) and index_ready(shape(VALKEY_READY))
         assert not index_ready(shape(MEMORYDB)) and index_ready(shape(MEMORYDB_READY))
+
+
+# Every character class SESSION_ID_RE admits, alone and mixed, and the vectorstore-name alphabet.
+TAG_VALUES = ["_", "__", "a_b", "-", "...", "x.y:z@w+q=r", "s-1", "A:b", "user1", "é", "a b", "{x}", "a,b"]
+
+
+def test_tag_value_matches_exactly_the_value_it_escapes(stack_server: RedisServer) -> None:
+    r = stack_server.client()
+    name = "memproc-tags"
+    r.execute_command(
+        "FT.CREATE", name, "ON", "HASH", "PREFIX", "1", f"{name}:",
+        "SCHEMA", "t", "TAG", "SEPARATOR", "|", "CASESENSITIVE",
+    )  # fmt: skip
+    try:
+        for i, v in enumerate(TAG_VALUES):
+            r.hset(f"{name}:{i}", "t", v)
+        while not index_ready(r.execute_command("FT.INFO", name)):  # bounded by the scan of 13 hashes
+            pass
+        for i, v in enumerate(TAG_VALUES):
+            reply = r.execute_command(
+                "FT.SEARCH", name, f"@t:{{{tag_value(v)}}}", "NOCONTENT", "DIALECT", "2"
+            )
+            ids = [x["id"] for x in reply["results"]] if isinstance(reply, dict) else reply[1:]
+            assert ids == [f"{name}:{i}"], v
+    finally:
+        r.execute_command("FT.DROPINDEX", name, "DD")

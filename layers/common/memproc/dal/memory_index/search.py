@@ -29,12 +29,13 @@ from memproc.keys import MEMORY_PREFIX, VectorstoreKeys, search_index
 from memproc.records import MemoryRecord
 from memproc.validation import require_session_id
 
-_TAG_SPECIAL = re.compile(r"[^A-Za-z0-9_]")
+_TAG_SPECIAL = re.compile(r"[^A-Za-z0-9]")
 
 
 def tag_value(value: str) -> str:
-    """A TAG query literal: every character but letters, digits and _ backslash-escaped, so a value
-    can never close the braces or start another term. Values are allowlisted before they get here."""
+    """A TAG query literal: every character but letters and digits backslash-escaped, so a value
+    can never close the braces or start another term (RediSearch even refuses a bare `{_}`). Values
+    are allowlisted before they get here."""
     return _TAG_SPECIAL.sub(lambda m: "\\" + m.group(0), value)
 
 
