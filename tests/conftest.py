@@ -101,7 +101,19 @@ def _server_of(request: pytest.FixtureRequest, engine: Engine, cluster: bool) ->
 _TARGETS = memory_targets()
 
 
-@pytest.fixture(scope="session", params=_TARGETS, ids=[t.id for t in _TARGETS])
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test of `redis_server` runs once per target, but those marked one_backend (what they
+    check never reaches the memory index) run on the first only: the matrix doubles what matters,
+    not the suite."""
+    if "redis_server" in metafunc.fixturenames:
+        one = metafunc.definition.get_closest_marker("one_backend") is not None
+        targets = _TARGETS[:1] if one else _TARGETS
+        metafunc.parametrize(
+            "redis_server", targets, ids=[t.id for t in targets], indirect=True, scope="session"
+        )
+
+
+@pytest.fixture(scope="session")
 def redis_server(request: pytest.FixtureRequest) -> RedisServer:
     """The server of one memory-index backend: every test that uses it runs once per backend."""
     target: Target = request.param

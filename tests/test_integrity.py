@@ -121,6 +121,7 @@ def evicting(qr: redis.Redis) -> Iterator[None]:
     qr.config_set("maxmemory-policy", "noeviction")
 
 
+@pytest.mark.one_backend
 def test_a_queue_entry_whose_record_was_evicted_becomes_a_visible_dead_letter(
     fake_llm: Any, r: redis.Redis
 ) -> None:
@@ -265,6 +266,7 @@ def test_renewal_extends_only_the_leases_a_worker_still_holds(qr: redis.Redis) -
     )  # the new holder's lease, untouched
 
 
+@pytest.mark.one_backend
 def test_a_worker_renews_the_lease_of_an_item_that_outlives_a_third_of_it(
     fake_llm: Any, r: redis.Redis
 ) -> None:
@@ -275,6 +277,7 @@ def test_a_worker_renews_the_lease_of_an_item_that_outlives_a_third_of_it(
     assert r.hget(U1.raw(raw_id), "processing_attempts") == "1"
 
 
+@pytest.mark.one_backend
 def test_a_long_transcript_outlives_its_lease_yet_is_claimed_and_paid_for_once(
     fake_llm: Any, r: redis.Redis
 ) -> None:

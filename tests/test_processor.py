@@ -167,6 +167,7 @@ def test_embedding_mismatch_is_refused_with_a_clear_error(fake_llm: Any, r: redi
     assert r.zscore("{RAW_MEMORY_QUEUE}:dead", keys.VectorstoreKeys("user123").raw(res["raw_memory_id"]))
 
 
+@pytest.mark.one_backend
 def test_a_server_error_is_retried_with_backoff(fake_llm: Any, r: redis.Redis) -> None:
     res = store("user123", CHAT, "s-1")
     fake_llm.fail_next("500", count=1)
@@ -183,6 +184,7 @@ def test_a_server_error_is_retried_with_backoff(fake_llm: Any, r: redis.Redis) -
     assert drain().processed == 0  # not eligible before its time
 
 
+@pytest.mark.one_backend
 def test_retries_within_the_provider_recover_from_500_and_timeout(fake_llm: Any, r: redis.Redis) -> None:
     store("user123", CHAT, "s-1")
     fake_llm.fail_next("500", count=1, retry_after_ms=1)
@@ -195,6 +197,7 @@ def test_retries_within_the_provider_recover_from_500_and_timeout(fake_llm: Any,
     assert [q.headers["x-stainless-retry-count"] for q in chat] == ["0", "1", "2"]  # the SDK's retries
 
 
+@pytest.mark.one_backend
 def test_429_honours_retry_after(fake_llm: Any, r: redis.Redis) -> None:
     res = store("user123", CHAT, "s-1")
     fake_llm.fail_next("429", count=1, retry_after=120)
@@ -205,6 +208,7 @@ def test_429_honours_retry_after(fake_llm: Any, r: redis.Redis) -> None:
 
 
 # Malformed output is asked again once inside the same attempt, so 4 bad answers cost 2 attempts.
+@pytest.mark.one_backend
 @pytest.mark.parametrize(("kind", "failures", "retried"), [("malformed", 4, 2), ("500", 2, 2)])
 def test_failures_retry_until_success(
     fake_llm: Any, r: redis.Redis, kind: str, failures: int, retried: int
@@ -217,6 +221,7 @@ def test_failures_retry_until_success(
     assert raw["status"] == "processed" and raw["processing_attempts"] == str(retried + 1)
 
 
+@pytest.mark.one_backend
 def test_refusal_goes_to_the_dead_set_and_a_redrive_processes_it(fake_llm: Any, r: redis.Redis) -> None:
     res = store("user123", CHAT, "s-1")
     fake_llm.fail_next("refusal", count=1)
@@ -230,6 +235,7 @@ def test_refusal_goes_to_the_dead_set_and_a_redrive_processes_it(fake_llm: Any, 
     assert raw_hash(r, "user123", res["raw_memory_id"])["status"] == "processed"
 
 
+@pytest.mark.one_backend
 def test_the_last_attempt_dead_letters_with_the_error(fake_llm: Any, r: redis.Redis) -> None:
     res = store("user123", CHAT, "s-1")
     fake_llm.fail_always("500")
@@ -245,6 +251,7 @@ def test_the_last_attempt_dead_letters_with_the_error(fake_llm: Any, r: redis.Re
     assert drain().processed == 1
 
 
+@pytest.mark.one_backend
 def test_expired_leases_are_reaped_and_the_last_one_dead_letters(fake_llm: Any, r: redis.Redis) -> None:
     res = store("user123", CHAT, "s-1")
     settings = load_settings(max_attempts=2)
@@ -259,6 +266,7 @@ def test_expired_leases_are_reaped_and_the_last_one_dead_letters(fake_llm: Any, 
     assert h["status"] == "error" and "lease expired" in h["last_error"]
 
 
+@pytest.mark.one_backend
 def test_a_stale_worker_cannot_commit_or_fail(fake_llm: Any, r: redis.Redis) -> None:
     store("user123", CHAT, "s-1")
     settings = get_settings()
@@ -271,6 +279,7 @@ def test_a_stale_worker_cannot_commit_or_fail(fake_llm: Any, r: redis.Redis) -> 
     assert raw_hash(r, "user123", stale.raw_id)["status"] == "processing"
 
 
+@pytest.mark.one_backend
 def test_a_flooding_vectorstore_does_not_starve_the_others(env: Any, r: redis.Redis) -> None:
     settings = get_settings()
     for i in range(300):
@@ -312,6 +321,7 @@ def test_round_trips_per_session_do_not_grow_with_the_vectorstore(fake_llm: Any,
     assert small == (8 * 7 + 3) / 8
 
 
+@pytest.mark.one_backend
 def test_lambda_handler_stops_claiming_when_time_runs_short(fake_llm: Any, r: redis.Redis) -> None:
     from pathlib import Path
 
