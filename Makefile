@@ -61,8 +61,15 @@ dev-reset: $(STAMP) ## Delete make dev's Redis data (.dev/redis, BACKEND=search:
 	rm -rf "$${MEMPROC_DEV_DATA:-$(DEV_DATA)}" .dev/redis.url
 	@echo "dev-reset: deleted $${MEMPROC_DEV_DATA:-$(DEV_DATA)}; the next make dev starts empty"
 
-bench: $(STAMP) ## Benchmarks vs real Redis 8 + fake LLM -> bench/results/<date>/ (~8 min; FULL=1: larger sizes)
-	MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh --binary) $(PY) -m bench.run $(if $(FULL),--full,)
+# Both memory backends: Redis 8 (vector sets) and Redis Stack (the Query Engine), each provisioned first.
+bench: $(STAMP) ## Benchmarks vs real Redis 8 and Redis Stack (both backends) + fake LLM -> bench/results/<date>/ (~23 min; FULL=1: larger)
+	redis=$$(scripts/provision_redis.sh --binary) && stack=$$(scripts/provision_engines.sh stack) && \
+	MEMPROC_REDIS_SERVER=$$redis MEMPROC_STACK_SERVER=$$stack $(PY) -m bench.run $(if $(FULL),--full,)
+
+PROFILE_DIR ?= bench/results/$(shell date +%F)-profile
+
+profile: $(STAMP) ## Where the processor's CPU per session goes (c=64, LLM 200 ms) -> bench/results/<date>-profile/
+	MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh --binary) $(PY) -m bench.profile $(PROFILE_DIR)
 
 chaos: $(STAMP) ## Long chaos rounds: processors SIGKILLed, Redis restarted/frozen/squeezed (MEMPROC_CHAOS_SECONDS=120)
 	MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh --binary) MEMPROC_MODEL_EXAMPLES=$${MEMPROC_MODEL_EXAMPLES:-500} \
@@ -82,6 +89,9 @@ $(EVAL_STAMP):
 eval-vectors: $(EVAL_STAMP) ## Embed every eval text with all-MiniLM-L6-v2 (.eval-venv) -> eval/vectors.json
 	HF_HUB_OFFLINE=1 $(EVAL_VENV)/bin/python -m eval.embed
 
+openapi: $(STAMP) ## The API's OpenAPI document from the handlers -> docs/openapi.json (+ the layer's copy the API serves)
+	$(PY) -m memproc_local.openapi
+
 check: $(STAMP) ## ruff + mypy
 	$(VENV)/bin/ruff check layers local functions tests bench scripts eval
 	$(VENV)/bin/ruff format --check layers local functions tests bench scripts eval
@@ -90,7 +100,7 @@ check: $(STAMP) ## ruff + mypy
 clean: ## Remove the venvs (.eval-venv too) and build output (the engines cached in ~/.cache/memproc stay)
 	rm -rf $(VENV) $(TOOLS) $(EVAL_VENV) .aws-sam
 
-.PHONY: help venv redis engines test dev redis-cli dev-reset bench chaos eval eval-vectors check clean
+.PHONY: help venv redis engines test dev redis-cli dev-reset bench profile chaos eval eval-vectors openapi check clean
 
 # --- AWS tooling (SAM CLI + cfn-lint) in their own venv: the SAM CLI pins its own boto3/pydantic. ---
 SAM      := SAM_CLI_TELEMETRY=0 $(TOOLS)/bin/sam
@@ -107,17 +117,23 @@ $(TOOLS_STAMP): scripts/find_python.sh
 
 tools: $(TOOLS_STAMP) ## Create .tools (AWS SAM CLI + cfn-lint, separate from .venv)
 
-# Then the template as CloudFormation receives it (SAM-translated), once per deployment scenario of
-# tests/template_render.py (RedisProvisioning x own subnets or a created VPC, and the other side of
-# every remaining condition) with its parameter values: cfn-lint ignores --parameters on a SAM
-# template. W3005 is left out there: it flags only the DependsOn SAM writes into its usage plan.
+# Then the template as CloudFormation receives it (through AWS::LanguageExtensions and SAM), once per
+# AuthMode x deployment scenario of tests/template_render.py (RedisProvisioning x own subnets or a
+# created VPC, and the other side of every remaining condition) with its parameter values: cfn-lint
+# ignores --parameters on a SAM template. Each AuthMode variant is its own translation (its API's
+# Auth differs), linted with the parameter files of the scenarios it serves. W8001 (unused
+# condition) is left out there: the translation has already decided the API's Fn::If, as
+# AWS::LanguageExtensions does, so UseIamAuth is gone; the lint of template.yaml above checks it.
 LINT_DIR := .aws-sam/lint
 
-lint: $(TOOLS_STAMP) $(STAMP) ## sam validate --lint + cfn-lint, also per deployment scenario (zero findings)
+lint: $(TOOLS_STAMP) $(STAMP) ## sam validate --lint + cfn-lint, also per AuthMode x deployment scenario (zero findings)
 	$(SAM) validate --lint
 	$(CFN_LINT) template.yaml
 	$(PY) -m tests.template_render $(LINT_DIR)
-	$(CFN_LINT) $(LINT_DIR)/template.json --ignore-checks W3005 --parameter-files $(LINT_DIR)/params-*.json
+	@for d in $(LINT_DIR)/variant-*; do \
+	  echo "cfn-lint $$d: $$(ls $$d/params-*.json | wc -l) scenarios"; \
+	  $(CFN_LINT) $$d/template.json --ignore-checks W8001 --parameter-files $$d/params-*.json || exit 1; \
+	done
 
 build: $(TOOLS_STAMP) ## sam build (functions + CommonLayer with memproc and its deps) into .aws-sam/
 	PATH="$(PY313_BIN):$$PATH" $(SAM) build

@@ -174,6 +174,7 @@ def configure_env(redis_url: str, openai_base_url: str | None = None, **extra: s
     from memproc.dal import connection
 
     os.environ["REDIS_URL"] = redis_url
+    os.environ["AUTH_MODE"] = "NONE"  # the benchmarks call the handlers as an unauthenticated local client
     if openai_base_url:
         os.environ["OPENAI_API_KEY"] = "bench-key"
         os.environ["OPENAI_BASE_URL"] = openai_base_url

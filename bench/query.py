@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 from bench.common import (
@@ -80,7 +81,7 @@ for v = v0, v1 - 1 do
     redis.call('SADD', t .. ':session_memories:' .. sid, mids[1], mids[2])
     redis.call('EXPIRE', t .. ':session_memories:' .. sid, 365 * 86400)
     redis.call('ZADD', t .. ':session_index', created, sid)
-    for m = 1, 2 do
+    for m = 1, nb > 0 and 2 or 0 do  -- no vectors: the caller writes the memories (bench.backends)
       local attrs = {text = pool.memories[(v * 7 + s * 2 + m) % nm + 1], memory_type = 'fact',
         confidence = 0.6,
         session_id = sid, raw_memory_id = rid, created_at = created, updated_at = created,
@@ -114,9 +115,11 @@ for _, s in ipairs(sessions) do
   local mids = {}
   for i, m in ipairs(s.memories) do
     mids[i] = m.id
-    b = b + 1
-    redis.call('VADD', vs, 'FP32', ARGV[b], m.id, 'SETATTR', m.attrs)
-    redis.call('ZADD', t .. ':memory_index', s.created, m.id)
+    if #ARGV > 3 then  -- no vectors: the caller writes the memories (bench.backends)
+      b = b + 1
+      redis.call('VADD', vs, 'FP32', ARGV[b], m.id, 'SETATTR', m.attrs)
+      redis.call('ZADD', t .. ':memory_index', s.created, m.id)
+    end
   end
   redis.call('HSET', raw, 'raw_memory_id', s.rid, 'session_id', s.sid, 'session_data', s.transcript,
     'session_data_encoding', 'utf-8', 'metadata', '{"source":"app"}', 'vectorstore_name', vs,
@@ -135,7 +138,7 @@ for _, s in ipairs(sessions) do
   redis.call('HINCRBY', t .. ':counters', 'received', 1)
   redis.call('HINCRBY', t .. ':counters', 'processed', 1)
 end
-return redis.call('VCARD', vs)
+return redis.call('ZCARD', t .. ':memory_index')
 """
 
 VERBS = ("likes", "lives in", "works as a", "visited", "prefers", "is learning", "has a", "plans to visit")
@@ -178,10 +181,22 @@ def load_filler(client: Any, script: Any, v0: int, v1: int, pool: str, blobs: li
     return size
 
 
-def grow(client: Any, script: Any, target: int, seed: int, sentences: list[str], chats: list[str]) -> int:
-    """Bulk-add memories to the queried vectorstore (sessions of 10) until it holds ``target``."""
+MemoryRow = tuple[str, float, str, bytes]  # id, memory-index score, attributes JSON, FP32 vector
+
+
+def grow(
+    client: Any,
+    script: Any,
+    target: int,
+    seed: int,
+    sentences: list[str],
+    chats: list[str],
+    write_memories: Callable[[list[MemoryRow]], Any] | None = None,
+) -> int:
+    """Bulk-add memories to the queried vectorstore (sessions of 10) until it holds ``target``: in a
+    vector set by the script, or by ``write_memories`` (either backend, bench.backends)."""
     rng = random.Random(seed)
-    size = int(client.execute_command("VCARD", VS))
+    size = int(client.zcard("{" + VS + "}:memory_index"))
     batch = 0
     while size < target:
         n_sessions = min(100, (target - size + 9) // 10)
@@ -207,6 +222,9 @@ def grow(client: Any, script: Any, target: int, seed: int, sentences: list[str],
                     "source_raw_ids": [rid],
                     "merge_count": 0,
                     "tags": ["bench"],
+                    "status": "current",  # as the commit writes it: search's current-only filter reads it
+                    "valid_from": created,
+                    "observed_at": created,
                 }
                 memories.append({"id": f"{rid}-{m}", "attrs": json.dumps(attrs)})
             summary = {
@@ -235,7 +253,13 @@ def grow(client: Any, script: Any, target: int, seed: int, sentences: list[str],
                 }
             )
         blobs = unit_vectors(texts, seed + batch)
-        size = int(script(args=[VS, now, json.dumps(sessions), *blobs], client=client))
+        if write_memories is None:
+            size = int(script(args=[VS, now, json.dumps(sessions), *blobs], client=client))
+        else:
+            script(args=[VS, now, json.dumps(sessions)], client=client)
+            memories = [(m["id"], s["created"], m["attrs"]) for s in sessions for m in s["memories"]]
+            write_memories([(*m, blob) for m, blob in zip(memories, blobs, strict=True)])
+            size = int(client.zcard("{" + VS + "}:memory_index"))
         batch += 1
     return size
 
@@ -267,6 +291,7 @@ def measure(
     rng: random.Random,
     session_ids: list[str],
     queries: list[str],
+    keep_samples: bool = False,
 ) -> dict[str, Any]:
     """Latency (pooled over repeats), round trips and Redis commands per call, per endpoint."""
     from tests.api_client import call
@@ -301,6 +326,7 @@ def measure(
         cmds = app_commands(before, commandstats(admin))
         out[name] = {
             "status": 200,
+            **({"samples": samples} if keep_samples else {}),  # to pool runs (bench.backends)
             "latency": summarize(samples),
             "p50_runs": [min(per_repeat), max(per_repeat)],
             "errors": errors,

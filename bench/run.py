@@ -33,7 +33,7 @@ from bench.common import (
     table,
 )
 
-SECTIONS = ("ingest", "process", "query", "coldstart", "storage", "fairness")
+SECTIONS = ("ingest", "process", "cpu", "query", "coldstart", "storage", "fairness", "backends")
 
 
 def _clean(value: Any) -> Any:
@@ -73,7 +73,7 @@ def _targets_table(sections: dict[str, dict[str, Any]]) -> str:
 
 def _parameters(meta: dict[str, Any], sections: dict[str, dict[str, Any]]) -> list[list[str]]:
     """The sizes each section ran with, read back from its data."""
-    from bench import ingest, process, query
+    from bench import cpu, ingest, process, query
 
     p = meta["parameters"]
     rows = [
@@ -101,6 +101,14 @@ def _parameters(meta: dict[str, Any], sections: dict[str, dict[str, Any]]) -> li
                 "processing",
                 f"concurrency {', '.join(map(str, process.CONCURRENCY))}; fake LLM 200 ms; "
                 f"sessions per run {spr}; {d['vectorstores']} vectorstores; 1536 dimensions",
+            ]
+        )
+    if d := data("cpu"):
+        rows.append(
+            [
+                "CPU per session",
+                f"concurrency {cpu.CONCURRENCY}; fake LLM {cpu.LATENCY * 1000:.0f} ms (embeddings 0 ms); "
+                f"{d['sessions']} sessions per drain; {process.VECTORSTORES} vectorstores",
             ]
         )
     if d := data("query"):
@@ -136,6 +144,17 @@ def _parameters(meta: dict[str, Any], sections: dict[str, dict[str, Any]]) -> li
                 f"concurrency {d['concurrency']}; fake LLM {d['latency'] * 1000:.0f} ms",
             ]
         )
+    if d := data("backends"):
+        b = d["backends"]
+        rows.append(
+            [
+                "backends",
+                ", ".join(f"{n} on {v['engine']}" for n, v in b.items())
+                + f"; processing {next(iter(b.values()))['processing']['sessions_per_run']} sessions a run; "
+                f"queries up to {max(v['queries']['big_memories'] for v in b.values()):,} memories and "
+                f"{max(v['queries']['other_vectorstores'] for v in b.values()):,} other vectorstores",
+            ]
+        )
     return rows
 
 
@@ -146,13 +165,14 @@ def write_report(out: Path, meta: dict[str, Any], sections: dict[str, dict[str, 
     lines = [
         f"# memproc benchmarks - {meta['date']} ({'FULL' if meta['full'] else 'quick'})",
         "",
-        f"Reproduce: `{meta['command']}` (from a fresh clone: it provisions Redis 8 and the venv). "
+        f"Reproduce: `{meta['command']}` (from a fresh clone, `make bench` provisions Redis 8, Redis Stack "
+        "and the venv). "
         f"Run time: {meta['duration_seconds'] / 60:.1f} min. Every figure is repeated (median and p95/p99 "
         "over the repeats' pooled samples, or the median of per-repeat figures with their range); nothing "
         "here is asserted by the test suite. The machine may be shared: each section notes the load average "
         "around it (2 cores; a load well above the benchmark's own means other work competed for them).",
         "",
-        "## Headline: the targets of issue 5",
+        "## Headline: the targets (issue 5; the backends' from issue 10)",
         "",
         _targets_table(sections),
         "",
@@ -239,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     with fresh_redis() as server:
         facts = machine_facts(server.client())
     command = "make bench" + (" FULL=1" if cfg.full else "")
+    if only or args.repeats != 3:  # a partial run names itself
+        command = ".venv/bin/python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:])
     meta: dict[str, Any] = {
         "date": today,
         "full": cfg.full,

@@ -123,6 +123,7 @@ def eval_environment(redis_url: str, openai_base_url: str, threshold: float) -> 
         "LLM_MAX_RETRIES": "0",
         "POWERTOOLS_METRICS_DISABLED": "true",
         "POWERTOOLS_LOG_LEVEL": "WARNING",
+        "AUTH_MODE": "NONE",  # the harness calls the handlers directly, as an unauthenticated local client
     }
     saved = {name: os.environ.get(name) for name in values}
     os.environ.update(values)

@@ -46,7 +46,12 @@ def call(
     raw_body: bytes | None = None,
     query: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
+    identity: dict[str, Any] | None = None,
+    claims: dict[str, Any] | None = None,
 ) -> ApiResponse:
+    """One request through the route's real handler. ``identity`` and ``claims`` are what API
+    Gateway's authentication would add to ``requestContext`` (the IAM caller or API key; a Cognito
+    token's claims)."""
     match = _table().match(method, path)
     if match.route is None:
         raise AssertionError(f"no route for {method} {path} in template.yaml")
@@ -57,7 +62,15 @@ def call(
     )
     hdrs = {"content-type": "application/json", **(headers or {})}
     event = build_event(
-        match.route, method, path, urlencode(query or {}, doseq=True), hdrs, body, match.path_params
+        match.route,
+        method,
+        path,
+        urlencode(query or {}, doseq=True),
+        hdrs,
+        body,
+        match.path_params,
+        identity=identity,
+        claims=claims,
     )
     handler = load_handler(match.route, ROOT)
     result = handler(event, LambdaContext(match.route.function))

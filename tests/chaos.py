@@ -101,6 +101,7 @@ def processor_env(redis_url: str, fake_url: str) -> dict[str, str]:
         "RETRY_MAX_SECONDS": "1",
         "MAX_ATTEMPTS": "20",
         "LLM_TIMEOUT_SECONDS": "5",
+        "AUTH_MODE": "NONE",  # the round's client calls the handlers as an unauthenticated local client
     }
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from memproc.dal import queue as q
 from memproc.dal.functions import LIBRARY_VERSION
 from memproc.llm import Extraction, Usage
+from memproc.llm.base import Vector
 from memproc.llm.schema import Candidate
 from memproc.processor import Processor, Work, build_processor
 from memproc.settings import load_settings
@@ -42,7 +43,7 @@ class CrashingProcessor(Processor):
             _die()
         return super().extract(work, candidates)
 
-    def embed(self, texts: list[str]) -> tuple[list[list[float]], Usage]:
+    def embed(self, texts: list[str]) -> tuple[list[Vector], Usage]:
         result = super().embed(texts)
         if self.stage == "after_llm":
             _die()

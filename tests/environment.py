@@ -27,6 +27,7 @@ def point_at(monkeypatch: pytest.MonkeyPatch, server: RedisServer, backend: str)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
     monkeypatch.setenv("EMBEDDING_DIMENSIONS", "64")
+    monkeypatch.setenv("AUTH_MODE", "NONE")  # the auth tests set their mode themselves
     settings_module.get_settings.cache_clear()
     connection._store.cache_clear()
     new_containers()

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -518,6 +519,17 @@ def test_embeddings_one_call_for_all_texts_normalised(fake: FakeOpenAI, provider
     assert usage.tokens_in == fake.tokens_in > 0
 
 
+def test_embeddings_a_server_did_not_normalise_come_back_at_unit_length(
+    fake: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    fake.embedding_for = lambda text: (
+        [3.0, 4.0] + [0.0] * (DIMS - 2) if text == "a" else [0.0, 2.0] + [0.0] * (DIMS - 2)
+    )
+    (a, b), _ = provider.embed(["a", "b"])
+    assert list(a[:2]) == pytest.approx([0.6, 0.8]) and list(b[:2]) == pytest.approx([0.0, 1.0])
+    assert all(math.isclose(math.sqrt(sum(v * v for v in x)), 1.0, rel_tol=1e-6) for x in (a, b))
+
+
 def test_embedding_dimension_mismatch_is_permanent(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
     fake.fail_next("bad_dimensions")
     with pytest.raises(PermanentLLMError, match=rf"returned {DIMS + 1} dimensions.*{DIMS}"):
@@ -733,6 +745,16 @@ def test_fake_sustains_64_concurrent_requests(fake: FakeOpenAI, provider: OpenAI
     assert all(extraction.memories for extraction, _ in results)
     assert fake.chat_calls == 64
     assert fake.peak_in_flight >= 64
+
+
+@pytest.mark.parametrize("text", ["The user likes green tea.", "x", "", "tea tea", "Über café, naïve!"])
+@pytest.mark.parametrize("dimensions", [2, 64, 1536])
+def test_the_fakes_packed_embedding_is_its_embedding_as_float32(text: str, dimensions: int) -> None:
+    from tests.fake_openai import embedding, packed_embedding
+
+    vector = embedding(text, dimensions)
+    assert packed_embedding(text, dimensions) == struct.pack(f"<{dimensions}f", *vector)
+    assert len(vector) == dimensions and math.isclose(sum(v * v for v in vector), 1.0, rel_tol=1e-9)
 
 
 def test_the_fake_imports_nothing_from_memproc() -> None:

@@ -174,7 +174,7 @@ def test_get_event_has_api_gateway_v1_shape(server: LocalApiServer) -> None:
     assert ctx["resourcePath"] == event["resource"]
     assert ctx["httpMethod"] == "GET"
     assert ctx["stage"] == "local"
-    assert ctx["path"] == "/local/api/memory/user%201/raw/x"
+    assert ctx["path"] == "/api/memory/user%201/raw/x"  # as requested: the local URL has no stage
     assert ctx["accountId"] == "123456789012"
     assert ctx["apiId"] == "local"
     assert ctx["protocol"] == "HTTP/1.1"
@@ -536,9 +536,11 @@ def test_real_template_serves_its_own_error_shapes() -> None:
     with LocalApiServer(REAL_TEMPLATE, PROJECT_ROOT, port=0, max_body_bytes=64) as srv:
         assert srv.routes
         missing = call(srv, "GET", "/api/memory/vs/no_such_route")
-        assert missing.status in (403, 404)
+        # The default AuthMode (IAM) cannot tell an unknown route from an unsigned request: 403.
+        assert (missing.status, missing.json()["error"]["code"]) == (403, "missing_authentication_token")
         too_big = call(srv, "POST", "/api/memory/vs/store_raw", body=b"x" * 65)
         assert too_big.status == 413
         for reply in (missing, too_big):  # DESIGN: errors are JSON with a stable code and a message
+            assert reply.json()["success"] is False, reply.body  # the handlers' ErrorResponse
             error = reply.json()["error"]
             assert error["code"] and error["message"], reply.body

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from memproc.dal.connection import get_store
 from memproc.settings import get_settings, load_settings
 from tests.api_client import call, mem_path
 from tests.chats import WORDS
-from tests.memory_helpers import drain, memory_records, memory_storage, store, stored_memories
+from tests.memory_helpers import commit_payload, drain, memory_records, memory_storage, store, stored_memories
 from tests.round_trips import RoundTrips
 
 CHAT = (
@@ -155,6 +156,25 @@ def test_near_duplicate_memories_merge_and_record_the_extra_session(fake_llm: An
     assert r.smembers(keys.VectorstoreKeys("user123").session_memories("s-2")) == merged_ids
 
 
+def test_a_backstopped_restatement_is_confirmed_beside_a_new_memory(env: Any, r: redis.Redis) -> None:
+    # The offline provider cannot judge operations, so a near-identical add (cosine 0.92 here) is
+    # confirmed by the backstop: its vector is dropped and the new memory keeps its own.
+    store("user123", "user: I prefer green tea over coffee.", "s-1")
+    drain()
+    (tea,) = memory_records("user123")
+    second = store(
+        "user123", "user: I really prefer green tea over coffee.\nuser: I adopted a cat named Miso.", "s-2"
+    )
+    report = drain(merge_similarity_threshold=0.9)
+    assert (report.processed, report.retried, report.dead) == (1, 0, 0)
+    raw = raw_hash(r, "user123", second["raw_memory_id"])
+    assert (raw["status"], raw["memories_created"], raw["memories_merged"]) == ("processed", "1", "1")
+    after = memory_records("user123")
+    assert set(after[tea]["source_sessions"]) == {"s-1", "s-2"}
+    (cat,) = set(after) - {tea}
+    assert after[cat]["text"] == "The user adopted a cat named Miso."
+
+
 def test_embedding_mismatch_is_refused_with_a_clear_error(fake_llm: Any, r: redis.Redis) -> None:
     store("user123", "user: I play the cello.", "s-1")
     drain()
@@ -289,6 +309,41 @@ def test_a_flooding_vectorstore_does_not_starve_the_others(env: Any, r: redis.Re
     for _ in range(2):
         seen += [c.raw_id for c in queue.claim(get_store(), settings, 16).items]
     assert late["raw_memory_id"] in seen
+
+
+def test_a_claim_looks_past_vectorstores_at_their_in_flight_limit(env: Any, r: redis.Redis) -> None:
+    settings = get_settings()  # VECTORSTORE_CONCURRENCY 1: one item of a vectorstore at a time
+    for vs in ("a", "b", "c"):
+        for i in range(2):
+            store(vs, f"user: I keep notebook {i} of shelf {vs}.", f"s-{vs}-{i}")
+    first = queue.claim(get_store(), settings, 3).items
+    assert sorted(c.vectorstore for c in first) == ["a", "b", "c"]
+    done = next(c for c in first if c.vectorstore == "c")
+    assert queue.commit(get_store(), done, *commit_payload()).outcome == "ok"
+    # a and b head the ready set but are at their limit; c has a second item.
+    assert [c.vectorstore for c in queue.claim(get_store(), settings, 1).items] == ["c"]
+
+
+def test_after_a_short_claim_the_drain_claims_again_when_an_item_is_done(fake_llm: Any) -> None:
+    # a-2 cannot be claimed with a-1 (one item of a vectorstore at a time), so the first claim
+    # comes back short. b-1's extraction waits until a-2's arrives: a-2 must be claimed as soon
+    # as a-1 is done, not once every item of the first claim is.
+    a2_asked = threading.Event()
+    waited: list[bool] = []
+
+    def responder(transcript: str) -> dict[str, Any] | None:
+        if "shelf b" in transcript:
+            waited.append(a2_asked.wait(timeout=10))
+        elif "notebook 2" in transcript:
+            a2_asked.set()
+        return None  # the fake's own extraction
+
+    fake_llm.extraction_for = responder
+    store("a", "user: I keep notebook 1 of shelf a.", "s-a-1")
+    store("a", "user: I keep notebook 2 of shelf a.", "s-a-2")
+    store("b", "user: I keep notebook 1 of shelf b.", "s-b-1")
+    assert drain(concurrency=3, batch_size=3, llm_timeout_seconds=30).processed == 3
+    assert waited == [True]
 
 
 def test_round_trips_per_session_do_not_grow_with_the_vectorstore(fake_llm: Any, r: redis.Redis) -> None:

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from memproc import keys
 from memproc.llm import (
@@ -21,6 +23,7 @@ from memproc.llm import (
     OfflineProvider,
     build_messages,
     injection_reason,
+    normalise,
     sanitize,
     sanitize_summary,
 )
@@ -113,6 +116,18 @@ def test_invisible_characters_are_not_there_for_matching(char: str) -> None:
 
 def test_invisible_characters_between_words_also_read_as_spaces() -> None:
     assert matching_forms("ignore\u200bprevious") == ("ignoreprevious", "ignore previous")
+
+
+ASCII = "".join(map(chr, range(128)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=ASCII, max_size=80))
+def test_ascii_folds_as_the_unicode_path_folds_it(text: str) -> None:
+    for blank in ("", " "):
+        assert normalise._fold_ascii(text, blank) == normalise._fold_unicode(text, blank)
+        # every ASCII character at once, controls and whitespace included
+        assert normalise._fold_ascii(ASCII, blank) == normalise._fold_unicode(ASCII, blank)
 
 
 @pytest.mark.parametrize(

@@ -9,12 +9,24 @@ from __future__ import annotations
 import json
 import re
 import string
+import tomllib
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.template_render import SCENARIOS, render, rules_violated, translate
+from memproc.schemas.responses import ErrorBody, ErrorResponse
+from tests.api_client import api_routes
+from tests.redis_server import ROOT
+from tests.template_render import (
+    AUTH_SCENARIOS,
+    SCENARIOS,
+    USER_POOL_ARN,
+    render,
+    rules_violated,
+    source,
+    translate,
+)
 
 MODES = {"ElastiCache", "MemoryDB", "External"}
 FUNCTIONS = ["StoreRawFunction", "QueryFunction", "CleanupFunction", "ProcessQueueFunction"]
@@ -40,7 +52,7 @@ MAIN_SCENARIOS = [f"{m}{s}" for m in ("elasticache", "memorydb", "external") for
 
 def scenario(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(parameter overrides, rendered template)."""
-    return SCENARIOS[name], render(translate(), SCENARIOS[name])
+    return SCENARIOS[name], render(translate(SCENARIOS[name]), SCENARIOS[name])
 
 
 def mode_of(overrides: dict[str, Any]) -> str:
@@ -110,9 +122,9 @@ def test_the_resources_each_mode_creates(name: str) -> None:
     # A VPC (and so a NAT gateway) only for a managed store that was given no subnets.
     assert created(VPC_RESOURCES, resources) is (managed and not own_subnets)
     # Everything that was there before stays.
-    assert {*FUNCTIONS, "MemoryApi", "MemoryApiApiKey", "Dashboard", "DeadLetterAlarm"} <= resources
+    assert {*FUNCTIONS, "MemoryApi", "Dashboard", "DeadLetterAlarm"} <= resources
     assert any(r["Type"] == "AWS::Lambda::LayerVersion" for r in rendered["Resources"].values())
-    assert {"ApiUrl", "ApiKeyId", "DashboardName"} <= set(rendered["Outputs"])
+    assert {"ApiUrl", "AuthMode", "DashboardName"} <= set(rendered["Outputs"])
 
 
 def test_the_created_vpc_has_private_subnets_in_two_azs_behind_a_nat() -> None:
@@ -306,6 +318,159 @@ def test_functions_may_read_exactly_the_store_secret(name: str) -> None:
             assert store_secret in reads, function
         # Nothing broader: only the store's secret and, where configured, the OpenAI key's.
         assert all(r in (store_secret, OPENAI_SECRET) for r in reads), reads
+
+
+# ---------------------------------------------------------------- API access (AuthMode)
+
+AUTH_SCHEME = {"IAM": "AWS_IAM", "COGNITO": "CognitoAuthorizer", "API_KEY": "api_key"}
+API_FUNCTIONS = ["StoreRawFunction", "QueryFunction", "CleanupFunction"]
+USAGE_PLAN = {"MemoryApiUsagePlan", "MemoryApiApiKey", "MemoryApiUsagePlanKey"}
+USER_POOL = {"UserPool", "UserPoolClient"}
+
+
+def auth_scenario(auth: str, store: str = "elasticache") -> tuple[dict[str, Any], dict[str, Any]]:
+    return scenario(store if auth == "iam" else f"{store}+{auth}")
+
+
+def auth_mode(overrides: dict[str, Any]) -> str:
+    return str(overrides.get("AuthMode", "IAM"))
+
+
+def api_body(rendered: dict[str, Any]) -> dict[str, Any]:
+    return dict(rendered["Resources"]["MemoryApi"]["Properties"]["Body"])
+
+
+def test_language_extensions_run_before_sam_and_deploys_may_expand_them() -> None:
+    assert source()["Transform"] == ["AWS::LanguageExtensions", "AWS::Serverless-2016-10-31"]
+    deploy = tomllib.loads((ROOT / "samconfig.toml").read_text())["default"]["deploy"]["parameters"]
+    assert "CAPABILITY_AUTO_EXPAND" in deploy["capabilities"].split()
+
+
+@pytest.mark.parametrize("auth", list(AUTH_SCENARIOS))
+def test_every_route_requires_the_auth_modes_credentials(auth: str) -> None:
+    overrides, rendered = auth_scenario(auth)
+    body = api_body(rendered)
+    scheme = AUTH_SCHEME[auth_mode(overrides)]
+    assert set(body["components"]["securitySchemes"]) == {scheme}
+    operations = {
+        (method.upper(), path): op for path, item in body["paths"].items() for method, op in item.items()
+    }
+    # Every route of template.yaml, erasure included, and nothing else is open.
+    assert set(operations) == set(api_routes())
+    assert ("DELETE", "/api/memory/{vectorstore_name}") in operations
+    for key, op in operations.items():
+        assert op["security"] == [{scheme: []}], key
+        # API Gateway invokes the functions through their resource policies, never with the
+        # caller's credentials (SAM's AWS_IAM default would need lambda:InvokeFunction of callers).
+        assert "credentials" not in op["x-amazon-apigateway-integration"], key
+
+
+@pytest.mark.parametrize("auth", list(AUTH_SCENARIOS))
+def test_a_usage_plan_only_with_api_keys(auth: str) -> None:
+    overrides, rendered = auth_scenario(auth)
+    api_keys = auth_mode(overrides) == "API_KEY"
+    res = rendered["Resources"]
+    assert created(USAGE_PLAN, set(res)) is api_keys
+    assert created({"ApiKeyId", "ApiUsagePlanId"}, set(rendered["Outputs"])) is api_keys
+    if not api_keys:
+        return
+    plan = res["MemoryApiUsagePlan"]["Properties"]
+    assert plan["ApiStages"] == [{"ApiId": {"Ref": "MemoryApi"}, "Stage": {"Ref": "MemoryApiStage"}}]
+    assert plan["Throttle"] == {
+        "RateLimit": {"Ref": "ApiThrottlingRateLimit"},
+        "BurstLimit": {"Ref": "ApiThrottlingBurstLimit"},
+    }
+    quota = overrides.get("ApiQuotaLimit", "0") != "0"
+    assert plan.get("Quota") == (
+        {"Limit": {"Ref": "ApiQuotaLimit"}, "Period": {"Ref": "ApiQuotaPeriod"}} if quota else None
+    )
+    key = res["MemoryApiUsagePlanKey"]["Properties"]
+    assert key["KeyId"] == {"Ref": "MemoryApiApiKey"} and key["UsagePlanId"] == {"Ref": "MemoryApiUsagePlan"}
+
+
+@pytest.mark.parametrize("auth", list(AUTH_SCENARIOS))
+def test_cognito_uses_the_given_user_pool_or_creates_one(auth: str) -> None:
+    overrides, rendered = auth_scenario(auth)
+    res = rendered["Resources"]
+    cognito = auth_mode(overrides) == "COGNITO"
+    create = cognito and not overrides.get("CognitoUserPoolArn")
+    assert created(USER_POOL, set(res)) is create
+    assert created({"UserPoolId", "UserPoolClientId"}, set(rendered["Outputs"])) is create
+    assert ("AdminUserGroup" in res) is (create and overrides.get("AdminGroup", "admin") != "")
+    if not cognito:
+        return
+    authorizer = api_body(rendered)["components"]["securitySchemes"]["CognitoAuthorizer"]
+    assert authorizer["x-amazon-apigateway-authorizer"]["type"] == "cognito_user_pools"
+    pool = {"Fn::GetAtt": ["UserPool", "Arn"]} if create else overrides["CognitoUserPoolArn"]
+    assert authorizer["x-amazon-apigateway-authorizer"]["providerARNs"] == [pool]
+    if create:
+        props = res["UserPool"]["Properties"]
+        # Only administrators create users and set their vectorstore: the client cannot write it.
+        assert props["AdminCreateUserConfig"] == {"AllowAdminCreateUserOnly": True}
+        assert [a["Name"] for a in props["Schema"]] == ["vectorstore"]
+        client = res["UserPoolClient"]["Properties"]
+        assert "custom:vectorstore" in client["ReadAttributes"]
+        assert "custom:vectorstore" not in client["WriteAttributes"]
+        assert client["GenerateSecret"] is False
+        assert res["AdminUserGroup"]["Properties"]["GroupName"] == {"Ref": "AdminGroup"}
+
+
+@pytest.mark.parametrize("auth", list(AUTH_SCENARIOS))
+def test_the_api_functions_know_how_callers_are_identified(auth: str) -> None:
+    _, rendered = auth_scenario(auth)
+    for function in API_FUNCTIONS:
+        env = environment(rendered, function)
+        assert env["AUTH_MODE"] == {"Ref": "AuthMode"}
+        assert env["TENANT_CLAIM"] == {"Ref": "TenantClaim"}
+        assert env["ADMIN_GROUP"] == {"Ref": "AdminGroup"}
+
+
+def _gateway_body(spec: dict[str, Any]) -> dict[str, Any]:
+    """A gateway response's JSON body as API Gateway renders it (the message a JSON string)."""
+    template = spec["responseTemplates"]["application/json"]
+    return dict(json.loads(template.replace("$context.error.messageString", '"m"')))
+
+
+@pytest.mark.parametrize("auth", list(AUTH_SCENARIOS))
+def test_refused_credentials_answer_in_the_error_shape(auth: str) -> None:
+    """What API Gateway answers itself (authorizer refusals, throttling, no route) is the body the
+    handlers send: memproc's ErrorResponse, ``"success": false`` included, and nothing else."""
+    overrides, rendered = auth_scenario(auth)
+    responses = api_body(rendered)["x-amazon-apigateway-gateway-responses"]
+    handlers = json.loads(
+        ErrorResponse(error=ErrorBody(code="c", message="m")).model_dump_json(exclude_none=True)
+    )
+    bodies = {name: _gateway_body(spec) for name, spec in responses.items()}
+    for name, body in bodies.items():
+        assert body.keys() == handlers.keys() and body["success"] is False, name
+        assert body["error"].keys() == handlers["error"].keys(), name
+        assert ErrorResponse.model_validate(body).error.message, name
+    codes = {name: body["error"]["code"] for name, body in bodies.items()}
+    assert codes["UNAUTHORIZED"] == "unauthenticated" and codes["ACCESS_DENIED"] == "forbidden"
+    assert codes["API_KEY"] == "invalid_api_key"
+    assert codes["THROTTLED"] == "throttled" and codes["QUOTA_EXCEEDED"] == "quota_exceeded"
+    # API Gateway's own statuses stay: 401 / 403 from the authorizers, 429 when throttled.
+    for name in ("UNAUTHORIZED", "ACCESS_DENIED", "API_KEY", "THROTTLED", "QUOTA_EXCEEDED"):
+        assert "statusCode" not in responses[name], name
+    assert responses["THROTTLED"]["responseParameters"] == {"gatewayresponse.header.Retry-After": "'1'"}
+    missing = responses["MISSING_AUTHENTICATION_TOKEN"]
+    if auth_mode(overrides) == "IAM":  # also the answer to an unsigned request: API Gateway's 403
+        assert codes["MISSING_AUTHENTICATION_TOKEN"] == "missing_authentication_token"
+        assert "statusCode" not in missing
+    else:
+        assert codes["MISSING_AUTHENTICATION_TOKEN"] == "not_found" and missing["statusCode"] == "404"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "broken"),
+    [
+        ({"CognitoUserPoolArn": USER_POOL_ARN}, "AuthMode=COGNITO only"),
+        ({"AuthMode": "API_KEY", "CognitoUserPoolArn": USER_POOL_ARN}, "AuthMode=COGNITO only"),
+        ({"AuthMode": "COGNITO", "TenantClaim": "custom:tenant"}, "own CognitoUserPoolArn"),
+    ],
+)
+def test_rules_refuse_auth_misconfigurations(overrides: dict[str, Any], broken: str) -> None:
+    assert any(broken in message for message in rules_violated(source(), overrides))
 
 
 # -- the queue processor at scale ----------------------------------------------------------------------

@@ -13,10 +13,11 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from memproc import retention
-from memproc.api import json_response, make_resolver, parse_query, path_arg, resolve
+from memproc.api import json_response, make_resolver, ok, path_arg, resolve
 from memproc.dal.connection import get_store
 from memproc.observability import get_tracer, logger, metrics
-from memproc.schemas.requests import CleanupQuery, EraseMemoryQuery, NoParams
+from memproc.schemas.requests import CleanupQuery, EraseMemoryQuery
+from memproc.schemas.responses import CleanupReceipt, ErasureReceipt
 from memproc.settings import get_settings
 
 tracer = get_tracer()
@@ -24,10 +25,11 @@ tracer = get_tracer()
 app = make_resolver()
 
 
-@app.post("/api/memory/<vectorstore_name>/cleanup")
+@app.post("/api/memory/<vectorstore_name>/cleanup", responses=ok(CleanupReceipt))
+@app.query(CleanupQuery)
 @tracer.capture_method
-def cleanup(vectorstore_name: str) -> Response[Any]:
-    q = parse_query(CleanupQuery, app)
+def cleanup(vectorstore_name: str, q: CleanupQuery) -> Response[Any]:
+    """Delete processed transcripts past retention, trim indexes, reconcile; call again while incomplete."""
     receipt = retention.cleanup(get_store(), get_settings(), path_arg(vectorstore_name), q)
     logger.info(
         "cleanup",
@@ -41,29 +43,36 @@ def cleanup(vectorstore_name: str) -> Response[Any]:
     return json_response(200, receipt)
 
 
-@app.delete("/api/memory/<vectorstore_name>/memories/<memory_id>")
+@app.delete("/api/memory/<vectorstore_name>/memories/<memory_id>", responses=ok(ErasureReceipt))
+@app.query(EraseMemoryQuery)
 @tracer.capture_method
-def delete_memory(vectorstore_name: str, memory_id: str) -> Response[Any]:
-    q = parse_query(EraseMemoryQuery, app)
+def delete_memory(vectorstore_name: str, memory_id: str, q: EraseMemoryQuery) -> Response[Any]:
+    """Erase one memory and every reference to it."""
     receipt = retention.erase_memory(
         get_store(), path_arg(vectorstore_name), path_arg(memory_id), purge_sources=q.purge_sources
     )
     return json_response(200, receipt)
 
 
-@app.delete("/api/memory/<vectorstore_name>/session/<session_id>")
+@app.delete("/api/memory/<vectorstore_name>/session/<session_id>", responses=ok(ErasureReceipt))
 @tracer.capture_method
 def delete_session(vectorstore_name: str, session_id: str) -> Response[Any]:
-    parse_query(NoParams, app)
+    """Erase a session: transcripts, summary, references and the memories only it stated."""
     return json_response(
         200, retention.erase_session(get_store(), path_arg(vectorstore_name), path_arg(session_id))
     )
 
 
-@app.delete("/api/memory/<vectorstore_name>")
+@app.delete(
+    "/api/memory/<vectorstore_name>",
+    responses={
+        **ok(ErasureReceipt, description="Erased"),
+        **ok(ErasureReceipt, 202, description="Partly erased (complete: false): DELETE again to finish"),
+    },
+)
 @tracer.capture_method
 def delete_vectorstore(vectorstore_name: str) -> Response[Any]:
-    parse_query(NoParams, app)
+    """Erase everything of the vectorstore (202 while a huge one needs another call)."""
     receipt = retention.erase_vectorstore(get_store(), path_arg(vectorstore_name))
     # 202: a vectorstore too large for one request is partly erased; DELETE again to finish.
     return json_response(200 if receipt.complete else 202, receipt)

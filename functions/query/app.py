@@ -1,18 +1,30 @@
-"""Read routes: processing status, submission status, hierarchy, sessions, stats, search, dead
-letters (and redriving one)."""
+"""Read routes: health, the API's description, processing status, submission status, hierarchy,
+sessions, stats, search, dead letters (and redriving one)."""
 
+import json
 from typing import Any
 
-from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from memproc import submissions
-from memproc.api import json_response, make_resolver, parse_query, path_arg, resolve
+from memproc import openapi, submissions
+from memproc.api import json_response, make_resolver, ok, path_arg, resolve
 from memproc.dal.connection import get_store
 from memproc.observability import get_tracer, logger, metrics
 from memproc.reads import dead_letters, hierarchy, search, sessions, stats, status
-from memproc.schemas.requests import DeadLettersQuery, HierarchyQuery, NoParams, SearchQuery, TranscriptQuery
+from memproc.schemas.requests import DeadLettersQuery, HierarchyQuery, SearchQuery, TranscriptQuery
+from memproc.schemas.responses import (
+    DeadLettersResponse,
+    HealthResponse,
+    HierarchyResponse,
+    ProcessingStatus,
+    RawMemoryResponse,
+    RetryResponse,
+    SearchResponse,
+    SessionDetails,
+    StatsResponse,
+)
 from memproc.settings import get_settings
 
 tracer = get_tracer()
@@ -20,19 +32,59 @@ tracer = get_tracer()
 app = make_resolver()
 
 
-@app.get("/api/memory/<vectorstore_name>/processing_status")
+@app.get(
+    "/api/health",
+    summary="Whether the service can accept and process sessions",
+    responses={
+        **ok(HealthResponse, description="Healthy"),
+        503: {
+            "description": "Degraded: the reasons say why",
+            "content": {"application/json": {"model": HealthResponse}},
+        },
+    },
+)
+@tracer.capture_method
+def get_health() -> Response[Any]:
+    result, headers = status.health(get_store(), get_settings())
+    return json_response(200 if result.success else 503, result, headers)
+
+
+@app.get(
+    "/api/openapi.json",
+    summary="This API's OpenAPI document",
+    responses={
+        200: {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}
+    },
+)
+def get_openapi() -> Response[Any]:
+    doc = openapi.document(app.current_event.raw_event, get_settings().auth_mode)
+    return Response(200, content_types.APPLICATION_JSON, json.dumps(doc))
+
+
+@app.get(
+    "/api/docs",
+    summary="Swagger UI for this API",
+    responses={200: {"description": "Swagger UI", "content": {"text/html": {"schema": {"type": "string"}}}}},
+)
+def get_docs() -> Response[Any]:
+    doc = openapi.document(app.current_event.raw_event, get_settings().auth_mode)
+    return Response(200, "text/html; charset=utf-8", openapi.swagger_page(doc))
+
+
+@app.get("/api/memory/<vectorstore_name>/processing_status", responses=ok(ProcessingStatus))
 @tracer.capture_method
 def processing_status(vectorstore_name: str) -> Response[Any]:
-    parse_query(NoParams, app)
+    """The processor and the queue: heartbeat, sizes, interval, retention, health, this vectorstore's work."""
     return json_response(
         200, status.processing_status(get_store(), get_settings(), path_arg(vectorstore_name))
     )
 
 
-@app.get("/api/memory/<vectorstore_name>/raw/<raw_memory_id>")
+@app.get("/api/memory/<vectorstore_name>/raw/<raw_memory_id>", responses=ok(RawMemoryResponse))
+@app.query(TranscriptQuery)
 @tracer.capture_method
-def raw_status(vectorstore_name: str, raw_memory_id: str) -> Response[Any]:
-    q = parse_query(TranscriptQuery, app)
+def raw_status(vectorstore_name: str, raw_memory_id: str, q: TranscriptQuery) -> Response[Any]:
+    """One submission: status, attempts, last error, result counts; its transcript on request."""
     found = status.raw_status(
         get_store(),
         path_arg(vectorstore_name),
@@ -42,48 +94,52 @@ def raw_status(vectorstore_name: str, raw_memory_id: str) -> Response[Any]:
     return json_response(200, found)
 
 
-@app.get("/api/memory/<vectorstore_name>/hierarchy")
+@app.get("/api/memory/<vectorstore_name>/hierarchy", responses=ok(HierarchyResponse))
+@app.query(HierarchyQuery)
 @tracer.capture_method
-def get_hierarchy(vectorstore_name: str) -> Response[Any]:
-    q = parse_query(HierarchyQuery, app)
+def get_hierarchy(vectorstore_name: str, q: HierarchyQuery) -> Response[Any]:
+    """Discrete memories, session summaries and raw submissions, newest first, one page per cursor."""
     return json_response(200, hierarchy.hierarchy(get_store(), path_arg(vectorstore_name), q))
 
 
-@app.get("/api/memory/<vectorstore_name>/session/<session_id>")
+@app.get("/api/memory/<vectorstore_name>/session/<session_id>", responses=ok(SessionDetails))
+@app.query(TranscriptQuery)
 @tracer.capture_method
-def session(vectorstore_name: str, session_id: str) -> Response[Any]:
-    q = parse_query(TranscriptQuery, app)
+def session(vectorstore_name: str, session_id: str, q: TranscriptQuery) -> Response[Any]:
+    """Everything about one session: summary, memories, submissions, token usage."""
     details = sessions.session_details(
         get_store(), path_arg(vectorstore_name), path_arg(session_id), include_transcript=q.include_transcript
     )
     return json_response(200, details)
 
 
-@app.get("/api/memory/<vectorstore_name>/stats")
+@app.get("/api/memory/<vectorstore_name>/stats", responses=ok(StatsResponse))
 @tracer.capture_method
 def get_stats(vectorstore_name: str) -> Response[Any]:
-    parse_query(NoParams, app)
+    """Counts per level, approximate storage and the last 7 days of processing figures."""
     return json_response(200, stats.stats(get_store(), path_arg(vectorstore_name)))
 
 
-@app.get("/api/memory/<vectorstore_name>/search")
+@app.get("/api/memory/<vectorstore_name>/search", responses=ok(SearchResponse, 200, 409))
+@app.query(SearchQuery)
 @tracer.capture_method
-def get_search(vectorstore_name: str) -> Response[Any]:
-    q = parse_query(SearchQuery, app)
+def get_search(vectorstore_name: str, q: SearchQuery) -> Response[Any]:
+    """Semantic search over the discrete memories, with cosine similarity."""
     return json_response(200, search.search(get_store(), get_settings(), path_arg(vectorstore_name), q))
 
 
-@app.get("/api/memory/<vectorstore_name>/dead_letters")
+@app.get("/api/memory/<vectorstore_name>/dead_letters", responses=ok(DeadLettersResponse))
+@app.query(DeadLettersQuery)
 @tracer.capture_method
-def get_dead_letters(vectorstore_name: str) -> Response[Any]:
-    q = parse_query(DeadLettersQuery, app)
+def get_dead_letters(vectorstore_name: str, q: DeadLettersQuery) -> Response[Any]:
+    """Dead-lettered submissions with their last error, newest first."""
     return json_response(200, dead_letters.dead_letters(get_store(), path_arg(vectorstore_name), q.limit))
 
 
-@app.post("/api/memory/<vectorstore_name>/raw/<raw_memory_id>/retry")
+@app.post("/api/memory/<vectorstore_name>/raw/<raw_memory_id>/retry", responses=ok(RetryResponse, 200, 409))
 @tracer.capture_method
 def retry(vectorstore_name: str, raw_memory_id: str) -> Response[Any]:
-    parse_query(NoParams, app)
+    """Redrive a dead-lettered submission (409 when it is not dead)."""
     result = submissions.retry_dead_letter(get_store(), path_arg(vectorstore_name), path_arg(raw_memory_id))
     logger.info("dead letter redriven", extra={"raw_memory_id": result.raw_memory_id})
     return json_response(200, result)

@@ -15,17 +15,19 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from memproc import submissions
-from memproc.api import json_response, make_resolver, path_arg, resolve
+from memproc.api import json_response, make_resolver, ok, path_arg, resolve
 from memproc.dal.connection import get_store
 from memproc.observability import logger, metrics
 from memproc.schemas.requests import StoreRawRequest
+from memproc.schemas.responses import StoreRawResponse
 from memproc.settings import get_settings
 
 app = make_resolver()
 
 
-@app.post("/api/memory/<vectorstore_name>/store_raw")
+@app.post("/api/memory/<vectorstore_name>/store_raw", responses=ok(StoreRawResponse, 202, 409))
 def store_raw(vectorstore_name: str, request: Annotated[StoreRawRequest, Body()]) -> Response[Any]:
+    """Queue one complete chat session for processing (one Redis round trip)."""
     result = submissions.submit(get_store(), get_settings(), path_arg(vectorstore_name), request)
     logger.info(
         "stored raw memory",

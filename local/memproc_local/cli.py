@@ -1,4 +1,5 @@
-"""`memproc`: the local API server, the queue processor and cleanup from a terminal."""
+"""`memproc`: the local API server, the queue processor and cleanup from a terminal (migrate and
+reembed live in memproc_local.maintenance)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from memproc.settings import ConfigurationError, get_settings, load_settings
-from memproc_local import devredis
+from memproc_local import devredis, maintenance
 
 ROOT = Path(__file__).resolve().parents[2]  # local/memproc_local/cli.py -> the project
 
@@ -122,20 +123,27 @@ def _scheduled(function: str, code_uri: str, every: float, stop: threading.Event
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from memproc_local.gateway_auth import LocalAuth
     from memproc_local.server import LocalApiServer
 
+    try:
+        auth = LocalAuth.from_env()
+    except ValueError as exc:
+        raise SystemExit(f"memproc serve: {exc}") from None
     url, redis_proc = devredis.start_dev_redis()
     os.environ["REDIS_URL"] = url
     # The heartbeat reports the interval this dev loop really runs at.
     os.environ["PROCESSING_INTERVAL_SECONDS"] = str(max(1, math.ceil(args.process_interval)))
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+    # The handlers check callers the way the simulated API Gateway authenticated them.
+    os.environ["AUTH_MODE"] = auth.auth_mode
     get_settings.cache_clear()
     try:
         settings = get_settings()
     except ConfigurationError as exc:
         raise SystemExit(str(exc)) from None
-    server = LocalApiServer(ROOT / "template.yaml", ROOT, args.host, args.port)
+    server = LocalApiServer(ROOT / "template.yaml", ROOT, args.host, args.port, auth=auth)
     stop = threading.Event()
     interval = args.process_interval
     if redis_proc:
@@ -152,6 +160,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(f"memproc dev: API on {server.url}\n{server.describe()}", file=sys.stderr)
+    print(f"memproc dev: auth: {auth.describe()}", file=sys.stderr)
     llm = (
         "OpenAI"
         if settings.openai_api_key
@@ -214,39 +223,6 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_reembed(args: argparse.Namespace) -> int:
-    """Re-embed one vectorstore's memories with the configured provider, resumably, with progress."""
-    from dataclasses import asdict
-
-    from memproc import reembed
-    from memproc.dal.connection import get_store
-    from memproc.errors import ApiError
-    from memproc.llm import make_provider
-
-    settings = get_settings()
-    provider = make_provider(settings)
-    print(
-        f"memproc reembed: {args.vectorstore} with {provider.embedding_model} ({provider.dimensions} "
-        f"dimensions), {args.batch} memories per batch",
-        file=sys.stderr,
-    )
-
-    def show(p: reembed.Progress) -> None:
-        print(f"  {p.done}/{p.total} memories re-embedded", file=sys.stderr, flush=True)
-
-    try:
-        result = reembed.reembed(
-            get_store(settings), provider, args.vectorstore, batch=args.batch, progress=show
-        )
-    except ApiError as exc:
-        print(f"memproc reembed: {exc.message}", file=sys.stderr)
-        return 2
-    if result.previous and result.previous != result.model:
-        print(f"memproc reembed: {result.previous} -> {result.model}", file=sys.stderr)
-    print(json.dumps(asdict(result)), flush=True)
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="memproc", description=__doc__)
@@ -297,14 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=1000, help="index entries examined per step (default 1000)")
     p.set_defaults(func=cmd_cleanup)
 
-    p = sub.add_parser(
-        "reembed",
-        help="re-embed a vectorstore's memories with the configured provider (resumable; switches its "
-        "embedding model when every memory is done)",
-    )
-    p.add_argument("vectorstore")
-    p.add_argument("--batch", type=int, default=100, help="memories per embeddings call (default 100)")
-    p.set_defaults(func=cmd_reembed)
+    maintenance.add_commands(sub)
 
     args = parser.parse_args(argv)
     try:

@@ -71,6 +71,21 @@ def _header_pairs(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> lis
     return [(str(k), str(v)) for k, v in items]
 
 
+def authorizer_claims(claims: Mapping[str, Any]) -> dict[str, str]:
+    """Token claims as a REST API's Cognito authorizer hands them to Lambda: every value a string.
+    A list (``cognito:groups``) is joined with commas, one of the renderings API Gateway produces
+    (``memproc.auth.claim_values`` also reads the bracketed one)."""
+    out: dict[str, str] = {}
+    for name, value in claims.items():
+        if isinstance(value, list | tuple):
+            out[str(name)] = ",".join(str(v) for v in value)
+        elif isinstance(value, bool):
+            out[str(name)] = "true" if value else "false"
+        else:
+            out[str(name)] = str(value)
+    return out
+
+
 def build_event(
     route: Route,
     method: str,
@@ -83,12 +98,24 @@ def build_event(
     *,
     source_ip: str = "127.0.0.1",
     request_time: datetime | None = None,
+    identity: Mapping[str, Any] | None = None,
+    claims: Mapping[str, Any] | None = None,
+    base_path: str | None = None,
 ) -> dict[str, Any]:
     """The API Gateway REST (v1) Lambda proxy event for one request.
 
     ``path`` is the raw request path (percent-encoding kept, as REST APIs deliver it), ``query``
     the raw query string without ``?``, ``path_params`` already decoded. ``headers`` may be a
     mapping or (name, value) pairs; repeated names end up in ``multiValueHeaders``.
+
+    What API Gateway's authentication adds: ``identity`` fields of ``requestContext.identity``
+    (``userArn``/``caller`` for AWS_IAM, ``apiKey``/``apiKeyId`` for API keys), and ``claims``, the
+    verified token's claims a Cognito authorizer puts in ``requestContext.authorizer.claims``, every
+    value a string as API Gateway renders them (see :func:`authorizer_claims`).
+
+    ``requestContext.path`` is the path the client requested: ``/<stage>`` and ``path`` on an
+    execute-api domain (the default), ``base_path`` and ``path`` where the URL has no stage (the
+    local server, a custom domain).
     """
     pairs = _header_pairs(headers)
     single: dict[str, str] = {}
@@ -126,7 +153,7 @@ def build_event(
         "httpMethod": method,
         "extendedRequestId": base64.b64encode(secrets.token_bytes(12)).decode("ascii"),
         "requestTime": _request_time(moment),
-        "path": f"/{stage}{path}",
+        "path": f"{f'/{stage}' if base_path is None else base_path}{path}",
         "accountId": ACCOUNT_ID,
         "protocol": "HTTP/1.1",
         "stage": stage,
@@ -149,10 +176,13 @@ def build_event(
             "apiKey": None,
             "apiKeyId": None,
             "clientCert": None,
+            **(identity or {}),
         },
         "domainName": host,
         "apiId": API_ID,
     }
+    if claims is not None:
+        request_context["authorizer"] = {"claims": authorizer_claims(claims)}
     return {
         "resource": route.resource,
         "path": path,

@@ -21,7 +21,7 @@ from memproc_local.routing import Route
 Handler = Callable[[dict[str, Any], Any], Any]
 
 
-_handler_cache: dict[tuple[str, Path, str], Handler] = {}
+_module_cache: dict[tuple[str, Path], ModuleType] = {}
 _handler_lock = threading.Lock()
 _function_locks: dict[str, threading.Lock] = {}
 
@@ -54,19 +54,21 @@ def load_handler(route: Route, project_root: Path) -> Handler:
     on ``sys.path`` while the module executes, as ``/var/task`` is on Lambda.
     """
     path, attr = handler_file(route, project_root)
-    key = (route.function, path, attr)
+    fn = getattr(load_module(route, project_root), attr, None)
+    if not callable(fn):
+        raise AttributeError(f"{route.function}: {path} has no callable {attr!r} (Handler {route.handler!r})")
+    return fn
+
+
+def load_module(route: Route, project_root: Path) -> ModuleType:
+    """The module of the route's handler, imported once per function (see :func:`load_handler`)."""
+    path, _ = handler_file(route, project_root)
+    key = (route.function, path)
     with _handler_lock:
-        cached = _handler_cache.get(key)
-        if cached is not None:
-            return cached
-        module = _import_by_path(route.function, path)
-        fn = getattr(module, attr, None)
-        if not callable(fn):
-            raise AttributeError(
-                f"{route.function}: {path} has no callable {attr!r} (Handler {route.handler!r})"
-            )
-        _handler_cache[key] = fn
-        return fn
+        module = _module_cache.get(key)
+        if module is None:
+            module = _module_cache[key] = _import_by_path(route.function, path)
+        return module
 
 
 def _import_by_path(function: str, path: Path) -> ModuleType:

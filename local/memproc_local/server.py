@@ -27,6 +27,7 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wsgi import get_input_stream
 
 from memproc_local.events import LambdaContext, MalformedResponse, build_event, to_http
+from memproc_local.gateway_auth import LocalAuth, Refusal
 from memproc_local.handlers import function_lock, load_handler
 from memproc_local.routing import Route, RouteTable
 from memproc_local.template import (
@@ -111,7 +112,8 @@ class LocalApiServer:
     """The API of a SAM template on a local port, without Docker.
 
     ``port=0`` binds a free port (read it back from ``port``/``url``). ``max_body_bytes``
-    defaults to API Gateway's 10 MiB; ``stage`` shows up in ``requestContext``.
+    defaults to API Gateway's 10 MiB; ``stage`` shows up in ``requestContext``. ``auth`` stands in
+    for API Gateway's authentication (an API key, or simulated Cognito claims; none by default).
     """
 
     def __init__(
@@ -123,13 +125,18 @@ class LocalApiServer:
         *,
         stage: str = "local",
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        auth: LocalAuth | None = None,
     ) -> None:
         self.template_path = Path(template_path)
         self.project_root = Path(project_root)
         doc = read_template(self.template_path)
         self.routes: list[Route] = routes_from_template(doc, str(self.template_path))
         self.cors: dict[str, str] | None = cors_from_template(doc)
-        self.gateway_responses: dict[str, dict[str, Any]] = gateway_responses_from_template(doc)
+        self.auth = auth or LocalAuth()
+        # API Gateway's own errors as the template has them for the AuthMode simulated here.
+        self.gateway_responses: dict[str, dict[str, Any]] = gateway_responses_from_template(
+            doc, self.auth.template_parameters(doc)
+        )
         self.table = RouteTable(self.routes)
         self.stage = stage
         self.max_body_bytes = max_body_bytes
@@ -202,10 +209,24 @@ class LocalApiServer:
             error = {"success": False, "error": {"code": "method_not_allowed", "message": message}}
             return _Reply(405, [("Allow", allowed)], _json_bytes(error))
 
+        admitted = self.auth.admit(environ[_HEADER_LINES])
+        if isinstance(admitted, Refusal):
+            return self._refused(admitted)
         client_ip = str(environ["REMOTE_ADDR"])
         headers = _forwarded_headers(environ[_HEADER_LINES], client_ip, str(self.port))
         event = build_event(
-            route, method, raw_path, query, headers, body, match.path_params, self.stage, source_ip=client_ip
+            route,
+            method,
+            raw_path,
+            query,
+            headers,
+            body,
+            match.path_params,
+            self.stage,
+            source_ip=client_ip,
+            identity=admitted.identity,
+            claims=admitted.claims,
+            base_path="",  # served at the root: no stage segment in the URL
         )
         status, reply_headers, data = self._invoke(route, event)
         return _Reply(status, reply_headers, data, function=route.function)
@@ -257,6 +278,11 @@ class LocalApiServer:
         """413 as API Gateway answers it (REQUEST_TOO_LARGE), rendered from the template if customised."""
         custom = self._gateway("REQUEST_TOO_LARGE", 413, "Request Too Long", "DEFAULT_4XX")
         return custom or _Reply(413, [], _json_bytes({"message": "Request Too Long"}))
+
+    def _refused(self, refusal: Refusal) -> _Reply:
+        """A request API Gateway's authentication turns away, rendered from the template if customised."""
+        custom = self._gateway(refusal.response_type, refusal.status, refusal.message, "DEFAULT_4XX")
+        return custom or _Reply(refusal.status, [], _json_bytes({"message": refusal.message}))
 
     def _not_found(self, method: str, path: str) -> _Reply:
         """An unknown route: the template's MISSING_AUTHENTICATION_TOKEN response, else a plain 404."""

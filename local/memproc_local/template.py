@@ -2,7 +2,9 @@
 
 PyYAML with CloudFormation's short-form tags (``!Ref``, ``!Sub``...) turned into their long form;
 ``Globals.Function`` fills in what a function leaves out. ``GatewayResponses`` are rendered here so
-the local server answers its own errors (413, unknown route) with the production bodies.
+the local server answers its own errors (413, unknown route, refused credentials) with the
+production bodies; where the template chooses one with ``Fn::If`` (by AuthMode), :class:`Conditions`
+decides it for the parameter values the server runs with.
 """
 
 from __future__ import annotations
@@ -53,6 +55,79 @@ def read_template(template_path: Path) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise ValueError(f"{template_path}: not a CloudFormation template (top level is not a mapping)")
     return doc
+
+
+# Pseudo parameters, as a deployment in us-east-1 of account 123456789012 would see them.
+PSEUDO_PARAMETERS = {"AWS::Region": "us-east-1", "AWS::Partition": "aws", "AWS::AccountId": "123456789012"}
+
+
+def parameter_values(template: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The template's parameter defaults overlaid with ``overrides``; CommaDelimitedList values as lists."""
+    values: dict[str, Any] = {}
+    for name, spec in (template.get("Parameters") or {}).items():
+        value = overrides.get(name, spec.get("Default", ""))
+        if spec.get("Type") == "CommaDelimitedList" and isinstance(value, str):
+            value = value.split(",")
+        values[name] = value if isinstance(value, list) else str(value)
+    unknown = set(overrides) - set(values)
+    if unknown:
+        raise ValueError(f"not parameters of the template: {sorted(unknown)}")
+    return values
+
+
+class Conditions:
+    """The template's Conditions (and the intrinsic functions of Conditions and Rules), evaluated
+    over known parameter values (:func:`parameter_values`)."""
+
+    def __init__(self, template: Mapping[str, Any], params: Mapping[str, Any]) -> None:
+        self.template = template
+        self.params = {**PSEUDO_PARAMETERS, **params}
+        self._conditions: dict[str, bool] = {}
+
+    def condition(self, name: str) -> bool:
+        if name not in self._conditions:
+            self._conditions[name] = bool(self.value(self.template["Conditions"][name]))
+        return self._conditions[name]
+
+    def value(self, node: Any) -> Any:
+        if not (isinstance(node, dict) and len(node) == 1):
+            return node
+        ((fn, arg),) = node.items()
+        match fn:
+            case "Ref":
+                return self.params[arg]
+            case "Condition":
+                return self.condition(arg)
+            case "Fn::Equals":
+                left, right = (self.value(a) for a in arg)
+                return str(left) == str(right)
+            case "Fn::Not":
+                return not self.value(arg[0])
+            case "Fn::And":
+                return all(self.value(a) for a in arg)
+            case "Fn::Or":
+                return any(self.value(a) for a in arg)
+            case "Fn::Join":
+                items = self.value(arg[1])
+                return arg[0].join(str(self.value(i)) for i in items)
+            case "Fn::Select":
+                return self.value(arg[1])[int(self.value(arg[0]))]
+            case "Fn::FindInMap":
+                name, key, attr = (self.value(a) for a in arg)
+                return self.template["Mappings"][name][key][attr]
+            case "Fn::EachMemberEquals":
+                return all(str(m) == str(self.value(arg[1])) for m in self.value(arg[0]))
+            case _:
+                return node
+
+
+def chosen(node: Any, conditions: Conditions) -> Any:
+    """A value that is an ``Fn::If`` (of ``Fn::If``...) as its chosen branch, the way
+    ``AWS::LanguageExtensions`` hands it to SAM. An ``Fn::If`` inside that branch stays."""
+    while isinstance(node, dict) and set(node) == {"Fn::If"}:
+        name, yes, no = node["Fn::If"]
+        node = yes if conditions.condition(name) else no
+    return node
 
 
 def _resolve_number(value: Any, parameters: Mapping[str, Any], default: float) -> float:
@@ -199,8 +274,11 @@ def cors_from_template(doc: Mapping[str, Any]) -> dict[str, str] | None:
     return None
 
 
-def gateway_responses_from_template(doc: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """``GatewayResponses`` of the template's ``AWS::Serverless::Api`` (the first that has any).
+def gateway_responses_from_template(
+    doc: Mapping[str, Any], parameters: Mapping[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
+    """``GatewayResponses`` of the template's ``AWS::Serverless::Api`` (the first that has any),
+    each one chosen for these parameter values (defaults for the rest) where it is an ``Fn::If``.
 
     API Gateway renders its own errors (413, unknown route...) from these, so the local server
     does too, and clients see the same error bodies locally as in production.
@@ -209,7 +287,9 @@ def gateway_responses_from_template(doc: Mapping[str, Any]) -> dict[str, dict[st
         if isinstance(resource, dict) and resource.get("Type") == "AWS::Serverless::Api":
             responses = (resource.get("Properties") or {}).get("GatewayResponses")
             if isinstance(responses, dict) and responses:
-                return {str(k): v for k, v in responses.items() if isinstance(v, dict)}
+                conditions = Conditions(doc, parameter_values(doc, parameters or {}))
+                picked = {str(k): chosen(v, conditions) for k, v in responses.items()}
+                return {k: v for k, v in picked.items() if isinstance(v, dict)}
     return {}
 
 

@@ -33,6 +33,16 @@ class InvalidInput(ApiError):
     code = "invalid_input"
 
 
+class Unauthenticated(ApiError):
+    status = 401
+    code = "unauthenticated"
+
+
+class Forbidden(ApiError):
+    status = 403
+    code = "forbidden"
+
+
 class NotFound(ApiError):
     status = 404
     code = "not_found"

@@ -64,6 +64,8 @@ VECTORSTORE_KEYS: dict[str, str] = {
     "config": "config",
     "counters": "counters",
     "cleanup": "cleanup",
+    # Progress of `memproc migrate` into this store (phase, cursor, the source it copies).
+    "migration": "migration",
     # A vector set being filled by `memproc reembed`, swapped in when it is complete.
     "reembed": "reembed",
     "reembed_todo": "reembed_todo",  # the memory listing as that run found it
@@ -176,6 +178,11 @@ class VectorstoreKeys:
     def cleanup(self) -> str:
         """Cursors of the cleanup passes (the library's `cleanup`)."""
         return self._key("cleanup")
+
+    @property
+    def migration(self) -> str:
+        """Progress of a migration into this store (`memproc migrate`)."""
+        return self._key("migration")
 
 
 def memory_id(raw_id: str, position: int) -> str:

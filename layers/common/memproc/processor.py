@@ -16,9 +16,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from datetime import datetime
+from queue import Empty, SimpleQueue
 from typing import Any
 
 from memproc import __version__, reconcile
@@ -28,6 +29,7 @@ from memproc.dal import reads
 from memproc.dal.connection import Store, StoreError
 from memproc.dal.memory_index import IndexUnavailable
 from memproc.llm import Extraction, LLMError, LLMProvider, RetryableLLMError, Usage
+from memproc.llm.base import Vector
 from memproc.llm.schema import Candidate
 from memproc.settings import Settings
 from memproc.timeutil import session_time
@@ -224,7 +226,7 @@ class Processor:
             usage += extract_usage + embed_usage
             blobs = [reconcile.fp32(v) for v in vectors]
             for _ in range(MAX_COMMITS):
-                ops = reconcile.backstop(
+                ops, used = reconcile.backstop(
                     self.store,
                     item.vectorstore,
                     decision,
@@ -234,7 +236,7 @@ class Processor:
                     threshold=self.settings.merge_similarity_threshold,
                 )
                 payload = self._payload(work, extraction, ops, lookup, usage, started)
-                result = self.commit(item, payload, blobs)
+                result = self.commit(item, payload, used)
                 if result.outcome not in ("moved", "conflict"):
                     return self._outcome(item, result, usage)
                 # Another session of this vectorstore changed its memories meanwhile: if none of
@@ -320,7 +322,7 @@ class Processor:
             candidates=candidates,
         )
 
-    def embed(self, texts: list[str]) -> tuple[list[list[float]], Usage]:
+    def embed(self, texts: list[str]) -> tuple[list[Vector], Usage]:
         """One embeddings call for every new or changed text (none when there is none)."""
         return self.provider.embed(texts) if texts else ([], Usage())
 
@@ -401,8 +403,12 @@ class Processor:
             beat()
             return report
         running: dict[Future[Outcome], tuple[q.Claim, float]] = {}
+        # Workers hand in their futures as they finish: taking them from a queue costs the same
+        # however many are running (concurrent.futures.wait locks every running future per call).
+        finished: SimpleQueue[Future[Outcome]] = SimpleQueue()
         mean_seconds = 0.0
         renew_after = self.settings.lease_seconds / 3
+        next_renewal = math.inf  # when the earliest lease is due for renewal (monotonic)
         beat_at = started + renew_after
 
         def may_claim() -> bool:
@@ -415,32 +421,29 @@ class Processor:
 
         def renew_leases() -> float:
             """Renew the leases due (and this processor's registration); seconds until the next is due."""
-            nonlocal beat_at
+            nonlocal next_renewal, beat_at
             now = time.monotonic()
             if now >= beat_at:
                 beat(ttl=live_for)
                 beat_at = now + renew_after
-            due = [(fut, claim) for fut, (claim, at) in running.items() if now - at >= renew_after]
-            if due:
-                gone = q.renew(self.store, self.settings, [claim for _, claim in due])
-                report.renewed += len(due) - len(gone)
-                for fut, claim in due:
-                    running[fut] = (claim, now)
-            due_in = min((at + renew_after - now for _, at in running.values()), default=renew_after)
-            return max(0.1, min(due_in, beat_at - now))
+            if now >= next_renewal:  # else no lease is due: no need to look at each
+                due = [(fut, claim) for fut, (claim, at) in running.items() if now - at >= renew_after]
+                if due:
+                    gone = q.renew(self.store, self.settings, [claim for _, claim in due])
+                    report.renewed += len(due) - len(gone)
+                    for fut, claim in due:
+                        running[fut] = (claim, now)
+                next_renewal = min((at + renew_after for _, at in running.values()), default=math.inf)
+            return max(0.1, min(next_renewal - now, beat_at - now))
 
         with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="memproc") as pool:
-            # handled-count when a claim last came back short: the queue looked empty then.
+            # handled-count when a claim last came back short: nothing more was eligible then.
             empty_at: int | None = None
             while True:
                 free = concurrency - len(running)
-                if (
-                    free > 0
-                    and may_claim()
-                    and (empty_at is None or (not running and report.handled > empty_at))
-                ):
-                    # Claim while the queue has work; once it looked empty, look again only when
-                    # every item is done (new work may have arrived meanwhile).
+                if free > 0 and may_claim() and (empty_at is None or report.handled > empty_at):
+                    # Claim while the queue has work; after a short claim, look again once an item
+                    # is done: its vectorstore (held to VECTORSTORE_CONCURRENCY) may have more.
                     want = min(free, batch_size)
                     if max_items is not None:
                         want = min(want, max_items - report.handled - len(running))
@@ -452,13 +455,22 @@ class Processor:
                             publisher.publish(ev.failed_event(d, d.error))
                     claimed_at = time.monotonic()
                     for item in batch.items:
-                        running[pool.submit(self.process, item)] = (item, claimed_at)
+                        fut = pool.submit(self.process, item)
+                        running[fut] = (item, claimed_at)
+                        fut.add_done_callback(finished.put)
+                    if batch.items:
+                        next_renewal = min(next_renewal, claimed_at + renew_after)
                     empty_at = report.handled if len(batch.items) < want else None
                 if not running:
                     if empty_at is None and may_claim():
                         continue
                     break
-                done, _ = wait(running, timeout=renew_leases(), return_when=FIRST_COMPLETED)
+                try:
+                    done = [finished.get(timeout=renew_leases())]
+                except Empty:
+                    continue
+                while not finished.empty():  # all that are done by now: one claim serves them
+                    done.append(finished.get())
                 for fut in done:
                     del running[fut]
                     outcome = fut.result()

@@ -22,6 +22,7 @@ from memproc.dal.connection import Store
 from memproc.dal.memory_index import MemoryFilter
 from memproc.keys import VectorstoreKeys
 from memproc.llm import Extraction, LLMProvider, Usage
+from memproc.llm.base import Vector
 from memproc.llm.chunking import user_turns
 from memproc.llm.schema import MAX_CANDIDATE_CHARS, MAX_CANDIDATES, Candidate
 
@@ -32,8 +33,9 @@ MAX_TURN_CHARS = 2000
 NEIGHBOURS_PER_TURN = 8
 
 
-def fp32(vector: list[float]) -> bytes:
-    blob = array("f", vector)
+def fp32(vector: Vector) -> bytes:
+    """The FP32 blob VADD / VSIM / FT.SEARCH take (an array("f") off the wire already is one)."""
+    blob = vector if isinstance(vector, array) and vector.typecode == "f" else array("f", vector)
     if blob.itemsize != 4:  # pragma: no cover - every supported platform has 32-bit floats
         raise RuntimeError("float32 arrays are required")
     return blob.tobytes()
@@ -172,18 +174,18 @@ def backstop(
     *,
     reconciles: bool,
     threshold: float,
-) -> list[dict[str, Any]]:
-    """The operations to commit: an add within `threshold` cosine of a current memory the model did
-    not see (or could not judge: the offline provider) is that memory restated, so it is confirmed,
-    its text kept in the memory's history."""
+) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """The operations to commit and the vectors they use: an add within `threshold` cosine of a
+    current memory the model did not see (or could not judge: the offline provider) is that memory
+    restated, so it is confirmed, its text kept in the memory's history, and its vector dropped."""
     adds = [op for op in decision.ops if op["op"] == "add"]
     if not adds or not lookup.memories:
-        return decision.ops
+        return decision.ops, vectors
     shown = lookup.shown()
     hits = store.index.nearest(vectorstore, [vectors[op["vector"]] for op in adds], 1, MemoryFilter())
     targets = {h[0][0] for h in hits if h and h[0][1] >= threshold}
     if not targets:
-        return decision.ops
+        return decision.ops, vectors
     found = reads.records(store, VectorstoreKeys(vectorstore), memory_ids=sorted(targets)).memories
     ops: list[dict[str, Any]] = []
     confirmed: set[str] = set()
@@ -200,4 +202,17 @@ def backstop(
                 decision.backstopped += 1
                 continue
         ops.append(op)
-    return ops
+    return _renumbered(ops, vectors)
+
+
+def _renumbered(ops: list[dict[str, Any]], vectors: list[bytes]) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """The vectors the operations still use, each operation pointing at its own by position (the
+    commit refuses a vector no operation uses)."""
+    used: list[bytes] = []
+    out: list[dict[str, Any]] = []
+    for op in ops:
+        if "vector" in op:
+            used.append(vectors[op["vector"]])
+            op = {**op, "vector": len(used) - 1}
+        out.append(op)
+    return out, used

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # What the offline provider (no OpenAI key) calls its hashing embeddings.
@@ -83,11 +83,28 @@ class Settings(BaseSettings):
     # once. 1 (the default off AWS) never fans out; the template sets it from MaxProcessors.
     max_processors: int = Field(1, ge=1, le=1000)
 
+    # Who may call the API (memproc.auth). The template sets AUTH_MODE from its AuthMode parameter;
+    # unset it fails closed (IAM: every request needs an IAM caller). NONE, no identity at all, is
+    # for the local server and the tests.
+    auth_mode: Literal["IAM", "COGNITO", "API_KEY", "NONE"] = "IAM"
+    # COGNITO: the claim naming the caller's vectorstore, and the group that may use every one
+    # (empty: no admin group).
+    tenant_claim: str = Field("custom:vectorstore", min_length=1)
+    admin_group: str = "admin"
+
     # Request limits.
     max_body_bytes: int = Field(1_048_576, ge=1_024)
     max_metadata_bytes: int = Field(16_384, ge=2)
     # zlib-6 halves realistic chat text from about 8 KB up (make bench, storage section).
     compress_min_bytes: int = Field(8_192, ge=0)
+
+    @field_validator("admin_group")
+    @classmethod
+    def _group_name(cls, v: str) -> str:
+        # API Gateway joins a token's groups into one string; a name with these could not be found.
+        if any(ch.isspace() or ch in ",[]" for ch in v):
+            raise ValueError("ADMIN_GROUP must not contain whitespace, commas or brackets")
+        return v
 
     @model_validator(mode="after")
     def _retry_bounds(self) -> Settings:

@@ -19,7 +19,16 @@ from memproc.keys import lua_header
 from memproc.records import MEMORY_TYPES
 
 # One chunk: helpers first, then the functions that use them.
-SOURCES = ("common.lua", "memories.lua", "queue.lua", "commit.lua", "erasure.lua", "cleanup.lua", "stats.lua")
+SOURCES = (
+    "common.lua",
+    "memories.lua",
+    "queue.lua",
+    "commit.lua",
+    "erasure.lua",
+    "cleanup.lua",
+    "stats.lua",
+    "migration.lua",
+)
 
 
 def _assemble() -> tuple[str, str]:

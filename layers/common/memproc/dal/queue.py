@@ -7,13 +7,14 @@ are Redis server time.
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass
 from typing import Any
 
 from memproc.dal.connection import Store
-from memproc.dal.functions import fcall
-from memproc.keys import VectorstoreKeys
+from memproc.dal.functions import LIBRARY_VERSION, fcall
+from memproc.keys import PROCESSOR_STATUS, PROCESSORS, RAW_MEMORY_QUEUE, VectorstoreKeys
 from memproc.settings import Settings
 
 
@@ -303,12 +304,22 @@ class QueueStatus:
     eviction_policy: str  # the store's maxmemory-policy; anything but noeviction can lose work
     backlog_age: float  # seconds the oldest eligible item of any vectorstore has been eligible
     processors: int  # live processors
+    library_loaded: bool = True  # it answered: the library is there (the probe checks it for real)
+
+
+def backlog_age(now: float, head_score: Any) -> float:
+    """How long the first item of RAW_MEMORY_QUEUE has been eligible (0: none is): the queue is scored
+    by eligibility, parked items at +inf (the rule of the Lua ``backlog_age`` the heartbeat uses)."""
+    if head_score in (None, ""):
+        return 0.0
+    due = float(head_score)
+    return round(now - due, 3) if math.isfinite(due) and due <= now else 0.0
 
 
 def status(store: Store, vectorstore: str) -> QueueStatus:
     (
         now, queue_size, flat, today, last, pending, inflight, dead, oldest, all_inflight, all_dead, policy,
-        age, processors,
+        head, processors,
     ) = fcall(store.r, "status", [], [vectorstore], readonly=True)  # fmt: skip
     return QueueStatus(
         now=float(now),
@@ -323,6 +334,54 @@ def status(store: Store, vectorstore: str) -> QueueStatus:
         all_in_flight=int(all_inflight),
         all_dead=int(all_dead),
         eviction_policy=_s(policy),
-        backlog_age=float(age),
+        backlog_age=backlog_age(float(now), head),
         processors=int(processors),
+    )
+
+
+@dataclass(frozen=True)
+class HealthProbe:
+    """What GET /api/health reads, in one pipeline of plain commands: they answer even when the
+    function library is missing, which is one of the things it checks."""
+
+    now: float
+    library_loaded: bool
+    eviction_policy: str
+    processor: dict[str, str]  # background_processor:status
+    queue_size: int
+    backlog_age: float
+    processors: int  # live: registered until a deadline still ahead
+
+
+def _library_names(listing: Any) -> set[str]:
+    """Library names in a FUNCTION LIST reply (RESP2 flat pairs or RESP3 maps)."""
+    names = set()
+    for library in listing or []:
+        fields = (
+            library if isinstance(library, dict) else dict(zip(library[::2], library[1::2], strict=False))
+        )
+        names.add(_s(fields.get("library_name", "")))
+    return names
+
+
+def health_probe(store: Store) -> HealthProbe:
+    library = f"memproc_{LIBRARY_VERSION}"
+    pipe = store.r.pipeline(transaction=False)
+    pipe.time()
+    pipe.function_list(library=library)
+    pipe.info("memory")
+    pipe.hgetall(PROCESSOR_STATUS)
+    pipe.zrange(RAW_MEMORY_QUEUE, 0, 0, withscores=True)
+    pipe.zcard(RAW_MEMORY_QUEUE)
+    pipe.zrange(PROCESSORS, 0, -1, withscores=True)  # at most MAX_PROCESSORS and the lately dead
+    (seconds, micros), listing, memory, processor, head, queue_size, live = pipe.execute()
+    now = int(seconds) + int(micros) / 1e6
+    return HealthProbe(
+        now=now,
+        library_loaded=library in _library_names(listing),
+        eviction_policy=str(memory.get("maxmemory_policy", "unknown")),
+        processor=dict(processor),
+        queue_size=int(queue_size),
+        backlog_age=backlog_age(now, head[0][1] if head else None),
+        processors=sum(1 for _, deadline in live if float(deadline) > now),
     )

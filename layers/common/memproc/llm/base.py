@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from memproc.llm.schema import Candidate, Extraction
 
+# One embedding: a list of floats (offline) or an array("f") of float32s straight off the wire.
+Vector = Sequence[float]
+
 
 class Usage(BaseModel):
     """Token counts of one or more LLM calls; add them with ``+``."""
@@ -89,7 +92,7 @@ class LLMProvider(Protocol):
         candidates: Sequence[Candidate] = (),
     ) -> tuple[Extraction, Usage]: ...
 
-    def embed(self, texts: list[str]) -> tuple[list[list[float]], Usage]: ...
+    def embed(self, texts: list[str]) -> tuple[list[Vector], Usage]: ...
 
 
 def l2_normalise(vector: Iterable[float]) -> list[float]:

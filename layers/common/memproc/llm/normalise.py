@@ -98,10 +98,28 @@ def _folded_char(char: str, invisible_as: str) -> str:
     return char
 
 
+# ASCII's invisible characters: the controls that are not whitespace (NUL, BEL, ESC, DEL, ...).
+_ASCII_INVISIBLE = [chr(c) for c in (*range(0x20), 0x7F) if not chr(c).isspace()]
+_ASCII_TABLES = {blank: str.maketrans(dict.fromkeys(_ASCII_INVISIBLE, blank)) for blank in ("", " ")}
+
+
 def _fold(text: str, invisible_as: str) -> str:
     text = html.unescape(text)  # "&lt;script&gt;", "&#8203;"
     if "%" in text:
         text = _PERCENT_RE.sub(lambda m: unquote(m.group()), text)  # "ignore%20previous"
+    return _fold_ascii(text, invisible_as) if text.isascii() else _fold_unicode(text, invisible_as)
+
+
+def _fold_ascii(text: str, invisible_as: str) -> str:
+    """What ``_fold_unicode`` makes of ASCII (most text), a few times faster: NFKC, NFD, tag
+    characters and look-alikes leave it as it is, casefold is lower, and of its characters only
+    the controls that are not whitespace are invisible."""
+    if not text.isprintable():  # control characters (or merely tabs and line breaks)
+        text = text.translate(_ASCII_TABLES[invisible_as])
+    return _SPACE_RE.sub(" ", text.lower()).strip()
+
+
+def _fold_unicode(text: str, invisible_as: str) -> str:
     text = _TAG_RE.sub(lambda m: " " + "".join(chr(ord(c) - _TAG_BASE) for c in m.group()) + " ", text)
     # NFKC: fullwidth, mathematical and circled letters, ligatures and odd spaces become plain ones;
     # NFD then parts accents from their letters, so an accented "admin" matches as "admin".

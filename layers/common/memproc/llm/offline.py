@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from memproc.llm.base import Usage, l2_normalise
+from memproc.llm.base import Usage, Vector, l2_normalise
 from memproc.llm.chunking import ChunkedExtractor, norm_key
 from memproc.llm.offline_heuristics import STOPWORDS, WORD_RE, heuristic_extraction
 from memproc.llm.prompt import build_messages
@@ -112,8 +112,8 @@ class OfflineProvider(ChunkedExtractor):
         )
         return extraction, usage
 
-    def embed(self, texts: list[str]) -> tuple[list[list[float]], Usage]:
-        vectors = [hashing_embedding(text, self.dimensions) for text in texts]
+    def embed(self, texts: list[str]) -> tuple[list[Vector], Usage]:
+        vectors: list[Vector] = [hashing_embedding(text, self.dimensions) for text in texts]
         return vectors, Usage(tokens_in=sum(_estimate_tokens(t) for t in texts))
 
     def close(self) -> None:

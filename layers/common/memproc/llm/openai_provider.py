@@ -4,7 +4,9 @@ SDK, which also does the in-call retrying.
 What the SDK cannot know is left here: which of its final exceptions the queue should retry
 (``RetryableLLMError``, carrying the server's ``Retry-After`` as ``retry_after``) and which not
 (``PermanentLLMError``), and that a malformed reply, which is not an HTTP error, deserves one more
-try.
+try. Requests go through the SDK client's ``post`` (auth, timeouts, retries and errors as with the
+typed resources, without their per-call parameter walk and response models) and the raw replies
+are validated once by ``wire``: ``make profile`` measures the processor's CPU per session.
 
 The SDK is imported inside ``OpenAIProvider.__init__``, not here: the store_raw Lambda imports
 memproc but never talks to the LLM, and should not pay for loading openai.
@@ -22,11 +24,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 
-from memproc.llm.base import LLMError, PermanentLLMError, RetryableLLMError, Usage, l2_normalise
+from memproc.llm.base import LLMError, PermanentLLMError, RetryableLLMError, Usage, Vector
 from memproc.llm.chunking import ChunkedExtractor
 from memproc.llm.parsing import parse_extraction
 from memproc.llm.prompt import build_messages
 from memproc.llm.schema import EXTRACTION_JSON_SCHEMA, Candidate, Extraction
+from memproc.llm.wire import ChatReply, EmbeddingsReply, decode_vector, parse_reply, unit
 
 if TYPE_CHECKING:
     import openai
@@ -36,6 +39,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# What the typed resources send: the API key only (no admin key).
+_BEARER_AUTH: Any = {"security": {"bearer_auth": True}}
 
 # The embeddings endpoint accepts at most 2048 inputs per request; more is split (rare: ~50 per session).
 _EMBED_BATCH = 2048
@@ -111,6 +117,11 @@ class OpenAIProvider(ChunkedExtractor):
         api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
         if not api_key:
             raise ValueError("OpenAIProvider needs OPENAI_API_KEY")
+        try:  # the SDK's HTTP client: httpx2 from openai 3.0 on, httpx before
+            import httpx2 as httpx
+        except ImportError:  # pragma: no cover - openai 2.x
+            import httpx  # type: ignore[no-redef]
+        self._response_type = httpx.Response
         self._client = openai.OpenAI(
             api_key=api_key,
             base_url=settings.openai_base_url,
@@ -145,6 +156,16 @@ class OpenAIProvider(ChunkedExtractor):
             return PermanentLLMError(message)
         return RetryableLLMError(f"{what}: {type(exc).__name__}: {exc}")
 
+    def _request(self, path: str, **body: Any) -> Callable[[], bytes]:
+        """A POST of ``body`` through the SDK's client (its auth, timeouts, retries and errors),
+        answering the reply's raw body. The typed resources (``chat.completions.create``) would
+        also walk every message against the parameter types and build a response model per reply:
+        most of the SDK's CPU per call, for nothing memproc reads (``wire`` validates the body)."""
+        post = functools.partial(
+            self._client.post, path, cast_to=self._response_type, body=body, options=_BEARER_AUTH
+        )
+        return lambda: post().content
+
     def _call(self, what: str, create: Callable[[], T]) -> T:
         """``create()`` (the SDK retries inside it); an SDK error that remains becomes our verdict."""
         try:
@@ -167,8 +188,8 @@ class OpenAIProvider(ChunkedExtractor):
             previous_summary=previous_summary,
             candidates=candidates,
         )
-        create = functools.partial(
-            self._client.chat.completions.create,
+        create = self._request(
+            "/chat/completions",
             model=self.chat_model,
             messages=messages,
             response_format={
@@ -185,25 +206,27 @@ class OpenAIProvider(ChunkedExtractor):
         # A malformed reply is a 200 to the SDK, so it is ours to retry: once, at once.
         malformed_retries = 1
         while True:
-            response = self._call("chat completion", create)
-            if response.usage is not None:
-                usage += Usage(
-                    tokens_in=response.usage.prompt_tokens or 0,
-                    tokens_out=response.usage.completion_tokens or 0,
-                )
-            choice = response.choices[0] if response.choices else None
-            message = choice.message if choice is not None else None
-            if message is not None and getattr(message, "refusal", None):
-                raise PermanentLLMError(f"model refused: {message.refusal}")
-            if choice is not None and choice.finish_reason == "content_filter":
-                raise PermanentLLMError("model output was blocked by the content filter")
+            body = self._call("chat completion", create)
+            choice = None
             try:
+                reply = parse_reply(ChatReply, body)
+                if reply.usage is not None:
+                    usage += Usage(
+                        tokens_in=reply.usage.prompt_tokens or 0,
+                        tokens_out=reply.usage.completion_tokens or 0,
+                    )
+                choice = reply.choices[0] if reply.choices else None
+                message = choice.message if choice is not None else None
+                if message is not None and message.refusal:
+                    raise PermanentLLMError(f"model refused: {message.refusal}")
+                if choice is not None and choice.finish_reason == "content_filter":
+                    raise PermanentLLMError("model output was blocked by the content filter")
                 if message is None:
                     raise ValueError("response has no choices")
                 extraction = parse_extraction(
                     message.content, fallback_summary=previous_summary or "No durable information."
                 )
-            except (ValueError, ValidationError) as exc:
+            except (ValueError, ValidationError) as exc:  # MalformedReply is a ValueError
                 reason = f"malformed extraction (finish_reason={getattr(choice, 'finish_reason', None)}): "
                 reason += str(exc).splitlines()[0][:300]
                 if malformed_retries > 0:
@@ -215,35 +238,38 @@ class OpenAIProvider(ChunkedExtractor):
 
     # -- embeddings -----------------------------------------------------------------------------
 
-    def embed(self, texts: list[str]) -> tuple[list[list[float]], Usage]:
+    def embed(self, texts: list[str]) -> tuple[list[Vector], Usage]:
         if not texts:
             return [], Usage()
-        vectors: list[list[float]] = []
+        vectors: list[Vector] = []
         usage = Usage()
         for start in range(0, len(texts), _EMBED_BATCH):
             batch = list(texts[start : start + _EMBED_BATCH])
-            # base64 (the SDK's default) decodes each vector in one call; "float" makes the SDK
-            # build every number as a model field, ~90% of the processor's CPU at 1536 dimensions.
-            # EMBEDDING_ENCODING=float is for compatible servers that lack base64.
-            options: dict[str, Any] = {"encoding_format": "float"} if self._float_embeddings else {}
-            create = functools.partial(
-                self._client.embeddings.create,
+            # base64 decodes each vector in one call; "float" sends every number as JSON text, for
+            # compatible servers that lack base64 (EMBEDDING_ENCODING=float).
+            create = self._request(
+                "/embeddings",
                 model=self.embedding_model,
                 input=batch,
                 dimensions=self.dimensions,
-                **options,
+                encoding_format="float" if self._float_embeddings else "base64",
             )
-            response = self._call("embeddings", create)
-            data = sorted(response.data, key=lambda item: item.index)
-            if len(data) != len(batch):
-                raise RetryableLLMError(f"embeddings: asked for {len(batch)} vectors, got {len(data)}")
-            for item in data:
-                if len(item.embedding) != self.dimensions:
+            body = self._call("embeddings", create)
+            try:
+                reply = parse_reply(EmbeddingsReply, body)
+                data = sorted(reply.data, key=lambda item: item.index)
+                decoded = [decode_vector(item.embedding) for item in data]
+            except ValueError as exc:  # MalformedReply, bad base64, a partial float32
+                raise RetryableLLMError(f"embeddings: malformed reply: {exc}") from exc
+            if len(decoded) != len(batch):
+                raise RetryableLLMError(f"embeddings: asked for {len(batch)} vectors, got {len(decoded)}")
+            for vector in decoded:
+                if len(vector) != self.dimensions:
                     raise PermanentLLMError(
-                        f"embeddings: model {self.embedding_model!r} returned {len(item.embedding)} "
+                        f"embeddings: model {self.embedding_model!r} returned {len(vector)} "
                         f"dimensions, but EMBEDDING_DIMENSIONS is {self.dimensions}"
                     )
-                vectors.append(l2_normalise(item.embedding))
-            if response.usage is not None:
-                usage += Usage(tokens_in=response.usage.prompt_tokens or 0)
+            vectors += unit(decoded)
+            if reply.usage is not None:
+                usage += Usage(tokens_in=reply.usage.prompt_tokens or 0)
         return vectors, usage

@@ -6,9 +6,9 @@ Query models forbid unknown names, so a typo cannot silently widen a query or an
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, WithJsonSchema, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from memproc.records import MemoryType
@@ -56,9 +56,17 @@ class QueryParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# A date or a date-time (both ISO 8601), which no JSON schema format names.
+Instant = Annotated[
+    datetime | None, WithJsonSchema({"type": "string", "examples": ["2026-11-01", "2026-11-26T09:30:00Z"]})
+]
+
+
 class DateRange(QueryParams):
-    start_date: datetime | None = Field(None, description="ISO 8601; naive means UTC")
-    end_date: datetime | None = Field(None, description="ISO 8601; a bare date includes the whole day")
+    start_date: Instant = Field(None, description="ISO 8601 date or date-time; naive means UTC")
+    end_date: Instant = Field(
+        None, description="ISO 8601 date or date-time; naive means UTC, a bare date includes the whole day"
+    )
 
     @field_validator("start_date", mode="before")
     @classmethod

@@ -62,9 +62,39 @@ class ProcessingStatus(BaseModel):
     retention_policy: RetentionPolicy
     vectorstore: VectorstoreQueue
     eviction_policy: str = Field(description="The store's maxmemory-policy; noeviction is expected")
-    degraded: list[str] = Field(
-        description="Why the service cannot promise to keep every session (empty: it can)"
+    last_heartbeat_age_seconds: float | None = Field(
+        None, description="Seconds since the processor's last heartbeat (null: it never ran)"
     )
+    degraded: list[str] = Field(
+        description="Why the service is not healthy, as GET /api/health reports it: it may lose queued "
+        "sessions (an evicting store) or is not processing them (a silent processor, a queue falling "
+        "behind). Empty: healthy"
+    )
+
+
+class HealthChecks(BaseModel):
+    """The facts GET /api/health judges (processing_status shows the same ones)."""
+
+    library: str = Field(description="The Redis function library this code uses (memproc_<version>)")
+    library_loaded: bool = Field(description="FUNCTION LIST finds it in the store")
+    eviction_policy: str = Field(description="The store's maxmemory-policy; noeviction is expected")
+    processor_running: bool = Field(description="A heartbeat within two processing intervals")
+    last_heartbeat_age_seconds: float | None
+    processing_interval_seconds: int
+    queue_size: int
+    processors_running: int = Field(description="Live processors: the scheduled one and those it fanned out")
+    backlog_age_seconds: float = Field(
+        description="How long the oldest eligible submission of any vectorstore has waited for a processor "
+        "(since it was submitted, or its retry backoff ended; 0: none waits)"
+    )
+    max_backlog_age_seconds: int = Field(description="Beyond this the queue counts as falling behind")
+
+
+class HealthResponse(BaseModel):
+    success: bool = Field(description="true: healthy (200); false: degraded (503, with Retry-After)")
+    status: Literal["ok", "degraded"]
+    reasons: list[str] = Field(description="Why it is degraded; empty when healthy")
+    checks: HealthChecks
 
 
 class ErrorBody(BaseModel):

@@ -253,7 +253,7 @@ redis.register_function{function_name = 'erase_vectorstore___VERSION__', flags =
   end
   if b ~= 'search' then counts.memories = redis.call('ZCARD', k.memory_index(vs)) end
   redis.call('UNLINK', vs, k.memory_index(vs), k.memory_versions(vs), k.config(vs), k.counters(vs),
-    k.cleanup(vs), k.queued_sessions(vs), k.reembed(vs), k.reembed_todo(vs),
+    k.cleanup(vs), k.queued_sessions(vs), k.reembed(vs), k.reembed_todo(vs), k.migration(vs),
     unpack(mem.category_keys(vs)))
   local now = now_s()
   for d = 0, days do redis.call('DEL', k.daily_stats(vs, ymd(now - d * 86400))) end

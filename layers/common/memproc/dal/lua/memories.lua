@@ -18,7 +18,12 @@ end
 
 -- Write a record; `blob` (FP32 vector) is needed for a new memory or a changed text, else nil.
 function mem.put(b, vs, id, attrs, blob)
-  local json = cjson.encode(attrs)
+  mem.put_json(b, vs, id, cjson.encode(attrs), attrs, blob)
+end
+
+-- Write a record given as JSON text (`attrs` is that text decoded, for the fields search filters
+-- on): a migrated record is stored byte for byte as the other backend held it.
+function mem.put_json(b, vs, id, json, attrs, blob)
   if b == 'search' then
     local sessions = table.concat(as_list(attrs.source_sessions), ',')
     local fields = {'attrs', json, 'vs', vs, 'status', attrs.status or 'current',
@@ -30,6 +35,21 @@ function mem.put(b, vs, id, attrs, blob)
   else
     redis.call('VSETATTR', vs, id, json)
   end
+end
+
+-- A record as stored: its JSON text and its vector as FP32 bytes (nil, nil when it is gone). A
+-- vector set hands back its (quantised) vector as numbers, packed here the way VADD takes them.
+function mem.raw(b, vs, id)
+  if b == 'search' then
+    local h = redis.call('HMGET', k.mem(vs, id), 'attrs', 'vec')
+    if not h[1] then return nil, nil end
+    return h[1], h[2] or nil
+  end
+  local text = redis.call('VGETATTR', vs, id)
+  if not text then return nil, nil end
+  local v = redis.call('VEMB', vs, id)
+  if type(v) ~= 'table' or #v == 0 then return text, nil end
+  return text, struct.pack('<' .. string.rep('f', #v), unpack(v))
 end
 
 function mem.del(b, vs, id)

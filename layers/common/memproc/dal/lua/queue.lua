@@ -137,7 +137,9 @@ redis.register_function{function_name = 'claim___VERSION__', flags = {'allow-cro
   end
 
   local claimed = {}
-  local vss = redis.call('ZRANGE', READY, '-inf', now, 'BYSCORE', 'LIMIT', 0, n)
+  -- Vectorstores at their in-flight limit keep their turn, so they may head the ready set: look
+  -- past as many of them as there can be (each holds at least one in-flight item).
+  local vss = redis.call('ZRANGE', READY, '-inf', now, 'BYSCORE', 'LIMIT', 0, n + redis.call('ZCARD', INFLIGHT))
   local open, served = {}, {}
   for i = 1, #vss do open[i] = true end
   local progress = true
@@ -269,7 +271,8 @@ redis.register_function{function_name = 'redrive___VERSION__', flags = {'allow-c
 end}
 
 -- How long the oldest eligible item has been eligible (0: none is): O(log N), since the queue is
--- scored by eligibility (parked items sit at +inf, retries at their retry time).
+-- scored by eligibility (parked items sit at +inf, retries at their retry time). For the heartbeat
+-- (fan-out, the BacklogAgeSeconds metric); memproc.dal.queue.backlog_age is the same rule for reads.
 local function backlog_age(now)
   local head = redis.call('ZRANGE', QUEUE, 0, 0, 'WITHSCORES')
   local age = 0
@@ -315,9 +318,12 @@ redis.register_function{function_name = 'status___VERSION__', flags = {'no-write
   if oldest[2] == 'inf' then oldest[2] = redis.call('HGET', k.raw(vs, oldest[1]), 'created_at') end
   local today = redis.call('HMGET', STATS_PREFIX .. ymd(now), 'processed_count', 'last_processed_at')
   local policy = string.match(redis.call('INFO', 'memory'), 'maxmemory_policy:([%w%-]+)') or 'unknown'
+  -- The head of the whole queue, raw: memproc.dal.queue.backlog_age judges it for processing_status
+  -- and GET /api/health alike (the health probe reads it without this library).
+  local head = redis.call('ZRANGE', QUEUE, 0, 0, 'WITHSCORES')
   return {string.format('%.6f', now), redis.call('ZCARD', QUEUE), redis.call('HGETALL', STATUS),
     today[1] or '0', today[2] or '', redis.call('ZCARD', k.pending(vs)),
     redis.call('ZCARD', k.inflight(vs)), redis.call('ZCARD', k.dead(vs)), oldest[2] or '',
-    redis.call('ZCARD', INFLIGHT), redis.call('ZCARD', DEAD), policy, backlog_age(now),
+    redis.call('ZCARD', INFLIGHT), redis.call('ZCARD', DEAD), policy, head[2] or '',
     redis.call('ZCOUNT', PROCESSORS, string.format('(%.6f', now), '+inf')}
 end}

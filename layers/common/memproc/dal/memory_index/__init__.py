@@ -26,6 +26,7 @@ __all__ = [
     "MemoryIndex",
     "SearchIndex",
     "VectorSetIndex",
+    "offers",
     "open_index",
 ]
 
@@ -41,13 +42,22 @@ def _answers(store: Store, *command: str) -> bool:
     return True
 
 
+# The probe of each backend: a command only an engine with it answers (the probe key never exists).
+PROBES: dict[str, tuple[str, ...]] = {"vectorset": ("VCARD", "memproc:probe"), "search": ("FT._LIST",)}
+
+
+def offers(store: Store, backend: str) -> bool:
+    """Whether the server can hold memories in `backend` (vector sets, or the Query Engine)."""
+    return _answers(store, *PROBES[backend])
+
+
 def open_index(store: Store) -> MemoryIndex:
     """The backend `store.vector_backend` names; for auto, the one the server answers to."""
     choice = store.vector_backend
     if choice == "auto":
-        if _answers(store, "VCARD", "memproc:probe"):
+        if offers(store, "vectorset"):
             choice = "vectorset"
-        elif _answers(store, "FT._LIST"):
+        elif offers(store, "search"):
             choice = "search"
         else:
             raise ConfigurationError(
