@@ -27,6 +27,9 @@ from tests.memory_helpers import store
 from tests.redis_server import RedisServer
 from tests.test_processor_crash import run_processor
 
+# The limiter and its gate never touch the memory index: one backend is enough.
+pytestmark = pytest.mark.one_backend
+
 SCOPE = "chat:test-model"
 CHAT = "user: I live in Porto and I prefer green tea.\n"
 

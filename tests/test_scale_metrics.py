@@ -183,6 +183,7 @@ def test_nothing_processed_publishes_no_wait_percentiles() -> None:
     assert "QueueWaitP50Seconds" not in names and "BacklogAgeSeconds" in names
 
 
+@pytest.mark.one_backend
 def test_the_rate_limiters_waits_and_the_providers_429s_are_published(
     env: pytest.MonkeyPatch, fake_llm: Any, r: redis.Redis, capsys: pytest.CaptureFixture[str]
 ) -> None:
