@@ -28,7 +28,7 @@ from memproc.dal import queue as q
 from memproc.dal import reads
 from memproc.dal.connection import Store, StoreError
 from memproc.dal.memory_index import IndexUnavailable
-from memproc.llm import Extraction, LLMError, LLMProvider, RetryableLLMError, Usage
+from memproc.llm import Extraction, LLMError, LLMProvider, RetryableLLMError, Usage, gate
 from memproc.llm.base import Vector
 from memproc.llm.schema import Candidate
 from memproc.settings import Settings
@@ -78,9 +78,12 @@ class DrainReport:
     admitted: bool = True  # False: MAX_PROCESSORS were already running, so this one left at once
     # Seconds from submission to processed, one per processed item (summarised as percentiles).
     waits: list[float] = field(default_factory=list, repr=False)
-    # The shared LLM rate limiter's waits and the provider's 429s.
+    # Rate limiting (llm/gate.py): LLM requests that waited for the shared limit and how long in
+    # all, items sent back to the queue because the wait would outlast the invocation, and the
+    # 429s the provider answered (the SDK's own retries included).
     rate_limit_waits: int = 0
     rate_limit_wait_seconds: float = 0.0
+    rate_limit_deferred: int = 0
     llm_throttled: int = 0
     events_published: int = 0
     events_retried: int = 0  # entries sent again (a failed PutEvents call or entry)
@@ -186,6 +189,7 @@ class Processor:
                 error,
                 retryable=exc.retryable,
                 min_delay=exc.retry_after or 0.0,
+                counts_attempt=exc.counts_attempt,
             )
             outcome = Outcome(item, result, error=error)
         except IndexUnavailable as exc:  # the engine is (re)building its index: decide later, not blind
@@ -334,6 +338,11 @@ class Processor:
             self.store.index.ensure(payload["dimensions"])
         return q.commit(self.store, item, payload, vectors)
 
+    def _process_within(self, budget: gate.Budget, item: q.Claim) -> Outcome:
+        """`process` on a worker thread, its LLM requests waiting within the drain's budget."""
+        with gate.within(budget):
+            return self.process(item)
+
     def drain(
         self,
         *,
@@ -383,6 +392,9 @@ class Processor:
         batch_size = batch_size or self.settings.batch_size
         report = DrainReport()
         started = time.monotonic()
+        # What an item's LLM requests may wait for the shared rate limit: never past this drain's
+        # time budget (less one LLM timeout for the request itself) and not once `stop` is set.
+        budget = gate.Budget(remaining_seconds, stop or threading.Event(), self.settings.llm_timeout_seconds)
         me, live_for = uuid.uuid4().hex, float(self.settings.lease_seconds)
 
         def beat(**kw: Any) -> q.Beat:
@@ -455,7 +467,7 @@ class Processor:
                             publisher.publish(ev.failed_event(d, d.error))
                     claimed_at = time.monotonic()
                     for item in batch.items:
-                        fut = pool.submit(self.process, item)
+                        fut = pool.submit(self._process_within, budget, item)
                         running[fut] = (item, claimed_at)
                         fut.add_done_callback(finished.put)
                     if batch.items:
@@ -484,14 +496,24 @@ class Processor:
                 if progress:
                     progress(report)
         report.seconds = time.monotonic() - started
+        _add_rate_stats(report, budget.stats)
         # A drain of 50+ sessions replaces the measured rate; smaller ones nudge it.
         beat(rate=report.rate, weight=min(1.0, report.processed / 50))
         return report
 
 
-def build_processor(settings: Settings) -> Processor:
-    """The processor with this process's Redis clients and the configured LLM provider."""
+def _add_rate_stats(report: DrainReport, stats: gate.RateStats) -> None:
+    report.rate_limit_waits = stats.waits
+    report.rate_limit_wait_seconds = round(stats.wait_seconds, 3)
+    report.rate_limit_deferred = stats.deferred
+    report.llm_throttled = stats.throttled
+
+
+def build_processor(settings: Settings, store: Store | None = None) -> Processor:
+    """The processor with this process's Redis clients (or `store`) and the configured LLM
+    provider, whose requests pass this processor's rate-limit gate."""
     from memproc.dal.connection import get_store
     from memproc.llm import make_provider
 
-    return Processor(get_store(settings), settings, make_provider(settings))
+    store = store or get_store(settings)
+    return Processor(store, settings, make_provider(settings, gate.Gate.from_settings(store, settings)))
