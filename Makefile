@@ -36,8 +36,17 @@ test: $(STAMP) ## Set everything up and run the whole test suite against real se
 	MEMPROC_REDIS_SERVER=$$redis MEMPROC_VALKEY_SERVER=$$valkey MEMPROC_STACK_SERVER=$$stack \
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-dev: $(STAMP) ## Set everything up; serve the API on http://localhost:5001 (PORT=...) with the processor running
-	MEMPROC_REDIS_SERVER=$$(scripts/provision_redis.sh) $(VENV)/bin/memproc serve --port $(PORT)
+# BACKEND=search serves on Redis Stack's Query Engine (the search backend, as on ElastiCache and
+# MemoryDB), with its data apart from Redis 8's: neither engine loads the other's files.
+BACKEND ?=
+DEV_DATA := $(if $(filter search,$(BACKEND)),.dev/redis-search,.dev/redis)
+
+dev: $(STAMP) ## Set everything up; serve the API on http://localhost:5001 (PORT=..., BACKEND=search: Query Engine) with the processor
+	@case "$(BACKEND)" in "" | vectorset | search) ;; \
+	  *) echo "dev: BACKEND=$(BACKEND) is not vectorset or search" >&2; exit 1 ;; esac
+	server=$$($(if $(filter search,$(BACKEND)),scripts/provision_engines.sh stack,scripts/provision_redis.sh)) && \
+	MEMPROC_REDIS_SERVER=$$server MEMPROC_DEV_DATA=$${MEMPROC_DEV_DATA:-$(DEV_DATA)} \
+	$(if $(BACKEND),VECTOR_BACKEND=$(BACKEND)) $(VENV)/bin/memproc serve --port $(PORT)
 
 # The dev Redis's URL is in .dev/redis.url while make dev runs; its redis-cli sits beside the
 # provisioned redis-server (a cached build, or the one on PATH).
@@ -45,12 +54,12 @@ redis-cli: ## redis-cli against make dev's Redis: make redis-cli CMD='ZCARD RAW_
 	@test -s .dev/redis.url || { echo "redis-cli: make dev is not running (no .dev/redis.url)" >&2; exit 1; }
 	@server=$$(scripts/provision_redis.sh --binary) && "$$(dirname "$$server")/redis-cli" -u "$$(cat .dev/redis.url)" $(CMD)
 
-dev-reset: $(STAMP) ## Delete make dev's Redis data (.dev/redis, or MEMPROC_DEV_DATA); stop make dev first
+dev-reset: $(STAMP) ## Delete make dev's Redis data (.dev/redis, BACKEND=search: .dev/redis-search, or MEMPROC_DEV_DATA); stop make dev first
 	@if test -s .dev/redis.url && $(PY) -c "import redis,sys; redis.Redis.from_url(sys.argv[1]).ping()" \
 	    "$$(cat .dev/redis.url)" 2>/dev/null; then \
 	  echo "dev-reset: make dev is running (Redis at $$(cat .dev/redis.url)); stop it first" >&2; exit 1; fi
-	rm -rf "$${MEMPROC_DEV_DATA:-.dev/redis}" .dev/redis.url
-	@echo "dev-reset: deleted $${MEMPROC_DEV_DATA:-.dev/redis}; the next make dev starts empty"
+	rm -rf "$${MEMPROC_DEV_DATA:-$(DEV_DATA)}" .dev/redis.url
+	@echo "dev-reset: deleted $${MEMPROC_DEV_DATA:-$(DEV_DATA)}; the next make dev starts empty"
 
 # Both memory backends: Redis 8 (vector sets) and Redis Stack (the Query Engine), each provisioned first.
 bench: $(STAMP) ## Benchmarks vs real Redis 8 and Redis Stack (both backends) + fake LLM -> bench/results/<date>/ (~23 min; FULL=1: larger)

@@ -51,7 +51,10 @@ class CrashingProcessor(Processor):
 
     def commit(self, item: q.Claim, payload: dict[str, Any], vectors: list[bytes]) -> q.CommitResult:
         if self.stage == "mid_commit":
-            # The same call `super().commit` makes, sent by hand so we can die before reading the reply.
+            # The same calls `super().commit` makes, the commit sent by hand so we can die before
+            # reading its reply.
+            if payload["ops"]:
+                self.store.index.ensure(payload["dimensions"])
             conn = self.store.r.connection_pool.get_connection()
             conn.send_command("FCALL", f"commit_{LIBRARY_VERSION}", 0, *q.commit_args(item, payload, vectors))
             if not conn.can_read(timeout=30):

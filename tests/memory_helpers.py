@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import inspect
 import json
+import uuid
 from array import array
 from pathlib import Path
 from typing import Any
 
 import redis
 
-from memproc import keys
+from memproc import keys, submissions
+from memproc.dal import queue, reads
+from memproc.dal.connection import Store, get_store
 from memproc.processor import build_processor
-from memproc.settings import get_settings, load_settings
+from memproc.schemas.requests import StoreRawRequest
+from memproc.settings import Settings, get_settings, load_settings
 from tests.api_client import call, mem_path
 
 
@@ -35,13 +39,14 @@ def drain(**overrides: Any) -> Any:
     return build_processor(settings).drain()
 
 
-def commit_payload(dimensions: int = 64) -> tuple[dict[str, Any], list[bytes]]:
-    """What a processor would write for one new memory (the commit's payload and vector blobs)."""
+def commit_payload(dimensions: int = 64, backend: str | None = None) -> tuple[dict[str, Any], list[bytes]]:
+    """What a processor would write for one new memory (the commit's payload and vector blobs), for
+    the memory index memproc uses here unless `backend` names one."""
     payload = {
         "ops": [{"op": "add", "text": "The user erased this.", "memory_type": "fact", "confidence": 0.9,
                  "tags": [], "vector": 0}],
         "seen_seq": 0,
-        "backend": "vectorset",
+        "backend": backend or get_store().index.name,
         "valid_from": 1_700_000_000.0,
         "history_limit": 50,
         "summary": "late",
@@ -60,15 +65,101 @@ def commit_payload(dimensions: int = 64) -> tuple[dict[str, Any], list[bytes]]:
     return payload, [array("f", [1.0] + [0.0] * (dimensions - 1)).tobytes()]
 
 
-def vector_elements(r: redis.Redis, vs: str) -> dict[str, dict[str, Any]]:
-    """Every element of the vector set with its attributes."""
-    if not r.exists(vs):
+def commit_ops(
+    vs: str,
+    session_id: str,
+    ops: list[dict[str, Any]],
+    vectors: list[list[float]],
+    *,
+    valid_from: float = 1_700_000_000.0,
+    store: Store | None = None,
+    settings: Settings | None = None,
+) -> list[str]:
+    """Memory operations committed as a processor would, with the caller's vectors and no LLM: one
+    submission of `session_id`, claimed and committed (each op's `vector` numbers its vector). The
+    ids of the memories it touched, in order."""
+    store = store or get_store()
+    settings = settings or get_settings()
+    dims = len(vectors[0]) if vectors else settings.embedding_dimensions
+    text = f"user: commit {uuid.uuid4().hex}"
+    raw_id = submissions.submit(
+        store, settings, vs, StoreRawRequest(session_data=text, session_id=session_id)
+    ).raw_memory_id
+    (item,) = queue.claim(store, settings, 1).items
+    assert item.raw_id == raw_id
+    payload, _ = commit_payload(dims, store.index.name)
+    payload.update(
+        ops=ops, seen_seq=reads.memory_state(store, vs).seq, valid_from=valid_from, processed_length=len(text)
+    )
+    if ops:
+        store.index.ensure(dims)  # as the processor does before it commits
+    result = queue.commit(store, item, payload, [array("f", v).tobytes() for v in vectors])
+    assert result.outcome == "ok", result
+    return list(result.memory_ids)
+
+
+def add_memories(
+    vs: str,
+    session_id: str,
+    vectors: list[list[float]],
+    *,
+    memory_type: str = "fact",
+    valid_from: float = 1_700_000_000.0,
+    store: Store | None = None,
+    settings: Settings | None = None,
+) -> list[str]:
+    """New memories with the given vectors (texts "<vs>/<session> #i"), through `commit_ops`."""
+    ops = [
+        {"op": "add", "text": f"{vs}/{session_id} #{i}", "memory_type": memory_type, "confidence": 0.9,
+         "tags": [], "vector": i}
+        for i in range(len(vectors))
+    ]  # fmt: skip
+    return commit_ops(vs, session_id, ops, vectors, valid_from=valid_from, store=store, settings=settings)
+
+
+def memory_records(vs: str, store: Store | None = None) -> dict[str, dict[str, Any]]:
+    """Every memory of `vs` with its stored record (the JSON attributes, whole): ids from the
+    vectorstore's memory index, records read with the commands memproc's memory index queues for
+    them (VGETATTR or HGET, whichever backend runs). Index entries without a record are left out."""
+    store = store or get_store()
+    ids = store.r.zrange(keys.VectorstoreKeys(vs).memory_index, 0, -1)
+    if not ids:
         return {}
-    names = r.execute_command("VRANDMEMBER", vs, r.execute_command("VCARD", vs))
-    pipe = r.pipeline(transaction=False)
-    for n in names:
-        pipe.execute_command("VGETATTR", vs, n)
-    return {n: json.loads(a) for n, a in zip(names, pipe.execute(), strict=True)}
+    pipe = store.r.pipeline(transaction=False)
+    parse = store.index.queue_get(pipe, vs, ids)
+    replies = pipe.execute()
+    found = parse(iter(replies))
+    return {mid: json.loads(text) for mid, text in zip(ids, replies, strict=True) if mid in found}
+
+
+def memory_key_pattern(vs: str) -> str:
+    """The glob of `vs`'s memory hashes on the Query Engine (`{vs}` never matches `{vs0}`)."""
+    return f"{keys.MEMORY_PREFIX}{{{vs}}}:*"
+
+
+def memory_storage(r: redis.Redis, vs: str) -> list[str]:
+    """The keys the engine keeps `vs`'s memories in, whatever the memory index zset says: the vector
+    set at the bare name, or one Query-Engine hash per memory (SCAN: test-only)."""
+    if get_store().index.name == "search":
+        return sorted(r.scan_iter(match=memory_key_pattern(vs), count=1000))
+    return [vs] if r.exists(vs) else []
+
+
+def stored_memories(r: redis.Redis, vs: str) -> int:
+    """How many memories the engine itself holds for `vs`: the vector set's cardinality, or the
+    number of memory hashes."""
+    if get_store().index.name == "search":
+        return len(memory_storage(r, vs))
+    return int(r.execute_command("VCARD", vs)) if r.exists(vs) else 0
+
+
+def drop_memory_record(r: redis.Redis, vs: str, memory_id: str) -> None:
+    """Remove one memory from the engine behind memproc's back (what a stray delete would leave:
+    an index entry whose memory is gone)."""
+    if get_store().index.name == "search":
+        r.delete(keys.VectorstoreKeys(vs).memory(memory_id))
+    else:
+        r.execute_command("VREM", vs, memory_id)
 
 
 GLOBAL_ZSETS = (keys.RAW_MEMORY_QUEUE, keys.INFLIGHT, keys.DEAD)
@@ -102,13 +193,15 @@ def value(rb: redis.Redis, key: bytes | str) -> tuple[Any, ...]:
 
 
 def snapshot(r: redis.Redis, vs: str) -> dict[str, Any]:
-    """Every key of vectorstore `vs` (type, content, expiry) and its entries in the global sets.
+    """Every key of vectorstore `vs` (type, content, expiry: its vector set or its memory hashes
+    included) and its entries in the global sets.
 
     Test-only: uses SCAN, which no request path does. `{vs}:*` does not match `{vs0}:*`, so names
     that share a prefix stay apart.
     """
     rb = _binary(r)
     names = [k.decode() for k in rb.scan_iter(match=f"{{{vs}}}:*".encode(), count=1000)]
+    names += [k.decode() for k in rb.scan_iter(match=memory_key_pattern(vs).encode(), count=1000)]
     if rb.exists(vs):
         names.append(vs)
     found: dict[str, Any] = {name: value(rb, name) for name in sorted(names)}

@@ -91,6 +91,7 @@ def check(
     return "accepted"
 
 
+@pytest.mark.one_backend
 def test_hostile_path_values_on_every_route(seeded: dict[str, Any], r: redis.Redis) -> None:
     outcomes = {"refused": 0, "accepted": 0}
     for method, resource in api_routes():
@@ -109,9 +110,11 @@ def test_hostile_path_values_on_every_route(seeded: dict[str, Any], r: redis.Red
     assert outcomes["refused"] > 500  # the corpus is mostly hostile: proof it was sent
 
 
-def test_odd_query_values_on_every_route(seeded: dict[str, Any], r: redis.Redis) -> None:
+def odd_queries(seeded: dict[str, Any], r: redis.Redis, routes: list[tuple[str, str]]) -> int:
+    """Every odd value of every query parameter sent to `routes`: each refused or answered without
+    change. How many requests were sent."""
     tried = 0
-    for method, resource in api_routes():
+    for method, resource in routes:
         if method == "DELETE":
             continue
         for param, kind in QUERY.items():
@@ -128,7 +131,19 @@ def test_odd_query_values_on_every_route(seeded: dict[str, Any], r: redis.Redis)
                     f"{method} {resource} ?{param}={value[:40]!r}",
                 )
                 tried += 1
-    assert tried > 1000
+    return tried
+
+
+@pytest.mark.one_backend
+def test_odd_query_values_on_every_route(seeded: dict[str, Any], r: redis.Redis) -> None:
+    assert odd_queries(seeded, r, api_routes()) > 1000
+
+
+def test_odd_query_values_on_the_search_route_of_each_backend(seeded: dict[str, Any], r: redis.Redis) -> None:
+    """The filters become a VSIM FILTER expression or a Query Engine query: each backend's escaping
+    meets every odd value (a session id of one underscore once broke the Query Engine's)."""
+    routes = [(m, res) for m, res in api_routes() if res.endswith("/search")]
+    assert routes and odd_queries(seeded, r, routes) > 100
 
 
 def _body(spec: dict[str, Any]) -> bytes:
@@ -144,6 +159,7 @@ def _body(spec: dict[str, Any]) -> bytes:
     return json.dumps({"session_data": "x" * spec["oversize"]}).encode()
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize("spec", corpus()["bodies"], ids=lambda s: json.dumps(s)[:60])
 def test_hostile_bodies_for_store_raw(seeded: dict[str, Any], r: redis.Redis, spec: dict[str, Any]) -> None:
     before = changes(r)

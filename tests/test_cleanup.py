@@ -23,7 +23,15 @@ from memproc_local.handlers import load_handler
 from memproc_local.routing import Route
 from tests.api_client import call, mem_path
 from tests.chats import sessions
-from tests.memory_helpers import drain, everything, snapshot, store, vector_elements
+from tests.memory_helpers import (
+    drain,
+    drop_memory_record,
+    everything,
+    memory_records,
+    snapshot,
+    store,
+    stored_memories,
+)
 from tests.redis_server import ROOT, RedisServer
 
 DAY = 86_400
@@ -95,7 +103,7 @@ def live_state(r: redis.Redis, s: Scene) -> dict[str, Any]:
 def test_only_old_processed_transcripts_are_deleted(scene: Scene, r: redis.Redis) -> None:
     other = snapshot(r, "user10")
     live = live_state(r, scene)
-    memories = vector_elements(r, "user1")
+    memories = memory_records("user1")
     digest = r.hget(U1.raw(scene.old), "dedupe_digest")
     summary = r.get(U1.session_summary("s-old"))
 
@@ -108,7 +116,7 @@ def test_only_old_processed_transcripts_are_deleted(scene: Scene, r: redis.Redis
     assert not r.exists(U1.raw(scene.old), U1.dedupe(digest))
     assert r.zscore(U1.raw_index, scene.old) is None and r.zscore(U1.session_raws("s-old"), scene.old) is None
     # Memories and the summary are not transcripts: they stay.
-    assert vector_elements(r, "user1") == memories and r.get(U1.session_summary("s-old")) == summary
+    assert memory_records("user1") == memories and r.get(U1.session_summary("s-old")) == summary
     assert live_state(r, scene) == live
     assert snapshot(r, "user10") == other
     # Nothing left to do; the live items are still served by the queue.
@@ -136,11 +144,11 @@ def test_a_dry_run_lists_without_deleting(scene: Scene, r: redis.Redis) -> None:
 
 def test_index_entries_of_vanished_records_are_trimmed(scene: Scene, r: redis.Redis) -> None:
     other = snapshot(r, "user10")
-    # What TTLs (and a stray VREM, and an erased memory set) would leave behind.
+    # What TTLs (and a stray delete of a memory, and an erased memory set) would leave behind.
     r.delete(U1.raw(scene.old), U1.session_summary("s-new"), U1.raw(scene.new))
     r.delete(U1.session_memories("s-new"))
     gone = next(iter(r.smembers(U1.session_memories("s-old"))))
-    r.execute_command("VREM", "user1", gone)
+    drop_memory_record(r, "user1", gone)
     b = cleanup().body
     assert b["deleted_raw_memories"] == []
     assert b["trimmed_index_entries"] == {
@@ -152,9 +160,7 @@ def test_index_entries_of_vanished_records_are_trimmed(scene: Scene, r: redis.Re
     }
     assert r.zscore(U1.raw_index, scene.old) is None and r.zscore(U1.raw_index, scene.new) is None
     assert r.zscore(U1.session_index, "s-new") is None and r.zscore(U1.session_index, "s-old") is not None
-    assert r.zscore(U1.memory_index, gone) is None and r.zcard(U1.memory_index) == r.execute_command(
-        "VCARD", "user1"
-    )
+    assert r.zscore(U1.memory_index, gone) is None and r.zcard(U1.memory_index) == stored_memories(r, "user1")
     assert not r.exists(U1.session_raws("s-new")) and r.zcard(U1.session_raws("s-old")) == 0
     assert all(r.zscore(U1.raw_index, rid) is not None for rid in scene.live)
     assert snapshot(r, "user10") == other

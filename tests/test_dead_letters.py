@@ -11,6 +11,9 @@ from memproc import keys
 from tests.api_client import call, mem_path
 from tests.memory_helpers import drain, everything, store
 
+# Dead letters are queue records: the memory-index backend does not matter.
+pytestmark = pytest.mark.one_backend
+
 U1 = keys.VectorstoreKeys("user1")
 
 

@@ -20,7 +20,7 @@ from tests.redis_server import RedisServer
 
 # engine -> (INFO server_name, major version)
 EXPECTED = {"redis8": ("redis", 8), "valkey9": ("valkey", 9), "stack": ("redis", 7)}
-SERVERS = ["redis_server", "valkey_server", "stack_server", "cluster_server", "valkey_cluster_server"]
+SERVERS = ["redis8_server", "valkey_server", "stack_server", "cluster_server", "valkey_cluster_server"]
 CLUSTERS = ["cluster_server", "valkey_cluster_server"]
 
 

@@ -18,7 +18,15 @@ from memproc.dal.connection import get_store
 from memproc.processor import build_processor
 from memproc.settings import get_settings
 from tests.api_client import call, mem_path
-from tests.memory_helpers import commit_payload, drain, everything, snapshot, store, vector_elements
+from tests.memory_helpers import (
+    commit_payload,
+    drain,
+    everything,
+    memory_records,
+    snapshot,
+    store,
+    stored_memories,
+)
 
 U1 = keys.VectorstoreKeys("user1")
 TEA = "user: I prefer green tea over coffee.\nuser: I live in Porto.\n"
@@ -57,7 +65,7 @@ def scene(fake_llm: Any, r: redis.Redis) -> Scene:
     queued = store("user1", TEA + "user: I bake bread.\n", "s-1")["raw_memory_id"]
     bystander = store("user1", "user: I collect vinyl records.", "s-3")["raw_memory_id"]
     store("user10", "user: I collect vinyl records.", "s-9")
-    shared = next(mid for mid, a in vector_elements(r, "user1").items() if len(a["source_sessions"]) == 2)
+    shared = next(mid for mid, a in memory_records("user1").items() if len(a["source_sessions"]) == 2)
     return Scene(processed, dead, claim, queued, shared, other_raw, bystander)
 
 
@@ -69,9 +77,9 @@ def test_erasing_a_session(scene: Scene, r: redis.Redis) -> None:
     others = {vs: snapshot(r, vs) for vs in ("user10", "user")}
     s2_summary = json.loads(r.get(U1.session_summary("s-2")))
     s2_memories = r.smembers(U1.session_memories("s-2"))
-    before = vector_elements(r, "user1")
+    before = memory_records("user1")
     only_s1 = {mid for mid, a in before.items() if a["source_sessions"] == ["s-1"]}
-    vcard = r.execute_command("VCARD", "user1")
+    vcard = stored_memories(r, "user1")
 
     res = delete("/session/s-1")
     assert res.status == 200, res.body
@@ -96,8 +104,8 @@ def test_erasing_a_session(scene: Scene, r: redis.Redis) -> None:
             r.zscore(z, U1.raw(rid)) is None for z in (keys.RAW_MEMORY_QUEUE, keys.INFLIGHT, keys.DEAD)
         )
         assert all(r.zscore(z, rid) is None for z in (U1.pending, U1.inflight, U1.dead, U1.raw_index))
-    after = vector_elements(r, "user1")
-    assert r.execute_command("VCARD", "user1") == vcard - len(only_s1) and not only_s1 & set(after)
+    after = memory_records("user1")
+    assert stored_memories(r, "user1") == vcard - len(only_s1) and not only_s1 & set(after)
     assert r.zcard(U1.memory_index) == len(after)
     shared = after[scene.shared_memory]
     assert shared["source_sessions"] == ["s-2"] and shared["session_id"] == "s-2"
@@ -151,13 +159,13 @@ def test_an_erasure_during_processing_leaves_nothing_behind(fake_llm: Any, r: re
 
 def test_erasing_one_memory(scene: Scene, r: redis.Redis) -> None:
     others = {vs: snapshot(r, vs) for vs in ("user10", "user")}
-    before = vector_elements(r, "user1")
+    before = memory_records("user1")
     mid = scene.shared_memory
     res = delete(f"/memories/{mid}")
     assert res.status == 200, res.body
     assert res.body["erased"] == "memory" and res.body["id"] == mid
     assert res.body["removed"]["memories"] == 1 and res.body["removed"]["references_updated"] == 4
-    after = vector_elements(r, "user1")
+    after = memory_records("user1")
     assert mid not in after and after == {k: v for k, v in before.items() if k != mid}
     assert r.zscore(U1.memory_index, mid) is None
     for sid in ("s-1", "s-2"):
@@ -174,7 +182,7 @@ def test_erasing_one_memory(scene: Scene, r: redis.Redis) -> None:
 
 def test_erasing_a_vectorstore(scene: Scene, r: redis.Redis) -> None:
     others = {vs: snapshot(r, vs) for vs in ("user10", "user")}
-    memories = r.execute_command("VCARD", "user1")
+    memories = stored_memories(r, "user1")
     res = delete("")
     assert res.status == 200, res.body
     b = res.body

@@ -26,6 +26,9 @@ from memproc.settings import get_settings
 from memproc_local.events import LambdaContext
 from tests.memory_helpers import process_queue_handler
 
+# Fan-out is about processors and the queue: the memory-index backend does not matter.
+pytestmark = pytest.mark.one_backend
+
 FUNCTION = "memproc-process-queue"
 TICK = {"source": "memproc.schedule", "detail-type": "Scheduled Event", "detail": {"task": "process_queue"}}
 

@@ -17,7 +17,7 @@ from memproc.dal.connection import get_store
 from memproc.settings import get_settings
 from tests.api_client import call, mem_path
 from tests.chats import sessions
-from tests.memory_helpers import commit_payload, drain, everything, store
+from tests.memory_helpers import commit_payload, drain, everything, memory_records, store, stored_memories
 from tests.redis_server import RedisServer
 
 CHAT = "user: I prefer green tea over coffee.\nuser: I live in Porto.\n"
@@ -73,7 +73,7 @@ def test_the_hierarchy_has_memories_summaries_and_raw_submissions(fake_llm: Any,
         "end_date": None,
         "limit": 50,
     }
-    assert len(b["discrete_memories"]) == r.execute_command("VCARD", "user1") >= 3
+    assert len(b["discrete_memories"]) == stored_memories(r, "user1") >= 3
     m = next(m for m in b["discrete_memories"] if "green tea" in m["text"])
     assert m["memory_type"] == "preference" and m["session_id"] == "s-1" and m["source_sessions"] == ["s-1"]
     assert m["raw_memory_id"] == first["raw_memory_id"] and m["created_at"].endswith("Z")
@@ -173,7 +173,7 @@ def test_the_cursor_walks_every_item_exactly_once(fake_llm: Any, r: redis.Redis)
         store("user1", text, f"q-{i}")  # still queued
     vk = keys.VectorstoreKeys("user1")
     everything_, _ = walk(limit=1000)
-    assert len(everything_["discrete"]) == r.zcard(vk.memory_index) == r.execute_command("VCARD", "user1")
+    assert len(everything_["discrete"]) == r.zcard(vk.memory_index) == stored_memories(r, "user1")
     assert len(everything_["summary"]) == 7 and len(everything_["raw"]) == 10
     # Memories of one session share a timestamp: pages of 1 and 3 step over ties correctly.
     longest = max(len(v) for v in everything_.values())
@@ -230,7 +230,9 @@ def test_an_unknown_vectorstore_is_a_404(env: Any, r: redis.Redis) -> None:
     assert r.dbsize() == 0
 
 
-def test_round_trips_do_not_grow_with_the_data(fake_llm: Any, redis_server: RedisServer) -> None:
+def test_round_trips_do_not_grow_with_the_data(
+    fake_llm: Any, redis_server: RedisServer, backend: str
+) -> None:
     for i, text in enumerate(sessions(4, seed=5)):
         store("user1", text, f"a-{i}")
     drain()
@@ -244,19 +246,17 @@ def test_round_trips_do_not_grow_with_the_data(fake_llm: Any, redis_server: Redi
     with redis_server.requests() as large:
         assert hierarchy(limit=3).body["counts"] == {"discrete": 3, "summary": 3, "raw": 3}
     assert small == large
-    # Two pipelined round trips: three index ranges with their counts, then the records of the page.
-    assert (
-        small
-        == ["ZRANGE"] * 3
+    # Two pipelined round trips: three index ranges with their counts, then the records of the page
+    # (a memory's is its vector set element's attributes, or the `attrs` field of its hash).
+    memory_reads = {"vectorset": ["VGETATTR"] * 3, "search": ["HGET"] * 3}
+    expected = (
+        ["ZRANGE"] * 3
         + ["ZCOUNT"] * 3
-        + ["VGETATTR"] * 3
+        + memory_reads[backend]
         + ["GET", "EXPIRETIME"] * 3
-        + [
-            "HMGET",
-            "EXPIRETIME",
-        ]
-        * 3
+        + ["HMGET", "EXPIRETIME"] * 3
     )
+    assert small == expected
     with redis_server.requests() as by_session:
         assert hierarchy(session_id="b-7", limit=3).status == 200
     assert by_session[:4] == ["SMEMBERS", "GET", "EXPIRETIME", "ZRANGE"]
@@ -388,7 +388,7 @@ def test_a_changed_category_and_an_erased_memory_leave_their_listing(fake_llm: A
     store("user1", "user: Actually my goal is to drink only oolong.", "s-1")
     item = queue.claim(get_store(), get_settings(), 1).items[0]
     payload, vectors = commit_payload(int(r.hget(vk.config, "dimensions") or 64))
-    attrs = json.loads(r.execute_command("VGETATTR", "user1", m["memory_id"]))
+    attrs = memory_records("user1")[m["memory_id"]]
     update = {"op": "update", "target": m["memory_id"], "seq": attrs["seq"], "text": "The user wants oolong."}
     payload.update(
         ops=[

@@ -1,5 +1,7 @@
 """The ways found to lose, duplicate or corrupt work in the queue protocol, each pinned by a test
-that failed before its fix (issue "Integrity", defects 1-7 and 10)."""
+that failed before its fix (issue "Integrity", defects 1-7 and 10). Those that need no memory index
+run on every queue engine (`queue_server`: Redis 8, Valkey 9, both as one-node clusters), the others
+on both memory-index backends."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from memproc.llm.chunking import chunk_transcript
 from memproc.processor import build_processor
 from memproc.settings import get_settings, load_settings
 from tests.api_client import call, mem_path
-from tests.memory_helpers import commit_payload, drain, everything, store, vector_elements
+from tests.memory_helpers import commit_payload, drain, everything, memory_records, store
 
 U1 = keys.VectorstoreKeys("user1")
 CHAT = "user: I live in Porto.\nuser: I prefer green tea over coffee.\n"
@@ -34,11 +36,11 @@ def expire_leases(r: redis.Redis) -> None:
 # -- 1. fencing tokens -------------------------------------------------------------------------
 
 
-def test_a_redrive_never_reissues_a_fencing_token(env: Any, r: redis.Redis) -> None:
+def test_a_redrive_never_reissues_a_fencing_token(qr: redis.Redis) -> None:
     raw_id = store("user1", CHAT, "s-1")["raw_memory_id"]
     settings = load_settings(max_attempts=1)
     stale = queue.claim(get_store(), settings, 1).items[0]
-    expire_leases(r)  # the worker froze past its lease...
+    expire_leases(qr)  # the worker froze past its lease...
     assert queue.claim(get_store(), settings, 1).buried == 1  # ...on its last attempt: dead
     assert queue.redrive(get_store(), "user1", raw_id)[0] == "queued"
     fresh = queue.claim(get_store(), settings, 1).items[0]
@@ -52,13 +54,11 @@ def test_a_redrive_never_reissues_a_fencing_token(env: Any, r: redis.Redis) -> N
 # -- 2. a session's submissions, one at a time and in order ----------------------------------------
 
 
-def test_a_sessions_submissions_are_claimed_one_at_a_time_in_submission_order(
-    env: Any, r: redis.Redis
-) -> None:
+def test_a_sessions_submissions_are_claimed_one_at_a_time_in_submission_order(qr: redis.Redis) -> None:
     first = store("user1", CHAT, "s-1")["raw_memory_id"]
     second = store("user1", LONGER, "s-1")["raw_memory_id"]
     other = store("user1", "user: I collect stamps.", "s-2")["raw_memory_id"]
-    assert r.zcard(keys.RAW_MEMORY_QUEUE) == 3  # the one waiting behind its session still counts
+    assert qr.zcard(keys.RAW_MEMORY_QUEUE) == 3  # the one waiting behind its session still counts
     # Sessions of one vectorstore may run in parallel here: the order within a session is the point.
     settings = load_settings(retry_base_seconds=60, retry_max_seconds=60, vectorstore_concurrency=10)
     batch = queue.claim(get_store(), settings, 10)
@@ -67,9 +67,9 @@ def test_a_sessions_submissions_are_claimed_one_at_a_time_in_submission_order(
     # The first fails and backs off: the second still waits, even though it is eligible by time.
     assert queue.fail(get_store(), settings, held, "HTTP 500", retryable=True)[0] == "retry"
     assert queue.claim(get_store(), settings, 10).items == []
-    r.zadd(keys.RAW_MEMORY_QUEUE, {U1.raw(first): 0})
-    r.zadd(U1.pending, {first: 0})
-    r.zadd(keys.READY, {"user1": 0})  # its backoff is over
+    qr.zadd(keys.RAW_MEMORY_QUEUE, {U1.raw(first): 0})
+    qr.zadd(U1.pending, {first: 0})
+    qr.zadd(keys.READY, {"user1": 0})  # its backoff is over
     again = queue.claim(get_store(), settings, 10).items
     assert [c.raw_id for c in again] == [first]
     payload, vectors = commit_payload()
@@ -86,7 +86,7 @@ def test_a_longer_repost_waits_for_the_first_and_costs_only_its_delta(fake_llm: 
     assert r.hget(U1.raw(second), "extraction_mode") == "delta"
     summary = json.loads(r.get(U1.session_summary("s-1")))
     assert summary["processed_length"] == len(LONGER) and summary["raw_memory_ids"] == [first, second]
-    texts = [m["text"] for m in vector_elements(r, "user1").values()]
+    texts = [m["text"] for m in memory_records("user1").values()]
     assert len(texts) == len(set(texts))  # nothing extracted twice
 
 
@@ -99,7 +99,7 @@ def test_a_late_redrive_of_an_earlier_version_neither_reextracts_nor_rolls_the_s
     second = store("user1", LONGER, "s-1")["raw_memory_id"]
     assert drain().processed == 1
     before = json.loads(r.get(U1.session_summary("s-1")))
-    memories = vector_elements(r, "user1")
+    memories = memory_records("user1")
     chats = fake_llm.chat_calls
     assert queue.redrive(get_store(), "user1", first)[0] == "queued"
     assert drain().processed == 1
@@ -108,19 +108,20 @@ def test_a_late_redrive_of_an_earlier_version_neither_reextracts_nor_rolls_the_s
     after = json.loads(r.get(U1.session_summary("s-1")))
     assert after["summary"] == before["summary"] and after["processed_length"] == len(LONGER)
     assert after["processed_raw_id"] == second
-    assert vector_elements(r, "user1") == memories
+    assert memory_records("user1") == memories
 
 
 # -- 3. an evicting store ----------------------------------------------------------------------------
 
 
 @pytest.fixture
-def evicting(r: redis.Redis) -> Iterator[None]:
-    r.config_set("maxmemory-policy", "allkeys-lru")
+def evicting(qr: redis.Redis) -> Iterator[None]:
+    qr.config_set("maxmemory-policy", "allkeys-lru")
     yield
-    r.config_set("maxmemory-policy", "noeviction")
+    qr.config_set("maxmemory-policy", "noeviction")
 
 
+@pytest.mark.one_backend
 def test_a_queue_entry_whose_record_was_evicted_becomes_a_visible_dead_letter(
     fake_llm: Any, r: redis.Redis
 ) -> None:
@@ -139,17 +140,15 @@ def test_a_queue_entry_whose_record_was_evicted_becomes_a_visible_dead_letter(
     assert retry.status == 409 and retry.error_code == "record_lost"
 
 
-def test_an_evicting_store_refuses_new_sessions_and_says_why(
-    evicting: None, env: Any, r: redis.Redis
-) -> None:
-    r.config_set("maxmemory-policy", "noeviction")
+def test_an_evicting_store_refuses_new_sessions_and_says_why(evicting: None, qr: redis.Redis) -> None:
+    qr.config_set("maxmemory-policy", "noeviction")
     store("user10", CHAT, "s-1")  # written while the store was safe
-    r.config_set("maxmemory-policy", "allkeys-lru")
-    r.hdel(keys.PROCESSOR_STATUS, "policy_checked_at")  # the policy is rechecked at most once a minute
+    qr.config_set("maxmemory-policy", "allkeys-lru")
+    qr.hdel(keys.PROCESSOR_STATUS, "policy_checked_at")  # the policy is rechecked at most once a minute
     res = call("POST", mem_path("user1", "/store_raw"), json_body={"session_data": CHAT})
     assert res.status == 503 and res.error_code == "store_evicting"
     assert "allkeys-lru" in res.body["error"]["message"] and res.headers["Retry-After"]
-    assert r.zcard(keys.RAW_MEMORY_QUEUE) == 1 and not r.exists(U1.raw_index)
+    assert qr.zcard(keys.RAW_MEMORY_QUEUE) == 1 and not qr.exists(U1.raw_index)
     refused = call("GET", mem_path("user1", "/processing_status"))
     assert refused.status == 404 and refused.error_code == "unknown_vectorstore"  # it was never written
     status = call("GET", mem_path("user10", "/processing_status")).body
@@ -158,7 +157,7 @@ def test_an_evicting_store_refuses_new_sessions_and_says_why(
 
 
 def test_the_processor_warns_at_start_about_an_evicting_store(
-    evicting: None, env: Any, caplog: pytest.LogCaptureFixture
+    evicting: None, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level("WARNING", logger="memproc.processor"):
         drain()
@@ -171,14 +170,14 @@ def test_the_processor_warns_at_start_about_an_evicting_store(
 def test_erasing_a_session_a_year_later_still_removes_its_memories(fake_llm: Any, r: redis.Redis) -> None:
     store("user1", CHAT, "s-1")
     drain()
-    assert vector_elements(r, "user1")
+    assert memory_records("user1")
     # A year passes: every key with a retention is gone; memories are permanent.
     for key in [k for k in r.scan_iter(match="{user1}:*") if r.ttl(k) > 0]:
         r.delete(key)
     res = call("DELETE", mem_path("user1", "/session/s-1"))
     assert res.status == 200, res.body
     assert res.body["removed"]["memories"] > 0
-    assert vector_elements(r, "user1") == {} and r.zcard(U1.memory_index) == 0
+    assert memory_records("user1") == {} and r.zcard(U1.memory_index) == 0
 
 
 # -- 5. erasure and cleanup on a full store ------------------------------------------------------------
@@ -205,7 +204,7 @@ def test_a_full_store_still_serves_cleanup_and_erasure(full: None, r: redis.Redi
     ]:
         res = call(method, mem_path("user1", path), query=query)
         assert res.status == 200, (method, path, res.body)
-    assert vector_elements(r, "user1") == {}
+    assert memory_records("user1") == {}
 
 
 # -- 6. a late redrive keeps its transcript for a retention period -------------------------------------
@@ -237,36 +236,37 @@ def test_a_redrive_after_the_retention_window_is_not_deleted_when_processed(
         lambda p, v: (p, [v[0][:-4]]),  # a vector of the wrong size
     ],
 )
-def test_a_commit_that_fails_validation_writes_nothing(env: Any, r: redis.Redis, spoil: Any) -> None:
+def test_a_commit_that_fails_validation_writes_nothing(qr: redis.Redis, spoil: Any) -> None:
     store("user1", CHAT, "s-1")
     item = queue.claim(get_store(), get_settings(), 1).items[0]
-    before = everything(r)
+    before = everything(qr)
     payload, vectors = spoil(*commit_payload())
     with pytest.raises(redis.ResponseError, match="commit"):
         queue.commit(get_store(), item, payload, vectors)
-    assert everything(r) == before
+    assert everything(qr) == before
 
 
 # -- 10. leases: short, renewed while the worker lives ----------------------------------------------------
 
 
-def test_renewal_extends_only_the_leases_a_worker_still_holds(env: Any, r: redis.Redis) -> None:
+def test_renewal_extends_only_the_leases_a_worker_still_holds(qr: redis.Redis) -> None:
     store("user1", CHAT, "s-1")
     store("user1", "user: I collect stamps.", "s-2")
     settings = load_settings(vectorstore_concurrency=2)
     held, lost = queue.claim(get_store(), settings, 2).items
-    r.zadd(keys.INFLIGHT, {U1.raw(lost.raw_id): 0})
+    qr.zadd(keys.INFLIGHT, {U1.raw(lost.raw_id): 0})
     retaken = queue.claim(get_store(), settings, 1).items[0]  # reaps the expired lease and retakes it
     assert retaken.raw_id == lost.raw_id
-    before = r.zscore(keys.INFLIGHT, U1.raw(held.raw_id))
+    before = qr.zscore(keys.INFLIGHT, U1.raw(held.raw_id))
     gone = queue.renew(get_store(), settings, [held, lost])
     assert gone == {lost.raw_id}
-    assert r.zscore(keys.INFLIGHT, U1.raw(held.raw_id)) >= before
-    assert r.zscore(keys.INFLIGHT, U1.raw(lost.raw_id)) == pytest.approx(
-        float(r.hget(U1.raw(lost.raw_id), "lease_deadline"))
+    assert qr.zscore(keys.INFLIGHT, U1.raw(held.raw_id)) >= before
+    assert qr.zscore(keys.INFLIGHT, U1.raw(lost.raw_id)) == pytest.approx(
+        float(qr.hget(U1.raw(lost.raw_id), "lease_deadline"))
     )  # the new holder's lease, untouched
 
 
+@pytest.mark.one_backend
 def test_a_worker_renews_the_lease_of_an_item_that_outlives_a_third_of_it(
     fake_llm: Any, r: redis.Redis
 ) -> None:
@@ -277,6 +277,7 @@ def test_a_worker_renews_the_lease_of_an_item_that_outlives_a_third_of_it(
     assert r.hget(U1.raw(raw_id), "processing_attempts") == "1"
 
 
+@pytest.mark.one_backend
 def test_a_long_transcript_outlives_its_lease_yet_is_claimed_and_paid_for_once(
     fake_llm: Any, r: redis.Redis
 ) -> None:

@@ -17,7 +17,7 @@ from memproc.dal.connection import get_store
 from memproc.settings import get_settings, load_settings
 from tests.api_client import call, mem_path
 from tests.chats import WORDS
-from tests.memory_helpers import commit_payload, drain, store, vector_elements
+from tests.memory_helpers import commit_payload, drain, memory_records, memory_storage, store, stored_memories
 from tests.round_trips import RoundTrips
 
 CHAT = (
@@ -47,8 +47,8 @@ def test_a_stored_session_becomes_the_memory_hierarchy(fake_llm: Any, r: redis.R
         float(raw["created_at"]) + 30 * 86400, abs=2
     )
 
-    memories = vector_elements(r, "user123")
-    assert len(memories) == created == r.execute_command("VCARD", "user123")
+    memories = memory_records("user123")
+    assert len(memories) == created == stored_memories(r, "user123")
     assert all(isinstance(m["created_at"], float | int) for m in memories.values())
     assert all(
         m["session_id"] == "s-1" and m["raw_memory_id"] == res["raw_memory_id"] for m in memories.values()
@@ -64,7 +64,8 @@ def test_a_stored_session_becomes_the_memory_hierarchy(fake_llm: Any, r: redis.R
     assert r.smembers(vk.session_memories("s-1")) == set(memories)
     assert 364 * 86400 < r.ttl(vk.session_summary("s-1")) <= 365 * 86400
     assert r.ttl(vk.session_memories("s-1")) == -1  # as permanent as the memories, so erasure finds them
-    assert r.ttl("user123") == -1  # memories are permanent
+    held_in = memory_storage(r, "user123")
+    assert held_in and {r.ttl(key) for key in held_in} == {-1}  # memories are permanent
 
     # What an operator sees from redis-cli, and what processing_status says.
     assert r.zcard("RAW_MEMORY_QUEUE") == 0
@@ -109,7 +110,7 @@ def test_injected_instructions_never_become_memories(fake_llm: Any, r: redis.Red
     )
     store("user123", chat, "s-1")
     assert drain().processed == 1
-    texts = [m["text"].lower() for m in vector_elements(r, "user123").values()]
+    texts = [m["text"].lower() for m in memory_records("user123").values()]
     assert any("nurse" in t for t in texts)
     assert not any("admin" in t or "instruction" in t or "system" in t for t in texts)
     # The transcript reached the model inside a delimited data block.
@@ -142,10 +143,10 @@ def test_reposting_a_longer_session_extracts_only_the_new_part(fake_llm: Any, r:
 def test_near_duplicate_memories_merge_and_record_the_extra_session(fake_llm: Any, r: redis.Redis) -> None:
     store("user123", "user: I prefer green tea over coffee.", "s-1")
     drain()
-    before = vector_elements(r, "user123")
+    before = memory_records("user123")
     second = store("user123", "user: I prefer green tea over coffee.\nassistant: noted", "s-2")
     drain()
-    after = vector_elements(r, "user123")
+    after = memory_records("user123")
     assert len(after) == len(before)
     merged = [m for m in after.values() if "s-2" in m["source_sessions"]]
     assert merged and all(set(m["source_sessions"]) == {"s-1", "s-2"} for m in merged)
@@ -160,7 +161,7 @@ def test_a_backstopped_restatement_is_confirmed_beside_a_new_memory(env: Any, r:
     # confirmed by the backstop: its vector is dropped and the new memory keeps its own.
     store("user123", "user: I prefer green tea over coffee.", "s-1")
     drain()
-    (tea,) = vector_elements(r, "user123")
+    (tea,) = memory_records("user123")
     second = store(
         "user123", "user: I really prefer green tea over coffee.\nuser: I adopted a cat named Miso.", "s-2"
     )
@@ -168,7 +169,7 @@ def test_a_backstopped_restatement_is_confirmed_beside_a_new_memory(env: Any, r:
     assert (report.processed, report.retried, report.dead) == (1, 0, 0)
     raw = raw_hash(r, "user123", second["raw_memory_id"])
     assert (raw["status"], raw["memories_created"], raw["memories_merged"]) == ("processed", "1", "1")
-    after = vector_elements(r, "user123")
+    after = memory_records("user123")
     assert set(after[tea]["source_sessions"]) == {"s-1", "s-2"}
     (cat,) = set(after) - {tea}
     assert after[cat]["text"] == "The user adopted a cat named Miso."
@@ -186,6 +187,7 @@ def test_embedding_mismatch_is_refused_with_a_clear_error(fake_llm: Any, r: redi
     assert r.zscore("{RAW_MEMORY_QUEUE}:dead", keys.VectorstoreKeys("user123").raw(res["raw_memory_id"]))
 
 
+@pytest.mark.one_backend
 def test_a_server_error_is_retried_with_backoff(fake_llm: Any, r: redis.Redis) -> None:
     res = store("user123", CHAT, "s-1")
     fake_llm.fail_next("500", count=1)
@@ -202,6 +204,7 @@ def test_a_server_error_is_retried_with_backoff(fake_llm: Any, r: redis.Redis) -
     assert drain().processed == 0  # not eligible before its time
 
 
+@pytest.mark.one_backend
 def test_retries_within_the_provider_recover_from_500_and_timeout(fake_llm: Any, r: redis.Redis) -> None:
     store("user123", CHAT, "s-1")
     fake_llm.fail_next("500", count=1, retry_after_ms=1)
@@ -214,6 +217,7 @@ def test_retries_within_the_provider_recover_from_500_and_timeout(fake_llm: Any,
     assert [q.headers["x-stainless-retry-count"] for q in chat] == ["0", "1", "2"]  # the SDK's retries
 
 
+@pytest.mark.one_backend
 def test_429_honours_retry_after(fake_llm: Any, r: redis.Redis) -> None:
     res = store("user123", CHAT, "s-1")
     fake_llm.fail_next("429", count=1, retry_after=120)
@@ -224,6 +228,7 @@ def test_429_honours_retry_after(fake_llm: Any, r: redis.Redis) -> None:
 
 
 # Malformed output is asked again once inside the same attempt, so 4 bad answers cost 2 attempts.
+@pytest.mark.one_backend
 @pytest.mark.parametrize(("kind", "failures", "retried"), [("malformed", 4, 2), ("500", 2, 2)])
 def test_failures_retry_until_success(
     fake_llm: Any, r: redis.Redis, kind: str, failures: int, retried: int
@@ -236,6 +241,7 @@ def test_failures_retry_until_success(
     assert raw["status"] == "processed" and raw["processing_attempts"] == str(retried + 1)
 
 
+@pytest.mark.one_backend
 def test_refusal_goes_to_the_dead_set_and_a_redrive_processes_it(fake_llm: Any, r: redis.Redis) -> None:
     res = store("user123", CHAT, "s-1")
     fake_llm.fail_next("refusal", count=1)
@@ -249,6 +255,7 @@ def test_refusal_goes_to_the_dead_set_and_a_redrive_processes_it(fake_llm: Any, 
     assert raw_hash(r, "user123", res["raw_memory_id"])["status"] == "processed"
 
 
+@pytest.mark.one_backend
 def test_the_last_attempt_dead_letters_with_the_error(fake_llm: Any, r: redis.Redis) -> None:
     res = store("user123", CHAT, "s-1")
     fake_llm.fail_always("500")
@@ -264,6 +271,7 @@ def test_the_last_attempt_dead_letters_with_the_error(fake_llm: Any, r: redis.Re
     assert drain().processed == 1
 
 
+@pytest.mark.one_backend
 def test_expired_leases_are_reaped_and_the_last_one_dead_letters(fake_llm: Any, r: redis.Redis) -> None:
     res = store("user123", CHAT, "s-1")
     settings = load_settings(max_attempts=2)
@@ -278,6 +286,7 @@ def test_expired_leases_are_reaped_and_the_last_one_dead_letters(fake_llm: Any, 
     assert h["status"] == "error" and "lease expired" in h["last_error"]
 
 
+@pytest.mark.one_backend
 def test_a_stale_worker_cannot_commit_or_fail(fake_llm: Any, r: redis.Redis) -> None:
     store("user123", CHAT, "s-1")
     settings = get_settings()
@@ -290,6 +299,7 @@ def test_a_stale_worker_cannot_commit_or_fail(fake_llm: Any, r: redis.Redis) -> 
     assert raw_hash(r, "user123", stale.raw_id)["status"] == "processing"
 
 
+@pytest.mark.one_backend
 def test_a_flooding_vectorstore_does_not_starve_the_others(env: Any, r: redis.Redis) -> None:
     settings = get_settings()
     for i in range(300):
@@ -356,7 +366,7 @@ def test_round_trips_per_session_do_not_grow_with_the_vectorstore(fake_llm: Any,
         words = " ".join(rng.sample(WORDS, 6))
         store("big", f"user: I keep a {words} notebook.", f"g-{i}")
     drain(concurrency=8)
-    assert r.execute_command("VCARD", "big") > 150
+    assert stored_memories(r, "big") > 150
     large = requests_per_session(8, 100)
     assert large == small
     # Per session, each one round trip: the load (transcript and summary), the vectorstore's memory
@@ -366,6 +376,7 @@ def test_round_trips_per_session_do_not_grow_with_the_vectorstore(fake_llm: Any,
     assert small == (8 * 7 + 3) / 8
 
 
+@pytest.mark.one_backend
 def test_lambda_handler_stops_claiming_when_time_runs_short(fake_llm: Any, r: redis.Redis) -> None:
     from pathlib import Path
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 import redis
@@ -270,8 +269,9 @@ class QueueModel(RuleBasedStateMachine):
             assert raws.processed == sum(i.state == "processed" for i in mine)
 
 
-def test_the_queue_protocol_matches_its_model(redis_server: RedisServer, env: Any) -> None:
-    QueueModel.server = redis_server
+def test_the_queue_protocol_matches_its_model(queue_server: RedisServer) -> None:
+    """On every queue engine: Redis 8, Valkey 9, and both as one-node clusters (cluster clients)."""
+    QueueModel.server = queue_server
     QueueModel.TestCase.settings = settings(
         max_examples=EXAMPLES,
         stateful_step_count=30,

@@ -40,20 +40,10 @@ def reconfigure(env: pytest.MonkeyPatch, **variables: str | None) -> None:
     connection._store.cache_clear()
 
 
-@pytest.fixture(params=["vectorset", "search"])
-def backend(request: pytest.FixtureRequest, env: pytest.MonkeyPatch) -> Iterator[str]:
-    """Redis 8's vector sets, or the Query Engine (Redis Stack, as on ElastiCache and MemoryDB)."""
-    if request.param == "search":
-        server: RedisServer = request.getfixturevalue("stack_server")
-        server.client().flushall()
-        reconfigure(env, REDIS_URL=server.url, VECTOR_BACKEND="search")
-    yield request.param
-
-
 @pytest.fixture
 def offline_then_openai(backend: str, env: pytest.MonkeyPatch, fake_llm: Any) -> Iterator[Any]:
-    """user1's memories made by the offline provider at 32 dimensions; then the deployment gets an
-    OpenAI key (the fake server) and 64 dimensions."""
+    """user1's memories made by the offline provider at 32 dimensions, on either memory backend
+    (`redis_server`); then the deployment gets an OpenAI key (the fake server) and 64 dimensions."""
     reconfigure(env, OPENAI_API_KEY=None, EMBEDDING_DIMENSIONS="32")
     if backend == "search":  # this deployment's index, as the processor's start-up would create it
         get_store().index.ensure(32)
@@ -92,8 +82,6 @@ def test_store_raw_refuses_a_vectorstore_embedded_otherwise(offline_then_openai:
 def test_the_door_check_costs_no_extra_round_trip(
     offline_then_openai: redis.Redis, redis_server: RedisServer
 ) -> None:
-    if get_store().index.name == "search":
-        pytest.skip("the request log is read from the Redis 8 fixture")
     body = {"session_data": "user: I swim.\n"}
     call("POST", mem_path("user1", "/store_raw"), json_body=body)  # connect
     with redis_server.requests() as seen:

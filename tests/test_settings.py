@@ -15,6 +15,9 @@ from memproc.settings import ConfigurationError, get_settings, load_settings
 from tests.api_client import call, mem_path
 from tests.redis_server import RedisServer
 
+# Settings and clients: the memory-index backend does not matter.
+pytestmark = pytest.mark.one_backend
+
 
 @pytest.fixture
 def aws(env: pytest.MonkeyPatch) -> Iterator[None]:

@@ -14,7 +14,7 @@ from memproc.dal.connection import get_store
 from memproc.settings import get_settings
 from tests.api_client import call, mem_path
 from tests.chats import sessions
-from tests.memory_helpers import drain, everything, store
+from tests.memory_helpers import drain, everything, store, stored_memories
 from tests.redis_server import RedisServer
 
 
@@ -39,7 +39,7 @@ def test_counts_storage_and_daily_figures(fake_llm: Any, r: redis.Redis) -> None
     assert res.status == 200, res.body
     b = res.body
     c = b["counts"]
-    assert c["memories"] == r.execute_command("VCARD", "user1") > 0
+    assert c["memories"] == stored_memories(r, "user1") > 0
     assert c["sessions"] == 3
     assert c["raw_memories"] == {"queued": 1, "processing": 1, "error": 1, "processed": 3, "indexed": 6}
     assert c["received_total"] == 6 and c["processed_total"] == 3

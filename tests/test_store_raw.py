@@ -14,6 +14,9 @@ from memproc.submissions import describe_wait
 from tests.api_client import call, mem_path
 from tests.redis_server import ROOT, RedisServer
 
+# store_raw writes the queue and raw records only: the memory-index backend does not matter.
+pytestmark = pytest.mark.one_backend
+
 SESSION = "user: I moved to Lisbon last month and I love cycling.\nassistant: Lovely!"
 
 

@@ -28,6 +28,7 @@ from memproc import events as ev
 from memproc.dal import queue as q
 from memproc.dal import reads
 from memproc.dal.connection import Store, StoreError
+from memproc.dal.memory_index import IndexUnavailable
 from memproc.embedding_batch import EmbeddingBatcher
 from memproc.llm import Extraction, LLMError, LLMProvider, RetryableLLMError, Usage
 from memproc.llm.base import Vector
@@ -191,6 +192,13 @@ class Processor:
                 min_delay=exc.retry_after or 0.0,
             )
             outcome = Outcome(item, result, error=error)
+        except IndexUnavailable as exc:  # the engine is (re)building its index: decide later, not blind
+            log.warning("memory index unavailable for %s/%s: %s", item.vectorstore, item.raw_id, exc)
+            error = f"IndexUnavailable: {exc}"
+            result, _ = q.fail(
+                self.store, self.settings, item, error, retryable=True, min_delay=exc.retry_after
+            )
+            outcome = Outcome(item, result, error=error)
         except Exception as exc:  # a bug or an outage: retried, and dead after the last attempt
             log.exception("processing %s/%s failed", item.vectorstore, item.raw_id)
             error = f"{type(exc).__name__}: {exc}"
@@ -331,7 +339,11 @@ class Processor:
         return self.embedder.embed(texts) if texts else ([], Usage())
 
     def commit(self, item: q.Claim, payload: dict[str, Any], vectors: list[bytes]) -> q.CommitResult:
-        """Everything the item produced, and its ack, in one atomic call fenced by its token."""
+        """Everything the item produced, and its ack, in one atomic call fenced by its token. The
+        memory index must exist before the first memory is written (the Query Engine's is created on
+        first use, once per process; a vector set needs nothing)."""
+        if payload["ops"]:
+            self.store.index.ensure(payload["dimensions"])
         return q.commit(self.store, item, payload, vectors)
 
     def drain(

@@ -213,9 +213,10 @@ def dead_letter_ids(store: Store, vk: VectorstoreKeys, limit: int) -> tuple[list
 
 
 def stats(store: Store, vectorstore: str, days: int, samples: int) -> dict[str, Any]:
-    """Everything GET /stats shows, from one read-only library call."""
+    """Everything GET /stats shows, from one read-only library call (told the backend: memories are
+    one vector set, or hashes it estimates from samples)."""
     result: dict[str, Any] = json.loads(
-        fcall(store.r, "stats", [], [vectorstore, days, samples], readonly=True)
+        fcall(store.r, "stats", [], [vectorstore, days, samples, store.index.name], readonly=True)
     )
     return result
 

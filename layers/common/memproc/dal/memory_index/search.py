@@ -18,6 +18,7 @@ See: https://docs.aws.amazon.com/AmazonElastiCache/latest/dg/vector-search-comma
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -28,12 +29,13 @@ from memproc.keys import MEMORY_PREFIX, VectorstoreKeys, search_index
 from memproc.records import MemoryRecord
 from memproc.validation import require_session_id
 
-_TAG_SPECIAL = re.compile(r"[^A-Za-z0-9_]")
+_TAG_SPECIAL = re.compile(r"[^A-Za-z0-9]")
 
 
 def tag_value(value: str) -> str:
-    """A TAG query literal: every character but letters, digits and _ backslash-escaped, so a value
-    can never close the braces or start another term. Values are allowlisted before they get here."""
+    """A TAG query literal: every character but letters and digits backslash-escaped, so a value
+    can never close the braces or start another term (RediSearch even refuses a bare `{_}`). Values
+    are allowlisted before they get here."""
     return _TAG_SPECIAL.sub(lambda m: "\\" + m.group(0), value)
 
 
@@ -79,49 +81,112 @@ def _hits(reply: Any) -> list[Hit]:
     return sorted(hits, key=lambda h: h[1], reverse=True)
 
 
+class _IndexGone(redis.ResponseError):
+    """The index this process made sure of is not there any more."""
+
+
+def _fields(info: Any) -> dict[str, str]:
+    """FT.INFO's top-level scalar fields, whichever protocol and engine answered (a RESP3 map, or a
+    flat RESP2 list; nested values are left out)."""
+    pairs = info.items() if isinstance(info, dict) else zip(info[::2], info[1::2], strict=False)
+    return {_text(k).lower(): _text(v) for k, v in pairs if not isinstance(v, list | dict)}
+
+
+def index_ready(info: Any) -> bool:
+    """Whether an FT.INFO reply says every existing hash is indexed. The engines keep answering
+    queries while they (re)build an index, from what they indexed so far: RediSearch reports
+    `indexing` 1 and `percent_indexed` < 1, valkey-search (ElastiCache) `backfill_in_progress` 1 and a
+    `state` other than ready, MemoryDB an `index_status` other than AVAILABLE."""
+    f = _fields(info)
+    if f.get("indexing", "0") not in ("0", ""):
+        return False
+    if float(f.get("percent_indexed", "1") or 1) < 1:
+        return False
+    if f.get("backfill_in_progress", "0") not in ("0", ""):
+        return False
+    if f.get("state", "ready").lower() != "ready":
+        return False
+    return f.get("index_status", "available").lower() in ("available", "ready")
+
+
 class SearchIndex:
+    """One process's view of the deployment's index: created once (FT.INFO first), and trusted to be
+    fully built for READY_SECONDS after FT.INFO last said so (FT.INFO costs RediSearch ~3 ms at 20k
+    memories, several KNN queries' worth, so it is not asked on every query)."""
+
     name = "search"
+    READY_SECONDS = 60.0
+    CREATE_WAIT_SECONDS = 10.0
 
     def __init__(self, client: redis.Redis, dimensions: int) -> None:
         self.client = client
         self.index = search_index(dimensions)
         self.dimensions = dimensions
+        self._exists = False
+        self._ready_until = 0.0  # time.monotonic() until which the index counts as fully built
+
+    def _info(self) -> Any | None:
+        """FT.INFO's reply, or None when there is no such index."""
+        try:
+            return self.client.execute_command("FT.INFO", self.index)
+        except redis.ResponseError as exc:
+            message = str(exc).lower()
+            if "unknown index" in message or "no such index" in message or "not found" in message:
+                return None
+            raise
+
+    def _seen(self, info: Any) -> bool:
+        """Note what an FT.INFO reply says; whether the index is fully built."""
+        ready = index_ready(info)
+        self._ready_until = time.monotonic() + self.READY_SECONDS if ready else 0.0
+        return ready
 
     def ensure(self, dimensions: int) -> None:
-        """Create the deployment's index unless it exists (FT.INFO first, so a restart or a second
-        processor does not recreate it)."""
+        """Create the deployment's index unless it exists: FT.INFO first (a restart or a second
+        processor must not recreate it), once per process. Memories must not be written before it
+        exists (they would only be found after a backfill), so the processor calls this before its
+        first commit, and a search before its first query."""
         if dimensions != self.dimensions:
             raise DimensionMismatch(f"the index holds {self.dimensions}-dimension vectors, not {dimensions}")
-        try:
-            self.client.execute_command("FT.INFO", self.index)
+        if self._exists:
             return
-        except redis.ResponseError as exc:
-            if "unknown index" not in str(exc).lower() and "not found" not in str(exc).lower():
-                raise
-        try:
-            self.client.execute_command(
-                "FT.CREATE", self.index, "ON", "HASH", "PREFIX", "1", MEMORY_PREFIX, "SCHEMA",
-                "vs", "TAG", "CASESENSITIVE",
-                "status", "TAG",
-                "memory_type", "TAG",
-                "sessions", "TAG", "SEPARATOR", ",", "CASESENSITIVE",
-                "valid_from", "NUMERIC",
-                "vec", "VECTOR", "HNSW", "6", "TYPE", "FLOAT32", "DIM", str(dimensions),
-                "DISTANCE_METRIC", "COSINE",
-            )  # fmt: skip
-        except redis.ResponseError as exc:
-            if "exists" not in str(exc).lower():  # created meanwhile by another process
-                raise
+        info = self._info()
+        if info is not None:
+            self._seen(info)
+        else:
+            try:
+                self.client.execute_command(
+                    "FT.CREATE", self.index, "ON", "HASH", "PREFIX", "1", MEMORY_PREFIX, "SCHEMA",
+                    "vs", "TAG", "CASESENSITIVE",
+                    "status", "TAG",
+                    "memory_type", "TAG",
+                    "sessions", "TAG", "SEPARATOR", ",", "CASESENSITIVE",
+                    "valid_from", "NUMERIC",
+                    "vec", "VECTOR", "HNSW", "6", "TYPE", "FLOAT32", "DIM", str(dimensions),
+                    "DISTANCE_METRIC", "COSINE",
+                )  # fmt: skip
+            except redis.ResponseError as exc:
+                if "exists" not in str(exc).lower():  # created meanwhile by another process
+                    raise
+            else:
+                self._await_scan()
+        self._exists = True
 
-    def backfilling(self) -> bool:
-        """Whether the engine is still (re)building the index, so answers may miss memories."""
-        info = self.client.execute_command("FT.INFO", self.index)
-        pairs = dict(zip(info[::2], info[1::2], strict=False)) if isinstance(info, list) else dict(info)
-        fields = {_text(k): v for k, v in pairs.items()}
-        if _text(fields.get("backfill_in_progress", "0")) == "1" or _text(fields.get("indexing", "0")) == "1":
-            return True
-        state = _text(fields.get("state", "ready")).lower()
-        return state not in ("ready", "")
+    def _await_scan(self) -> None:
+        """A new index scans the whole keyspace first (the raw submissions already stored, and any
+        memory hashes an index that was dropped left behind) and answers from what it scanned so
+        far meanwhile. The process that created it waits for that, once per deployment, bounded
+        by CREATE_WAIT_SECONDS; past it, queries answer IndexUnavailable until the scan is done."""
+        deadline = time.monotonic() + self.CREATE_WAIT_SECONDS
+        pause = 0.005
+        while True:
+            info = self._info()
+            if info is not None and self._seen(info):
+                return
+            if time.monotonic() + pause > deadline:
+                return
+            time.sleep(pause)
+            pause = min(2 * pause, 0.25)
 
     def queue_get(
         self, pipe: Any, vectorstore: str, memory_ids: list[str]
@@ -173,20 +238,39 @@ class SearchIndex:
         """Nothing staged apart from the memories themselves."""
 
     def nearest(self, vectorstore: str, vectors: list[bytes], k: int, where: MemoryFilter) -> list[list[Hit]]:
+        if not vectors:
+            return []
+        try:
+            return self._nearest(vectorstore, vectors, k, where)
+        except _IndexGone:  # dropped (or flushed) since this process made sure of it: once more
+            self._exists = False
+            return self._nearest(vectorstore, vectors, k, where)
+
+    def _nearest(
+        self, vectorstore: str, vectors: list[bytes], k: int, where: MemoryFilter
+    ) -> list[list[Hit]]:
+        self.ensure(self.dimensions)
         text = query(vectorstore, k, where)
         pipe = self.client.pipeline(transaction=False)
+        check = time.monotonic() >= self._ready_until
+        if check:  # in the same round trip as the queries
+            pipe.execute_command("FT.INFO", self.index)
         for vector in vectors:
             pipe.execute_command(
                 "FT.SEARCH", self.index, text, "PARAMS", "2", "B", vector,
                 "RETURN", "1", "dist", "LIMIT", "0", str(int(k)), "DIALECT", "2",
             )  # fmt: skip
         try:
-            replies = pipe.execute(raise_on_error=True) if vectors else []
+            replies = pipe.execute(raise_on_error=True)
         except redis.ResponseError as exc:
             message = str(exc).lower()
+            if "no such index" in message or "unknown index" in message:
+                raise _IndexGone(str(exc)) from None
             if "backfill" in message or "loading" in message:
                 raise IndexUnavailable(f"the search index is being rebuilt: {exc}") from None
             if "dim" in message or ("vector" in message and "size" in message):
                 raise DimensionMismatch(str(exc)) from None
             raise
+        if check and not self._seen(replies.pop(0)):
+            raise IndexUnavailable("the search index is being built: answers would miss memories")
         return [_hits(reply) for reply in replies]

@@ -1,0 +1,89 @@
+"""The two memory-index backends answer the same nearest-neighbour questions alike: the same
+memories, written through the commit function on Redis 8 (vector sets) and on the Query Engine
+(Redis Stack), give the same top-k for the same queries and filters (near-ties allowed)."""
+
+from __future__ import annotations
+
+import random
+from array import array
+from typing import Any
+
+import pytest
+
+from memproc import settings as settings_module
+from memproc.dal import connection
+from memproc.dal.connection import get_store
+from memproc.dal.memory_index import MemoryFilter
+from tests.environment import point_at
+from tests.memory_helpers import add_memories, memory_records
+from tests.redis_server import RedisServer
+
+DIMS = 64
+K = 8
+TIE = 0.005  # similarity
+FILTERS = {
+    "none": MemoryFilter(),
+    "type": MemoryFilter(memory_type="goal"),
+    "session": MemoryFilter(session_id="s-1"),
+    "time": MemoryFilter(valid_from_min=1_700_000_100.0, valid_from_max=1_700_000_200.0),
+    "all": MemoryFilter(memory_type="fact", session_id="s-2", valid_from_min=1_700_000_000.0),
+}
+
+
+def vectors(rng: random.Random, n: int) -> list[list[float]]:
+    return [[rng.gauss(0, 1) for _ in range(DIMS)] for _ in range(n)]
+
+
+def top_k(monkeypatch: pytest.MonkeyPatch, server: RedisServer, backend: str) -> dict[str, list[list[Any]]]:
+    """The same 90 memories (three sessions at three times, two types) on one backend, then each
+    query's hits as (similarity, text), best first."""
+    point_at(monkeypatch, server, backend)
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")  # the model the commits record; no LLM is called
+    settings_module.get_settings.cache_clear()
+    rng = random.Random(7)
+    for i, session in enumerate(("s-0", "s-1", "s-2")):
+        for memory_type in ("fact", "goal"):
+            add_memories(
+                "user1",
+                session,
+                vectors(rng, 15),
+                memory_type=memory_type,
+                valid_from=1_700_000_000.0 + 100 * i,
+            )
+    texts = {mid: record["text"] for mid, record in memory_records("user1").items()}
+    assert len(texts) == 90
+    queries = [array("f", v).tobytes() for v in vectors(rng, 6)]
+    index = get_store().index
+    return {
+        name: [[(sim, texts[mid]) for mid, sim in hits] for hits in index.nearest("user1", queries, K, f)]
+        for name, f in FILTERS.items()
+    }
+
+
+def agree(a: list[tuple[float, str]], b: list[tuple[float, str]]) -> None:
+    """The same memories in the same order, but for near-ties: Redis 8 quantises vectors (Q8), so
+    its similarities differ from the exact FLOAT32 ones by up to TIE; memories that close may swap
+    places, and ones that close to the k-th similarity may be in one top-k and not the other."""
+    sa, sb = {t: x for x, t in a}, {t: x for x, t in b}
+    for text in sa.keys() ^ sb.keys():
+        assert abs((sa[text] if text in sa else sb[text]) - min(a[-1][0], b[-1][0])) <= TIE, text
+    common = [t for _, t in a if t in sb]
+    assert all(abs(sa[t] - sb[t]) <= TIE for t in common)
+    order_b = [t for _, t in b if t in sa]
+    for i, (x, y) in enumerate(zip(common, order_b, strict=True)):
+        assert x == y or abs(sa[x] - sa[y]) <= 2 * TIE, (i, x, y)
+
+
+def test_both_backends_return_the_same_top_k_for_the_same_memories(
+    monkeypatch: pytest.MonkeyPatch, redis8_server: RedisServer, stack_server: RedisServer
+) -> None:
+    try:
+        vectorset = top_k(monkeypatch, redis8_server, "vectorset")
+        search = top_k(monkeypatch, stack_server, "search")
+    finally:
+        settings_module.get_settings.cache_clear()
+        connection._store.cache_clear()
+    for name in FILTERS:
+        for a, b in zip(vectorset[name], search[name], strict=True):
+            assert len(a) == len(b) == K, name
+            agree(a, b)
