@@ -6,7 +6,6 @@ the tests know which callers share a request without timing anything.
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -14,11 +13,14 @@ from typing import Any
 
 import pytest
 
+from memproc.dal.connection import get_store
+from memproc.dal.memory_index import MemoryFilter
 from memproc.embedding_batch import EmbeddingBatcher
 from memproc.llm import OpenAIProvider, PermanentLLMError, Usage
+from memproc.reconcile import fp32
 from memproc.settings import load_settings
 from tests.fake_openai import FakeOpenAI, embedding
-from tests.memory_helpers import drain, store, vector_elements
+from tests.memory_helpers import drain, memory_records, store
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -129,6 +131,7 @@ def test_a_lone_caller_is_sent_at_once(fake: FakeOpenAI, provider: OpenAIProvide
     assert EmbeddingBatcher(provider.embed).embed([]) == ([], Usage())
 
 
+@pytest.mark.one_backend  # the batcher is above the memory index
 def test_concurrent_sessions_make_fewer_embeddings_requests(fake_llm: Any, r: Any) -> None:
     n = 8
     for i in range(n):  # a memory in each vectorstore, so every session below also looks up
@@ -142,15 +145,11 @@ def test_concurrent_sessions_make_fewer_embeddings_requests(fake_llm: Any, r: An
     assert report.processed == n
     # Unbatched: a lookup and a final call per session, 2n.
     assert fake_llm.embedding_calls - before < 2 * n
-    # Each memory's vector is its own text's (the fake's embedding of it; the set stores 8 bits).
+    # Each memory's vector is its own text's: the fake's embedding of its text finds it first.
+    index = get_store().index
     for i in range(n):
-        memories = vector_elements(r, f"vs{i}")
+        memories = memory_records(f"vs{i}")
         assert len(memories) >= 2
-        for name, attrs in memories.items():
-            stored = [float(x) for x in r.execute_command("VEMB", f"vs{i}", name)]
-            assert cosine(stored, embedding(attrs["text"], len(stored))) > 0.99
-
-
-def cosine(a: list[float], b: list[float]) -> float:
-    dot = sum(x * y for x, y in zip(a, b, strict=True))
-    return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
+        for mid, attrs in memories.items():
+            (hit,) = index.nearest(f"vs{i}", [fp32(embedding(attrs["text"], DIMS))], 1, MemoryFilter())
+            assert hit[0][0] == mid and hit[0][1] > 0.99
