@@ -4,7 +4,8 @@ Per session: one load (pipelined), the related memories (an embeddings call over
 and one pipelined lookup), one LLM call (per chunk) that decides new memories and what happens to
 related ones, one embeddings call for new and changed texts, and one commit (an atomic call that
 writes everything and acks). Claims and heartbeats are shared by a batch, so Redis round trips per
-session stay constant however large the vectorstore grows.
+session stay constant however large the vectorstore grows; the workers' embeddings calls are
+coalesced (``embedding_batch``), so HTTP requests per session fall as concurrency grows.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from memproc.dal import queue as q
 from memproc.dal import reads
 from memproc.dal.connection import Store, StoreError
 from memproc.dal.memory_index import IndexUnavailable
+from memproc.embedding_batch import EmbeddingBatcher
 from memproc.llm import Extraction, LLMError, LLMProvider, RetryableLLMError, Usage, gate
 from memproc.llm.base import Vector
 from memproc.llm.schema import Candidate
@@ -175,6 +177,8 @@ class Processor:
         self.settings = settings
         self.provider = provider
         self.publishers = publishers or ev.publisher_factory(settings)
+        # The workers' embeddings calls, coalesced: one request for every session asking at once.
+        self.embedder = EmbeddingBatcher(provider.embed)
 
     def process(self, item: q.Claim) -> Outcome:
         started = time.monotonic()
@@ -220,7 +224,9 @@ class Processor:
             payload = self._payload(work, extraction, [], reconcile.Lookup(0, 0), Usage(), started)
             return self._outcome(item, self.commit(item, payload, []), Usage())
         try:
-            lookup, usage = reconcile.find(self.store, self.provider, item.vectorstore, work.text)
+            lookup, usage = reconcile.find(
+                self.store, self.provider, item.vectorstore, work.text, embed=self.embedder.embed
+            )
         except reconcile.EmbeddingMismatch as exc:
             return self._outcome(item, q.CommitResult("mismatch", detail=str(exc)), Usage())
         for _ in range(MAX_EXTRACTIONS):
@@ -246,7 +252,12 @@ class Processor:
                 # Another session of this vectorstore changed its memories meanwhile: if none of
                 # those this session is about changed, the decision holds; else decide again.
                 fresh, lookup_usage = reconcile.find(
-                    self.store, self.provider, item.vectorstore, work.text, previous=lookup
+                    self.store,
+                    self.provider,
+                    item.vectorstore,
+                    work.text,
+                    previous=lookup,
+                    embed=self.embedder.embed,
                 )
                 usage += lookup_usage
                 held = result.outcome == "moved" and reconcile.same_view(lookup, fresh)
@@ -327,8 +338,9 @@ class Processor:
         )
 
     def embed(self, texts: list[str]) -> tuple[list[Vector], Usage]:
-        """One embeddings call for every new or changed text (none when there is none)."""
-        return self.provider.embed(texts) if texts else ([], Usage())
+        """One embeddings call for every new or changed text (none when there is none), shared
+        with the other workers' calls waiting at that moment."""
+        return self.embedder.embed(texts) if texts else ([], Usage())
 
     def commit(self, item: q.Claim, payload: dict[str, Any], vectors: list[bytes]) -> q.CommitResult:
         """Everything the item produced, and its ack, in one atomic call fenced by its token. The
