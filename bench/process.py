@@ -40,7 +40,8 @@ VECTORSTORES = 64
 
 def timed_processor(settings: Any) -> Any:
     """The real processor (build_processor), recording when each item finishes."""
-    from memproc.processor import Outcome, Processor, build_processor
+    from memproc.drain import Outcome
+    from memproc.processor import Processor, build_processor
 
     class TimedProcessor(Processor):
         def __init__(self, base: Processor) -> None:

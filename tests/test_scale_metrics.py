@@ -13,9 +13,10 @@ import redis
 from memproc import keys
 from memproc.dal import queue
 from memproc.dal.connection import get_store
+from memproc.drain import DrainReport, percentile
 from memproc.fanout import FanOut
 from memproc.observability import drain_metrics
-from memproc.processor import DrainReport, build_processor, percentile
+from memproc.processor import build_processor
 from memproc.settings import get_settings, load_settings
 from memproc_local.events import LambdaContext
 from tests.api_client import call, mem_path

@@ -531,9 +531,9 @@ def _dashboard(rendered: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_the_dashboard_shows_every_processor_metric_by_name() -> None:
+    from memproc.drain import DrainReport
     from memproc.fanout import FanOut
     from memproc.observability import drain_metrics
-    from memproc.processor import DrainReport
 
     _, rendered = scenario("elasticache")
     shown = {

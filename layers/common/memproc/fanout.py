@@ -23,7 +23,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from memproc.dal.queue import Beat
-from memproc.processor import DrainReport, Processor
+from memproc.drain import DrainReport
+from memproc.processor import Processor
 from memproc.settings import Settings
 
 log = logging.getLogger("memproc.fanout")

@@ -16,8 +16,8 @@ from aws_lambda_powertools.metrics import MetricUnit
 if TYPE_CHECKING:
     from aws_lambda_powertools import Tracer
 
+    from memproc.drain import DrainReport
     from memproc.fanout import FanOut
-    from memproc.processor import DrainReport
 
 os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "memproc")
 os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Memproc")
