@@ -69,7 +69,8 @@ def discover(conn: Connection) -> tuple[str, int] | None:
         )
     if address is None:
         raise redis.ConnectionError("the store's shard has no primary (a failover in progress)")
-    return address
+    # A node that never met another does not know its own IP: it is the one asked.
+    return address if address[0] else (conn.host, address[1])
 
 
 class Primary:
