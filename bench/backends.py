@@ -353,6 +353,7 @@ def _result(cfg: Config, data: dict[str, Any], started: float) -> SectionResult:
             "; ".join(
                 faster + ([] if size >= 100_000 else [f"quick run: {size:,} memories (FULL=1: 100,000)"])
             ),
+            issue=10,
         )
     )
     return SectionResult(

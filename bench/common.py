@@ -71,13 +71,15 @@ class Config:
 
 @dataclass
 class Target:
-    """One target from issue 5 with the figure this run measured."""
+    """One target from an issue (5: the first benchmarks, 13: scale-out) with the figure this run
+    measured."""
 
     name: str
     goal: str
     value: str
     met: bool | None  # None: not measured in this run
     note: str = ""
+    issue: int = 5
 
 
 @dataclass
@@ -273,6 +275,15 @@ class FakeLLM:
     def reset(self) -> None:
         self._cmd(cmd="reset")
 
+    def limit_rate(self, requests: int | None, window: float, path: str = "chat") -> None:
+        """Enforce a provider's limit (FakeOpenAI.limit_rate): 429 with Retry-After past it."""
+        self._cmd(cmd="limit", requests=requests, window=window, path=path)
+
+    def arrivals(self) -> dict[str, Any]:
+        """When each request arrived, per endpoint (seconds, the fake's monotonic clock), and how
+        many the fake's own limit refused."""
+        return self._cmd(cmd="arrivals")
+
     def close(self) -> None:
         if self.proc.poll() is None:
             with contextlib.suppress(Exception):
@@ -314,6 +325,15 @@ def _fake_llm_main() -> None:
             }
         elif msg["cmd"] == "reset":
             fake.reset()
+        elif msg["cmd"] == "limit":
+            fake.limit_rate(msg["requests"], float(msg["window"]), msg["path"])
+        elif msg["cmd"] == "arrivals":
+            seen = fake.arrivals
+            reply = {
+                "chat": [a.at for a in seen if a.endpoint == "chat"],
+                "embeddings": [a.at for a in seen if a.endpoint == "embeddings"],
+                "throttled": fake.throttled,
+            }
         elif msg["cmd"] == "quit":
             print(json.dumps(reply), flush=True)
             break

@@ -33,7 +33,7 @@ from bench.common import (
     table,
 )
 
-SECTIONS = ("ingest", "process", "cpu", "query", "coldstart", "storage", "fairness", "backends")
+SECTIONS = ("ingest", "process", "cpu", "query", "coldstart", "storage", "fairness", "backends", "scale")
 
 
 def _clean(value: Any) -> Any:
@@ -63,9 +63,11 @@ def _targets_table(sections: dict[str, dict[str, Any]]) -> str:
     for key in SECTIONS:
         for t in (sections.get(key) or {}).get("targets", []):
             verdict = {True: "**met**", False: "**missed**", None: "reported"}[t["met"]]
-            rows.append([t["name"], t["goal"], t["value"], verdict, t.get("note", "")])
+            rows.append(
+                [str(t.get("issue", 5)), t["name"], t["goal"], t["value"], verdict, t.get("note", "")]
+            )
     return (
-        table(["target (issue 5)", "goal", "this run", "verdict", "note"], rows)
+        table(["issue", "target", "goal", "this run", "verdict", "note"], rows)
         if rows
         else "(no targets measured)"
     )
@@ -155,6 +157,15 @@ def _parameters(meta: dict[str, Any], sections: dict[str, dict[str, Any]]) -> li
                 f"{max(v['queries']['other_vectorstores'] for v in b.values()):,} other vectorstores",
             ]
         )
+    if d := data("scale"):
+        rows.append(
+            [
+                "scale",
+                f"{d['sessions']:,} sessions over {d['vectorstores']} vectorstores; "
+                f"{', '.join(map(str, d['processors']))} processes x concurrency {d['concurrency']}; fake "
+                f"LLM {d['latency']:g} s; limit {d['limit']} chat requests per {d['window']:g} s",
+            ]
+        )
     return rows
 
 
@@ -172,7 +183,7 @@ def write_report(out: Path, meta: dict[str, Any], sections: dict[str, dict[str, 
         "here is asserted by the test suite. The machine may be shared: each section notes the load average "
         "around it (2 cores; a load well above the benchmark's own means other work competed for them).",
         "",
-        "## Headline: the targets (issue 5; the backends' from issue 10)",
+        "## Headline: the issues' targets",
         "",
         _targets_table(sections),
         "",

@@ -6,7 +6,9 @@ regressions. It speaks just enough of the API for memproc (``POST /v1/chat/compl
 model of its own (``extract`` and ``embedding`` below say exactly what it does), and can be told to
 fail in the ways a real server does (5xx, 429 with Retry-After, hanging requests, malformed output,
 refusals, wrong vector sizes) so the real ``openai`` client can be exercised end to end without
-mocking it.
+mocking it. It can also enforce a provider's rate limit (``limit_rate``: requests per sliding
+window, 429 with Retry-After past it) and records when every request arrived (``arrivals``), so a
+test can count the requests of any window from the server's side.
 
     with FakeOpenAI() as fake:
         settings = load_settings(openai_api_key="test", openai_base_url=fake.base_url)
@@ -28,20 +30,23 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "FAILURE_KINDS",
+    "Arrival",
     "FakeOpenAI",
     "RecordedRequest",
     "embedding",
     "extract",
     "main",
+    "max_in_window",
     "packed_embedding",
 ]
 
@@ -72,6 +77,33 @@ class RecordedRequest:
     headers: dict[str, str]
 
 
+class Arrival(NamedTuple):
+    """When a request arrived (``time.monotonic()``), at which endpoint, and whether the fake's
+    rate limit refused it (429)."""
+
+    at: float
+    endpoint: str
+    throttled: bool
+
+
+def max_in_window(times: Sequence[float], window: float) -> int:
+    """The most of ``times`` that fall in any window of ``window`` seconds, (t - window, t]."""
+    ordered = sorted(times)
+    most, first = 0, 0
+    for last, t in enumerate(ordered):
+        while ordered[first] <= t - window:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
+@dataclass
+class _RateLimit:
+    requests: int
+    window: float
+    accepted: deque[float] = field(default_factory=deque)
+
+
 @dataclass
 class _Failure:
     kind: str
@@ -92,7 +124,9 @@ class _Counters:
     tokens_out: int = 0
     in_flight: int = 0
     peak_in_flight: int = 0
+    throttled: int = 0
     requests: list[RecordedRequest] = field(default_factory=list)
+    arrivals: list[Arrival] = field(default_factory=list)
 
 
 class _Server(ThreadingHTTPServer):
@@ -174,6 +208,7 @@ class FakeOpenAI:
         self._counters = _Counters()
         self._queue: list[_Failure] = []
         self._always: list[_Failure] = []
+        self._rate_limits: dict[str, _RateLimit] = {}
         self._closing = threading.Event()
         self._connections: set[socket.socket] = set()
         self._handler_threads: set[threading.Thread] = set()
@@ -257,6 +292,19 @@ class FakeOpenAI:
             return self._counters.tokens_out
 
     @property
+    def arrivals(self) -> list[Arrival]:
+        """Every chat and embeddings request's arrival, oldest first (kept even without
+        ``record_requests``)."""
+        with self._lock:
+            return list(self._counters.arrivals)
+
+    @property
+    def throttled(self) -> int:
+        """Requests the fake's rate limit answered 429."""
+        with self._lock:
+            return self._counters.throttled
+
+    @property
     def peak_in_flight(self) -> int:
         """The most requests the fake was handling at the same moment (since start or ``reset``)."""
         with self._lock:
@@ -309,9 +357,43 @@ class FakeOpenAI:
             self._always.append(_Failure(kind, path, retry_after, retry_after_ms))
 
     def clear_failures(self) -> None:
+        """Forget queued and permanent failures, and any rate limit."""
         with self._lock:
             self._queue.clear()
             self._always.clear()
+            self._rate_limits.clear()
+
+    def limit_rate(self, requests: int | None, window: float = 60.0, path: str = "any") -> None:
+        """Accept at most ``requests`` requests per sliding ``window`` seconds on ``path`` ("chat",
+        "embeddings", or "any": both together), as a provider limits each model; past it answer 429
+        at once, with ``Retry-After`` and ``retry-after-ms`` saying when the oldest accepted request
+        leaves the window. Refused requests do not count. ``None`` removes the limit."""
+        self._check("429", path)
+        with self._lock:
+            if requests is None:
+                self._rate_limits.pop(path, None)
+            else:
+                self._rate_limits[path] = _RateLimit(requests, window)
+
+    def _admit(self, endpoint: str) -> float | None:
+        """Record the arrival; None when the rate limits accept it, else the seconds to wait."""
+        with self._lock:
+            now = time.monotonic()
+            limits = [lim for path, lim in self._rate_limits.items() if path in ("any", endpoint)]
+            wait = 0.0
+            for lim in limits:
+                while lim.accepted and lim.accepted[0] <= now - lim.window:
+                    lim.accepted.popleft()
+                if len(lim.accepted) >= lim.requests:
+                    wait = max(wait, lim.accepted[0] + lim.window - now)
+            refused = bool(limits) and any(len(lim.accepted) >= lim.requests for lim in limits)
+            self._counters.arrivals.append(Arrival(now, endpoint, refused))
+            if refused:
+                self._counters.throttled += 1
+                return wait
+            for lim in limits:
+                lim.accepted.append(now)
+            return None
 
     def _take_failure(self, endpoint: str) -> _Failure | None:
         with self._lock:
@@ -370,6 +452,10 @@ class FakeOpenAI:
             return
         if endpoint is None:
             handler.send_json(404, _error("not_found", f"no route for {method} {path}"))
+            return
+        wait = self._admit(endpoint)
+        if wait is not None:
+            self._send_status_failure(handler, _Failure("429", endpoint, f"{wait:.3f}", wait * 1000))
             return
 
         failure = self._take_failure(endpoint)

@@ -166,6 +166,33 @@ def test_a_limit_of_one_processor_never_fans_out() -> None:
 
 
 @pytest.mark.parametrize(
+    ("rate", "requests_per_second", "expected"),
+    [
+        (1.0, 0.0, 3),  # unlimited: the limit of 4 processors
+        (1.0, 2.0, 1),  # two processors of 1 session/s reach 2 requests/s
+        (1.0, 2.5, 2),  # three reach it (a little over: the limiter holds them to it)
+        (1.0, 0.5, 0),  # one already has more than the limit lets through
+        (0.5, 1.2, 2),  # the measured rate is per processor: three of 0.5/s
+    ],
+)
+def test_no_more_processors_than_the_shared_llm_limit_feeds(
+    rate: float, requests_per_second: float, expected: int
+) -> None:
+    extra = fanout.extra_processors(
+        backlog=10**6,
+        rate=rate,
+        interval=60,
+        running=1,
+        limit=4,
+        vectorstores=100,
+        per_vectorstore=1,
+        concurrency=8,
+        requests_per_second=requests_per_second,
+    )
+    assert extra == expected
+
+
+@pytest.mark.parametrize(
     ("event", "fans_out"),
     [
         (TICK, True),
@@ -200,6 +227,19 @@ def test_a_tick_with_a_backlog_starts_marked_asynchronous_invocations_of_itself(
         ("memproc.fanout", request_id, n) for n in (1, 2, 3)
     ]
     assert r.zcard(keys.PROCESSORS) == 0  # the tick left the live set when it ended
+
+
+def test_a_tick_starts_only_the_processors_the_shared_llm_limit_can_feed(
+    aws: Lambda, handler: Callable[..., dict[str, Any]], r: redis.Redis, env: pytest.MonkeyPatch
+) -> None:
+    # As above, 3 more would be started; at 12 requests a minute (0.2/s) two processors of 0.1
+    # sessions/s reach the limit: one more.
+    env.setenv("LLM_REQUESTS_PER_MINUTE", "12")
+    get_settings.cache_clear()
+    backlog(r, sessions=40, vectorstores=8, rate=0.1)
+    summary = handler(TICK)
+    assert summary["fanned_out"] == 1 and summary["fan_out_failed"] == 0, json.dumps(summary)
+    assert [i.payload["index"] for i in aws.invocations] == [1]
 
 
 def test_a_fanned_out_invocation_never_fans_out_again(

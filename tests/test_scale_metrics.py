@@ -181,3 +181,29 @@ def test_a_processor_invocation_publishes_the_scale_metrics(
 def test_nothing_processed_publishes_no_wait_percentiles() -> None:
     names = {name for name, _, value in drain_metrics(DrainReport(), FanOut()) if value is not None}
     assert "QueueWaitP50Seconds" not in names and "BacklogAgeSeconds" in names
+
+
+@pytest.mark.one_backend
+def test_the_rate_limiters_waits_and_the_providers_429s_are_published(
+    env: pytest.MonkeyPatch, fake_llm: Any, r: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # One chat request per 1 s window: of two sessions' requests one waits for the limiter; the
+    # provider also refuses one (429), which the SDK retries.
+    for name, value in {
+        "POWERTOOLS_METRICS_DISABLED": "false",
+        "LLM_REQUESTS_PER_MINUTE": "1",
+        "LLM_RATE_WINDOW_SECONDS": "1",
+        "LLM_RATE_MARGIN_SECONDS": "0",
+    }.items():
+        env.setenv(name, value)
+    handler = process_queue_handler(env)
+    store("user1", CHAT, "s-1")
+    store("user2", CHAT, "s-1")
+    fake_llm.fail_next("429", path="chat", retry_after_ms=1)
+    capsys.readouterr()
+    summary = handler(TICK, LambdaContext("ProcessQueueFunction", timeout_seconds=120))
+    published = emf(capsys.readouterr().out)
+    assert summary["processed"] == 2 and summary["dead"] == 0
+    assert published["RateLimitWaits"] == summary["rate_limit_waits"] >= 1
+    assert published["RateLimitWaitSeconds"] == summary["rate_limit_wait_seconds"] > 0
+    assert published["LLMThrottled"] == summary["llm_throttled"] == 1

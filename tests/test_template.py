@@ -206,7 +206,8 @@ def test_no_secret_value_is_written_down(name: str) -> None:
     for function in FUNCTIONS:
         env = environment(rendered, function)
         for var, value in env.items():
-            if any(word in var for word in ("PASSWORD", "TOKEN", "SECRET")):
+            # Whole words: LLM_TOKENS_PER_MINUTE is a rate, not a token.
+            if {"PASSWORD", "TOKEN", "SECRET"} & set(var.split("_")):
                 assert var.endswith("_ARN") and isinstance(value, dict) and set(value) == {"Ref"}, var
         assert not any("resolve:" in s for _, s in strings(env))
     if mode_of(overrides) != "External":
@@ -318,6 +319,28 @@ def test_functions_may_read_exactly_the_store_secret(name: str) -> None:
             assert store_secret in reads, function
         # Nothing broader: only the store's secret and, where configured, the OpenAI key's.
         assert all(r in (store_secret, OPENAI_SECRET) for r in reads), reads
+
+
+def test_the_processor_receives_the_shared_rate_limits() -> None:
+    """The LLM limits reach the processor (and no other function) from parameters whose default,
+    0, means unlimited, and each names a setting memproc reads."""
+    from memproc.settings import Settings
+
+    _, rendered = scenario("external")
+    limits = {
+        "LLM_REQUESTS_PER_MINUTE": "LlmRequestsPerMinute",
+        "LLM_TOKENS_PER_MINUTE": "LlmTokensPerMinute",
+        "EMBEDDING_REQUESTS_PER_MINUTE": "EmbeddingRequestsPerMinute",
+        "EMBEDDING_TOKENS_PER_MINUTE": "EmbeddingTokensPerMinute",
+    }
+    env = environment(rendered, "ProcessQueueFunction")
+    parameters = translate()["Parameters"]
+    for variable, parameter in limits.items():
+        assert env[variable] == {"Ref": parameter}
+        assert str(parameters[parameter]["Default"]) == "0"
+        assert variable.lower() in Settings.model_fields
+    for function in FUNCTIONS[:-1]:
+        assert not set(limits) & set(environment(rendered, function))
 
 
 # ---------------------------------------------------------------- API access (AuthMode)

@@ -2,7 +2,8 @@
 invocations of this same function, each marked so that it never starts more.
 
 One scheduled invocation drains about `rate` sessions a second; when the eligible backlog is more
-than that covers before the next schedule tick, the tick starts up to MAX_PROCESSORS - 1 more.
+than that covers before the next schedule tick, the tick starts up to MAX_PROCESSORS - 1 more
+(and no more than the shared LLM_REQUESTS_PER_MINUTE limit can keep busy).
 The live processors (scheduled, overlapping and fanned out) are counted in Redis by their
 heartbeats, so the limit holds across ticks; on AWS the function's reserved concurrency can make
 it a hard one. Failing to start one is logged and counted, never a failed drain: the next tick
@@ -68,18 +69,24 @@ def extra_processors(
     vectorstores: int,
     per_vectorstore: int,
     concurrency: int,
+    requests_per_second: float = 0.0,
 ) -> int:
     """How many processors to start beside the `running` ones (this one included).
 
     ceil(backlog / (rate x interval)) processors drain the backlog before the next tick, at most
     `limit`, and no more than the waiting vectorstores can keep busy: a vectorstore's sessions are
-    decided `per_vectorstore` at a time, so more processors than that fills would only wait.
+    decided `per_vectorstore` at a time, so more processors than that fills would only wait. Nor
+    more than the shared LLM limit feeds (`requests_per_second`, 0: unlimited): a session is at
+    least one chat request, so ceil(limit / rate) processors already reach it and any more would
+    only wait for the limiter. (Under a binding limit the measured rate is the limit's share of
+    each processor, so the count stays where it is.)
     """
     if backlog <= 0 or limit <= 1:
         return 0
     needed = math.ceil(backlog / max(rate * interval, 1.0))
     useful = math.ceil(vectorstores * per_vectorstore / concurrency)
-    return max(0, min(needed, useful, limit) - running)
+    fed = math.ceil(requests_per_second / rate) if requests_per_second > 0 and rate > 0 else limit
+    return max(0, min(needed, useful, fed, limit) - running)
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,7 @@ def plan(beat: Beat, settings: Settings, *, scheduled: bool) -> Plan:
         vectorstores=beat.vectorstores,
         per_vectorstore=settings.vectorstore_concurrency,
         concurrency=settings.concurrency,
+        requests_per_second=settings.llm_requests_per_minute / settings.llm_rate_window_seconds,
     )
     return Plan(admitted=True, extra=extra)
 

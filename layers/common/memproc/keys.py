@@ -22,6 +22,9 @@ CLEANUP_SCHEDULE = "memproc:cleanup"
 PROCESSING_STATS_PREFIX = "processing_stats:"
 # Memories as hashes for the Query Engine: memproc:mem:{<vs>}:<id>, in the vectorstore's hash slot.
 MEMORY_PREFIX = "memproc:mem:"
+# The shared LLM rate limiter, one per limited model: memproc:ratelimit:{<scope>} (a zset of bookings)
+# and memproc:ratelimit:{<scope>}:tokens (a hash of their tokens), in one hash slot.
+RATE_LIMIT_PREFIX = "memproc:ratelimit:"
 
 
 def search_index(dimensions: int) -> str:
@@ -72,6 +75,13 @@ VECTORSTORE_KEYS: dict[str, str] = {
     # Raw id -> session id of every unfinished submission (to find its session queue).
     "queued_sessions": "queued_sessions",
 }
+
+
+def rate_limit(scope: str) -> tuple[str, str]:
+    """The limiter's two keys for a scope such as ``chat:gpt-4o-mini``: its bookings and their tokens.
+    Braces in a model name would move the hash tag, so they are dropped."""
+    tagged = RATE_LIMIT_PREFIX + tag(scope.replace("{", "").replace("}", ""))
+    return tagged, tagged + ":tokens"
 
 
 def tag(name: str) -> str:

@@ -4,7 +4,8 @@ Per session: one load (pipelined), the related memories (an embeddings call over
 and one pipelined lookup), one LLM call (per chunk) that decides new memories and what happens to
 related ones, one embeddings call for new and changed texts, and one commit (an atomic call that
 writes everything and acks). Claims and heartbeats are shared by a batch, so Redis round trips per
-session stay constant however large the vectorstore grows.
+session stay constant however large the vectorstore grows; the workers' embeddings calls are
+coalesced (``embedding_batch``), so HTTP requests per session fall as concurrency grows.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from memproc.dal import queue as q
 from memproc.dal import reads
 from memproc.dal.connection import Store, StoreError
 from memproc.dal.memory_index import IndexUnavailable
-from memproc.llm import Extraction, LLMError, LLMProvider, RetryableLLMError, Usage
+from memproc.embedding_batch import EmbeddingBatcher
+from memproc.llm import Extraction, LLMError, LLMProvider, RetryableLLMError, Usage, gate
 from memproc.llm.base import Vector
 from memproc.llm.schema import Candidate
 from memproc.settings import Settings
@@ -78,9 +80,12 @@ class DrainReport:
     admitted: bool = True  # False: MAX_PROCESSORS were already running, so this one left at once
     # Seconds from submission to processed, one per processed item (summarised as percentiles).
     waits: list[float] = field(default_factory=list, repr=False)
-    # The shared LLM rate limiter's waits and the provider's 429s.
+    # Rate limiting (llm/gate.py): LLM requests that waited for the shared limit and how long in
+    # all, items sent back to the queue because the wait would outlast the invocation, and the
+    # 429s the provider answered (the SDK's own retries included).
     rate_limit_waits: int = 0
     rate_limit_wait_seconds: float = 0.0
+    rate_limit_deferred: int = 0
     llm_throttled: int = 0
     events_published: int = 0
     events_retried: int = 0  # entries sent again (a failed PutEvents call or entry)
@@ -172,6 +177,8 @@ class Processor:
         self.settings = settings
         self.provider = provider
         self.publishers = publishers or ev.publisher_factory(settings)
+        # The workers' embeddings calls, coalesced: one request for every session asking at once.
+        self.embedder = EmbeddingBatcher(provider.embed)
 
     def process(self, item: q.Claim) -> Outcome:
         started = time.monotonic()
@@ -186,6 +193,7 @@ class Processor:
                 error,
                 retryable=exc.retryable,
                 min_delay=exc.retry_after or 0.0,
+                counts_attempt=exc.counts_attempt,
             )
             outcome = Outcome(item, result, error=error)
         except IndexUnavailable as exc:  # the engine is (re)building its index: decide later, not blind
@@ -216,7 +224,9 @@ class Processor:
             payload = self._payload(work, extraction, [], reconcile.Lookup(0, 0), Usage(), started)
             return self._outcome(item, self.commit(item, payload, []), Usage())
         try:
-            lookup, usage = reconcile.find(self.store, self.provider, item.vectorstore, work.text)
+            lookup, usage = reconcile.find(
+                self.store, self.provider, item.vectorstore, work.text, embed=self.embedder.embed
+            )
         except reconcile.EmbeddingMismatch as exc:
             return self._outcome(item, q.CommitResult("mismatch", detail=str(exc)), Usage())
         for _ in range(MAX_EXTRACTIONS):
@@ -242,7 +252,12 @@ class Processor:
                 # Another session of this vectorstore changed its memories meanwhile: if none of
                 # those this session is about changed, the decision holds; else decide again.
                 fresh, lookup_usage = reconcile.find(
-                    self.store, self.provider, item.vectorstore, work.text, previous=lookup
+                    self.store,
+                    self.provider,
+                    item.vectorstore,
+                    work.text,
+                    previous=lookup,
+                    embed=self.embedder.embed,
                 )
                 usage += lookup_usage
                 held = result.outcome == "moved" and reconcile.same_view(lookup, fresh)
@@ -323,8 +338,9 @@ class Processor:
         )
 
     def embed(self, texts: list[str]) -> tuple[list[Vector], Usage]:
-        """One embeddings call for every new or changed text (none when there is none)."""
-        return self.provider.embed(texts) if texts else ([], Usage())
+        """One embeddings call for every new or changed text (none when there is none), shared
+        with the other workers' calls waiting at that moment."""
+        return self.embedder.embed(texts) if texts else ([], Usage())
 
     def commit(self, item: q.Claim, payload: dict[str, Any], vectors: list[bytes]) -> q.CommitResult:
         """Everything the item produced, and its ack, in one atomic call fenced by its token. The
@@ -333,6 +349,11 @@ class Processor:
         if payload["ops"]:
             self.store.index.ensure(payload["dimensions"])
         return q.commit(self.store, item, payload, vectors)
+
+    def _process_within(self, budget: gate.Budget, item: q.Claim) -> Outcome:
+        """`process` on a worker thread, its LLM requests waiting within the drain's budget."""
+        with gate.within(budget):
+            return self.process(item)
 
     def drain(
         self,
@@ -383,6 +404,9 @@ class Processor:
         batch_size = batch_size or self.settings.batch_size
         report = DrainReport()
         started = time.monotonic()
+        # What an item's LLM requests may wait for the shared rate limit: never past this drain's
+        # time budget (less one LLM timeout for the request itself) and not once `stop` is set.
+        budget = gate.Budget(remaining_seconds, stop or threading.Event(), self.settings.llm_timeout_seconds)
         me, live_for = uuid.uuid4().hex, float(self.settings.lease_seconds)
 
         def beat(**kw: Any) -> q.Beat:
@@ -455,7 +479,7 @@ class Processor:
                             publisher.publish(ev.failed_event(d, d.error))
                     claimed_at = time.monotonic()
                     for item in batch.items:
-                        fut = pool.submit(self.process, item)
+                        fut = pool.submit(self._process_within, budget, item)
                         running[fut] = (item, claimed_at)
                         fut.add_done_callback(finished.put)
                     if batch.items:
@@ -484,14 +508,24 @@ class Processor:
                 if progress:
                     progress(report)
         report.seconds = time.monotonic() - started
+        _add_rate_stats(report, budget.stats)
         # A drain of 50+ sessions replaces the measured rate; smaller ones nudge it.
         beat(rate=report.rate, weight=min(1.0, report.processed / 50))
         return report
 
 
-def build_processor(settings: Settings) -> Processor:
-    """The processor with this process's Redis clients and the configured LLM provider."""
+def _add_rate_stats(report: DrainReport, stats: gate.RateStats) -> None:
+    report.rate_limit_waits = stats.waits
+    report.rate_limit_wait_seconds = round(stats.wait_seconds, 3)
+    report.rate_limit_deferred = stats.deferred
+    report.llm_throttled = stats.throttled
+
+
+def build_processor(settings: Settings, store: Store | None = None) -> Processor:
+    """The processor with this process's Redis clients (or `store`) and the configured LLM
+    provider, whose requests pass this processor's rate-limit gate."""
     from memproc.dal.connection import get_store
     from memproc.llm import make_provider
 
-    return Processor(get_store(settings), settings, make_provider(settings))
+    store = store or get_store(settings)
+    return Processor(store, settings, make_provider(settings, gate.Gate.from_settings(store, settings)))

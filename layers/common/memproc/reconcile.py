@@ -20,6 +20,7 @@ from typing import Any
 from memproc.dal import reads
 from memproc.dal.connection import Store
 from memproc.dal.memory_index import MemoryFilter
+from memproc.embedding_batch import Embed
 from memproc.keys import VectorstoreKeys
 from memproc.llm import Extraction, LLMProvider, Usage
 from memproc.llm.base import Vector
@@ -70,10 +71,16 @@ class EmbeddingMismatch(Exception):
 
 
 def find(
-    store: Store, provider: LLMProvider, vectorstore: str, text: str, previous: Lookup | None = None
+    store: Store,
+    provider: LLMProvider,
+    vectorstore: str,
+    text: str,
+    previous: Lookup | None = None,
+    embed: Embed | None = None,
 ) -> tuple[Lookup, Usage]:
     """The memories a session's text may be about. The text is embedded once: when the vectorstore
-    had no memories yet (no embeddings call then), and again only if it has some now."""
+    had no memories yet (no embeddings call then), and again only if it has some now. `embed`
+    replaces the provider's (the processor's batcher)."""
     state = reads.memory_state(store, vectorstore)
     if state.dimensions and (state.dimensions, state.embedding_model) != (
         provider.dimensions,
@@ -88,7 +95,7 @@ def find(
     if count and not vectors:
         texts = lookup_texts(text)
         if texts:
-            embedded, usage = provider.embed(texts)
+            embedded, usage = (embed or provider.embed)(texts)
             vectors = tuple(fp32(v) for v in embedded)
     if not count or not vectors:
         return Lookup(seq, count, vectors), usage

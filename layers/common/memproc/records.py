@@ -7,6 +7,7 @@ half-erased under our feet, still maps to something the API can show instead of 
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, get_args
@@ -257,6 +258,15 @@ class MemoryRecord(BaseModel):
 
     @classmethod
     def from_attrs(cls, memory_id: str, text: Any) -> MemoryRecord | None:
-        """From the stored JSON attributes; None when the memory is gone."""
-        data = _json_object(text)
-        return None if data is None else cls.model_validate({**data, "memory_id": memory_id})
+        """From the stored JSON attributes; None when the memory is gone. Parsed once per distinct
+        (id, attributes text): sessions of one vectorstore are shown the same memories again and
+        again (reconciliation reads ~30 per session), and a parse is a pure function of that text,
+        so a cached record is exactly what parsing the reply again would give."""
+        return _memory_from_attrs(memory_id, text) if text is not None else None
+
+
+# Records are frozen; a few thousand of them is a few MB.
+@functools.lru_cache(maxsize=2048)
+def _memory_from_attrs(memory_id: str, text: str | bytes) -> MemoryRecord | None:
+    data = _json_object(text)
+    return None if data is None else MemoryRecord.model_validate({**data, "memory_id": memory_id})

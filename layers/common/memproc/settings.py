@@ -48,6 +48,18 @@ class Settings(BaseSettings):
     llm_timeout_seconds: float = Field(60.0, gt=0)
     llm_max_retries: int = Field(2, ge=0, le=10)
     llm_chunk_chars: int = Field(48_000, ge=1_000)
+    # The shared rate limit of every processor together (one limiter in Redis), per
+    # LLM_RATE_WINDOW_SECONDS: the chat (extraction) model's and the embedding model's, each its
+    # own, as OpenAI limits each model separately. 0 or empty: unlimited.
+    llm_requests_per_minute: int = Field(0, ge=0)
+    llm_tokens_per_minute: int = Field(0, ge=0)
+    embedding_requests_per_minute: int = Field(0, ge=0)
+    embedding_tokens_per_minute: int = Field(0, ge=0)
+    # 60 for the providers' per-minute limits; tests and benchmarks shorten it.
+    llm_rate_window_seconds: float = Field(60.0, gt=0)
+    # How much later than its booking a request may reach the provider (client, network): the
+    # limiter's window is this much longer, so the provider never sees more than the limit.
+    llm_rate_margin_seconds: float = Field(1.0, ge=0)
     # A backstop for near-identical restatements the LLM was not shown (make eval measures it).
     merge_similarity_threshold: float = Field(0.97, ge=0.0, le=1.0)
     # Memories: a vector set (Redis 8) or the Query Engine (ElastiCache for Valkey, MemoryDB).
@@ -97,6 +109,18 @@ class Settings(BaseSettings):
     max_metadata_bytes: int = Field(16_384, ge=2)
     # zlib-6 halves realistic chat text from about 8 KB up (make bench, storage section).
     compress_min_bytes: int = Field(8_192, ge=0)
+
+    @field_validator(
+        "llm_requests_per_minute",
+        "llm_tokens_per_minute",
+        "embedding_requests_per_minute",
+        "embedding_tokens_per_minute",
+        mode="before",
+    )
+    @classmethod
+    def _unlimited(cls, value: Any) -> Any:
+        """None or an empty value (a blank template parameter) means no limit."""
+        return 0 if value is None or (isinstance(value, str) and not value.strip()) else value
 
     @field_validator("admin_group")
     @classmethod

@@ -27,6 +27,7 @@ SOURCES = (
     "erasure.lua",
     "cleanup.lua",
     "stats.lua",
+    "ratelimit.lua",
     "migration.lua",
 )
 

@@ -207,8 +207,11 @@ def fail(
     *,
     retryable: bool,
     min_delay: float = 0.0,
+    counts_attempt: bool = True,
 ) -> tuple[str, float]:
-    """Back to the queue with exponential backoff and jitter, or into the dead set."""
+    """Back to the queue with exponential backoff and jitter, or into the dead set. A try that
+    does not count as an attempt (rate limiting) gets its attempt back, waits `min_delay` and is
+    never dead-lettered."""
     res = fcall(
         store.r,
         "fail",
@@ -224,6 +227,7 @@ def fail(
             settings.retry_max_seconds,
             random.random(),
             min_delay,
+            1 if counts_attempt else 0,
         ],
     )
     return _s(res[0]), float(res[1]) if len(res) > 1 else 0.0

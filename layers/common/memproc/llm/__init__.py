@@ -3,8 +3,9 @@
 ``base`` (the protocol, usage, errors), ``schema`` (what an extraction is), ``prompt`` (what the
 model is sent), ``safety`` with ``normalise`` (what is never stored), ``parsing`` (what comes back),
 ``chunking`` (long sessions), ``offline`` with ``offline_heuristics`` and ``dates`` (the network-free
-provider), ``openai_provider`` (the SDK) and ``factory`` (which one runs). The names other modules
-use are re-exported here, so callers import from ``memproc.llm`` and the layout inside can change.
+provider), ``openai_provider`` (the SDK), ``gate`` with ``gated_http`` (its requests within the rate
+limits) and ``factory`` (which one runs). The names other modules use are re-exported here, so
+callers import from ``memproc.llm`` and the layout inside can change.
 
 Importing this package does not import ``openai``: the store_raw Lambda imports ``memproc`` but
 never talks to the LLM, so the SDK is loaded only when an ``OpenAIProvider`` is built.
@@ -12,7 +13,14 @@ never talks to the LLM, so the SDK is loaded only when an ``OpenAIProvider`` is 
 
 from __future__ import annotations
 
-from memproc.llm.base import LLMError, LLMProvider, PermanentLLMError, RetryableLLMError, Usage
+from memproc.llm.base import (
+    LLMError,
+    LLMProvider,
+    PermanentLLMError,
+    RateLimitedLLMError,
+    RetryableLLMError,
+    Usage,
+)
 from memproc.llm.chunking import chunk_transcript
 from memproc.llm.dates import resolve_relative_dates
 from memproc.llm.factory import make_provider
@@ -35,6 +43,7 @@ __all__ = [
     "OfflineProvider",
     "OpenAIProvider",
     "PermanentLLMError",
+    "RateLimitedLLMError",
     "RetryableLLMError",
     "Usage",
     "build_messages",

@@ -50,9 +50,11 @@ class Usage(BaseModel):
 
 
 class LLMError(Exception):
-    """Base of every LLM failure; ``retryable`` tells the queue whether to try the item again."""
+    """Base of every LLM failure; ``retryable`` tells the queue whether to try the item again, and
+    ``counts_attempt`` whether this try counts against MAX_ATTEMPTS."""
 
     retryable: bool = False
+    counts_attempt: bool = True
 
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -63,6 +65,14 @@ class RetryableLLMError(LLMError):
     """Transient: 5xx, timeouts, connection errors, 429, malformed output. ``retry_after`` may hint."""
 
     retryable = True
+
+
+class RateLimitedLLMError(RetryableLLMError):
+    """Rate limited: the provider answered 429, or the shared limiter's wait would outlast this
+    invocation's time budget. The item waits ``retry_after`` in the queue, and the try does not
+    count as an attempt: rate limiting never dead-letters an item."""
+
+    counts_attempt = False
 
 
 class PermanentLLMError(LLMError):

@@ -24,7 +24,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 
-from memproc.llm.base import LLMError, PermanentLLMError, RetryableLLMError, Usage, Vector
+from memproc.llm.base import (
+    LLMError,
+    PermanentLLMError,
+    RateLimitedLLMError,
+    RetryableLLMError,
+    Usage,
+    Vector,
+)
 from memproc.llm.chunking import ChunkedExtractor
 from memproc.llm.parsing import parse_extraction
 from memproc.llm.prompt import build_messages
@@ -34,6 +41,7 @@ from memproc.llm.wire import ChatReply, EmbeddingsReply, decode_vector, parse_re
 if TYPE_CHECKING:
     import openai
 
+    from memproc.llm.gate import Gate
     from memproc.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -104,8 +112,10 @@ class OpenAIProvider(ChunkedExtractor):
     name = "openai"
     reconciles = True
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, gate: Gate | None = None) -> None:
         import openai  # lazy: see the module docstring
+
+        from memproc.llm.gated_http import http_client
 
         self._openai = openai
         self.chat_model = settings.llm_model
@@ -127,6 +137,8 @@ class OpenAIProvider(ChunkedExtractor):
             base_url=settings.openai_base_url,
             timeout=settings.llm_timeout_seconds,
             max_retries=settings.llm_max_retries,
+            # Every request (the SDK's retries too) through the rate-limit gate, when there is one.
+            http_client=http_client(gate) if gate is not None else None,
         )
 
     def close(self) -> None:
@@ -150,7 +162,9 @@ class OpenAIProvider(ChunkedExtractor):
             message = f"{what}: HTTP {status}: {detail or exc.message}"
             if status in (408, 409, 429) or status >= 500:
                 retry_after = _retry_after_seconds(exc.response.headers)
-                return RetryableLLMError(
+                # A 429 is rate limiting (no attempt spent), unless the account's quota is gone.
+                limited = status == 429 and getattr(exc, "code", None) != "insufficient_quota"
+                return (RateLimitedLLMError if limited else RetryableLLMError)(
                     message + _gave_up(exc.request.headers, retry_after), retry_after=retry_after
                 )
             return PermanentLLMError(message)

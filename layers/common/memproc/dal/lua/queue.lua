@@ -219,8 +219,10 @@ redis.register_function{function_name = 'renew___VERSION__', flags = {'allow-cro
 end}
 
 -- A failed attempt: back to the queue with backoff, or to the dead set (a move, never a drop).
+-- A rate-limited try (ARGV 11 = '0') is no attempt: its count is given back, it is never
+-- dead-lettered, and it waits exactly the minimum delay the limit asks (backoff without one).
 -- ARGV: vs, raw id, token, error text, retryable (1/0), max attempts, base s, max s,
--- jitter in [0,1), minimum delay s (e.g. a 429's Retry-After).
+-- jitter in [0,1), minimum delay s (e.g. a 429's Retry-After), counts as an attempt (1/0).
 redis.register_function{function_name = 'fail___VERSION__', flags = {'allow-cross-slot-keys'},
   callback = function(keys, argv)
   local vs, id, token = argv[1], argv[2], argv[3]
@@ -230,17 +232,27 @@ redis.register_function{function_name = 'fail___VERSION__', flags = {'allow-cros
   release(vs, id)
   local attempts = tonumber(h[6])
   local err = argv[4]
-  if argv[5] == '1' and attempts < tonumber(argv[6]) then
-    local delay = math.min(tonumber(argv[8]), tonumber(argv[7]) * 2 ^ (attempts - 1))
+  local limited = argv[11] == '0'
+  if limited then
+    attempts = math.max(0, attempts - 1)
+    redis.call('HSET', k.raw(vs, id), 'processing_attempts', attempts)
+  end
+  if argv[5] == '1' and (limited or attempts < tonumber(argv[6])) then
+    local delay = math.min(tonumber(argv[8]), tonumber(argv[7]) * 2 ^ math.max(0, attempts - 1))
     delay = delay * (0.5 + 0.5 * tonumber(argv[9]))
     delay = math.max(delay, tonumber(argv[10]))
+    if limited and tonumber(argv[10]) > 0 then delay = tonumber(argv[10]) end
     local due = now + delay
     redis.call('HSET', k.raw(vs, id), 'status', 'queued', 'last_error', err,
       'next_attempt_at', string.format('%.6f', due))
     redis.call('HDEL', k.raw(vs, id), 'lease_deadline')
     enqueue_at(vs, id, due)
-    bump(vs, now, {error_count = 1})
-    redis.call('HINCRBY', STATUS, 'error_count', 1)
+    if limited then
+      bump(vs, now, {rate_limited_count = 1})
+    else
+      bump(vs, now, {error_count = 1})
+      redis.call('HINCRBY', STATUS, 'error_count', 1)
+    end
     return {'retry', string.format('%.3f', delay)}
   end
   bury(vs, id, now, err)

@@ -1,0 +1,132 @@
+"""One embeddings request for every session asking at the same moment.
+
+Each of the processor's workers embeds twice per session (the lookup of its related memories and
+its new texts); through the SDK every request costs ~2 ms of CPU however few inputs it carries, so
+64 workers asking one at a time spend most of that on HTTP. Here the first caller sends at once
+(no added latency at low load) and callers arriving while a request is out wait for the next one,
+which carries all of their texts: a leader/follower scheme, with no timer.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from memproc.llm.base import Usage, Vector
+
+Embed = Callable[[list[str]], tuple[list[Vector], Usage]]
+
+# The embeddings API takes at most 2048 inputs per request; the characters cap keeps a request
+# well inside its token limit (300k tokens summed over the inputs).
+MAX_INPUTS = 2048
+MAX_CHARS = 400_000
+
+
+@dataclass(eq=False)
+class _Request:
+    texts: list[str]
+    chars: int
+    ready: threading.Event = field(default_factory=threading.Event)
+    lead: bool = False  # promoted: this caller sends the next request
+    done: bool = False
+    vectors: list[Vector] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    error: BaseException | None = None
+
+
+class EmbeddingBatcher:
+    """``embed`` with the provider's signature, coalescing concurrent callers into one call.
+
+    A failed call fails every caller it carried with the same exception. Usage is the call's own
+    when it carried one caller, else its input tokens split by each caller's share of characters.
+    """
+
+    def __init__(self, embed: Embed, *, max_inputs: int = MAX_INPUTS, max_chars: int = MAX_CHARS) -> None:
+        self._embed = embed
+        self.max_inputs = max_inputs
+        self.max_chars = max_chars
+        self._lock = threading.Lock()
+        self._queued = threading.Condition(self._lock)  # notified as a caller starts waiting
+        self._waiting: list[_Request] = []
+        self._busy = False  # a caller is sending; invariant: callers waiting implies busy
+
+    def embed(self, texts: list[str]) -> tuple[list[Vector], Usage]:
+        if not texts:
+            return [], Usage()
+        request = _Request(list(texts), sum(len(t) for t in texts))
+        with self._lock:
+            self._waiting.append(request)
+            if not self._busy:
+                self._busy = request.lead = True
+            else:
+                self._queued.notify_all()
+        if not request.lead:
+            request.ready.wait()  # delivered, or promoted to send the next request
+        if not request.done:
+            self._send()
+        if request.error is not None:
+            raise request.error
+        return request.vectors, request.usage
+
+    def wait_for_waiting(self, n: int, timeout: float) -> bool:
+        """Whether `n` callers came to wait for the next request within `timeout` (tests use it to
+        know a request is coalescing callers, without sleeping)."""
+        with self._queued:
+            return self._queued.wait_for(lambda: len(self._waiting) >= n, timeout)
+
+    def _take(self) -> list[_Request]:
+        """The waiting callers (the leader first) that fit one request; at least the leader."""
+        inputs = chars = 0
+        taken = 0
+        for r in self._waiting:
+            if taken and (inputs + len(r.texts) > self.max_inputs or chars + r.chars > self.max_chars):
+                break
+            inputs, chars, taken = inputs + len(r.texts), chars + r.chars, taken + 1
+        batch, self._waiting = self._waiting[:taken], self._waiting[taken:]
+        return batch
+
+    def _send(self) -> None:
+        """As the leader: one call for what is waiting, leadership to the next waiter, then results."""
+        with self._lock:
+            batch = self._take()
+        try:
+            vectors, usage = self._embed([t for r in batch for t in r.texts])
+            if len(vectors) != sum(len(r.texts) for r in batch):  # pragma: no cover - the provider checks
+                raise RuntimeError("embeddings: the provider answered a different number of vectors")
+        except BaseException as exc:  # every caller it carried fails the same way
+            for r in batch:
+                r.error = exc
+        else:
+            start = 0
+            for r, share in zip(batch, _shares(usage, batch), strict=True):
+                r.vectors, r.usage = vectors[start : start + len(r.texts)], share
+                start += len(r.texts)
+        with self._lock:
+            if self._waiting:
+                nxt = self._waiting[0]
+                nxt.lead = True
+                nxt.ready.set()
+            else:
+                self._busy = False
+        for r in batch:
+            r.done = True
+            r.ready.set()
+
+
+def _shares(usage: Usage, batch: list[_Request]) -> list[Usage]:
+    """The call's usage per caller, by share of characters; cumulative rounding, and the last
+    caller takes what is left, so the shares always sum to the call's usage."""
+    if len(batch) == 1:
+        return [usage]
+    total = sum(r.chars for r in batch) or 1
+    out: list[Usage] = []
+    cum = given_in = given_out = 0
+    for i, r in enumerate(batch):
+        cum += r.chars
+        last = i == len(batch) - 1
+        upto_in = usage.tokens_in if last else round(usage.tokens_in * cum / total)
+        upto_out = usage.tokens_out if last else round(usage.tokens_out * cum / total)
+        out.append(Usage(tokens_in=upto_in - given_in, tokens_out=upto_out - given_out))
+        given_in, given_out = upto_in, upto_out
+    return out
