@@ -60,10 +60,16 @@ def free_port() -> int:
 
 class RedisServer:
     """One server process of `engine` with its own port and directory; no persistence. With
-    `cluster`, a one-node cluster that owns every slot (ready once CLUSTER INFO says ok)."""
+    `cluster`, a one-node cluster that owns `slots` (every slot unless told; ready once CLUSTER
+    INFO says ok), or none (`slots=None`: a node to join to another, see `replicate` and `meet`)."""
 
     def __init__(
-        self, binary: str | None = None, *, engine: Engine = "redis8", cluster: bool = False
+        self,
+        binary: str | None = None,
+        *,
+        engine: Engine = "redis8",
+        cluster: bool = False,
+        slots: tuple[int, int] | None = (0, 16383),
     ) -> None:
         self.engine = engine
         self.cluster = cluster
@@ -77,12 +83,15 @@ class RedisServer:
             # An explicit bus port: the default (port + 10000) may be taken or past 65535.
             args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
             args += ["--cluster-port", str(free_port())]
+            # A replica's first sync starts at once, not after the default 5 s wait for others.
+            args += ["--repl-diskless-sync-delay", "0"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.url = f"redis://127.0.0.1:{self.port}/0"
         client = self.client()
         self._wait(client.ping, "did not start")
-        if cluster:
-            client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        if cluster and slots is not None:
+            client.execute_command("CLUSTER", "ADDSLOTSRANGE", *slots)
+        if cluster and slots == (0, 16383):
             # A master reports ok only ~2 s after it started (Redis' and Valkey's rejoin delay).
             self._wait(lambda: client.cluster("INFO")["cluster_state"] == "ok", "cluster_state stayed fail")
         info = client.info("server")
@@ -104,6 +113,28 @@ class RedisServer:
                 self.stop()
                 raise RuntimeError(f"{self.engine} {what}: {log}")
             time.sleep(0.02)
+
+    def meet(self, other: RedisServer) -> str:
+        """Join `other`'s cluster and wait (bounded) until this node knows it; `other`'s node id."""
+        client = self.client()
+        other_id = str(other.client().cluster("MYID"))
+        bus_port = int(str(other.client().config_get("cluster-port")["cluster-port"]))
+        client.execute_command("CLUSTER", "MEET", "127.0.0.1", other.port, bus_port)
+        self._wait(lambda: other_id in client.execute_command("CLUSTER", "NODES"), "never met the other node")
+        return other_id
+
+    def replicate(self, primary: RedisServer) -> None:
+        """Become `primary`'s replica in its cluster, once the replication link is up and the
+        primary lists it as its replica (a failover needs both; bounded)."""
+        client = self.client()
+        primary_id = self.meet(primary)
+        client.execute_command("CLUSTER", "REPLICATE", primary_id)
+        self._wait(
+            lambda: client.info("replication").get("master_link_status") == "up", "replica link stayed down"
+        )
+        own_id = str(client.cluster("MYID"))
+        replicas = lambda: str(primary.client().execute_command("CLUSTER", "REPLICAS", primary_id))  # noqa: E731
+        self._wait(lambda: own_id in replicas(), "the primary never listed its replica")
 
     def client(self, decode: bool = True) -> redis.Redis:
         """A plain connection to the node (in a one-node cluster every key is local to it)."""

@@ -17,7 +17,7 @@ from memproc.api import json_response, make_resolver, ok, path_arg, resolve
 from memproc.dal.connection import get_store
 from memproc.observability import get_tracer, logger, metrics
 from memproc.schemas.requests import CleanupQuery, EraseMemoryQuery
-from memproc.schemas.responses import CleanupReceipt, ErasureReceipt
+from memproc.schemas.retention import CleanupReceipt, ErasureReceipt
 from memproc.settings import get_settings
 
 tracer = get_tracer()

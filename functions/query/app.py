@@ -1,10 +1,9 @@
 """Read routes: health, the API's description, processing status, submission status, hierarchy,
 sessions, stats, search, dead letters (and redriving one)."""
 
-import json
 from typing import Any
 
-from aws_lambda_powertools.event_handler import Response, content_types
+from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -13,33 +12,24 @@ from memproc.api import json_response, make_resolver, ok, path_arg, resolve
 from memproc.dal.connection import get_store
 from memproc.observability import get_tracer, logger, metrics
 from memproc.reads import dead_letters, hierarchy, search, sessions, stats, status
+from memproc.schemas import responses as r
 from memproc.schemas.requests import DeadLettersQuery, HierarchyQuery, SearchQuery, TranscriptQuery
-from memproc.schemas.responses import (
-    DeadLettersResponse,
-    HealthResponse,
-    HierarchyResponse,
-    ProcessingStatus,
-    RawMemoryResponse,
-    RetryResponse,
-    SearchResponse,
-    SessionDetails,
-    StatsResponse,
-)
 from memproc.settings import get_settings
 
 tracer = get_tracer()
 
 app = make_resolver()
+openapi.serve(app)  # GET /api/openapi.json and /api/docs
 
 
 @app.get(
     "/api/health",
     summary="Whether the service can accept and process sessions",
     responses={
-        **ok(HealthResponse, description="Healthy"),
+        **ok(r.HealthResponse, description="Healthy"),
         503: {
             "description": "Degraded: the reasons say why",
-            "content": {"application/json": {"model": HealthResponse}},
+            "content": {"application/json": {"model": r.HealthResponse}},
         },
     },
 )
@@ -49,29 +39,7 @@ def get_health() -> Response[Any]:
     return json_response(200 if result.success else 503, result, headers)
 
 
-@app.get(
-    "/api/openapi.json",
-    summary="This API's OpenAPI document",
-    responses={
-        200: {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}
-    },
-)
-def get_openapi() -> Response[Any]:
-    doc = openapi.document(app.current_event.raw_event, get_settings().auth_mode)
-    return Response(200, content_types.APPLICATION_JSON, json.dumps(doc))
-
-
-@app.get(
-    "/api/docs",
-    summary="Swagger UI for this API",
-    responses={200: {"description": "Swagger UI", "content": {"text/html": {"schema": {"type": "string"}}}}},
-)
-def get_docs() -> Response[Any]:
-    doc = openapi.document(app.current_event.raw_event, get_settings().auth_mode)
-    return Response(200, "text/html; charset=utf-8", openapi.swagger_page(doc))
-
-
-@app.get("/api/memory/<vectorstore_name>/processing_status", responses=ok(ProcessingStatus))
+@app.get("/api/memory/<vectorstore_name>/processing_status", responses=ok(r.ProcessingStatus))
 @tracer.capture_method
 def processing_status(vectorstore_name: str) -> Response[Any]:
     """The processor and the queue: heartbeat, sizes, interval, retention, health, this vectorstore's work."""
@@ -80,7 +48,7 @@ def processing_status(vectorstore_name: str) -> Response[Any]:
     )
 
 
-@app.get("/api/memory/<vectorstore_name>/raw/<raw_memory_id>", responses=ok(RawMemoryResponse))
+@app.get("/api/memory/<vectorstore_name>/raw/<raw_memory_id>", responses=ok(r.RawMemoryResponse))
 @app.query(TranscriptQuery)
 @tracer.capture_method
 def raw_status(vectorstore_name: str, raw_memory_id: str, q: TranscriptQuery) -> Response[Any]:
@@ -94,7 +62,7 @@ def raw_status(vectorstore_name: str, raw_memory_id: str, q: TranscriptQuery) ->
     return json_response(200, found)
 
 
-@app.get("/api/memory/<vectorstore_name>/hierarchy", responses=ok(HierarchyResponse))
+@app.get("/api/memory/<vectorstore_name>/hierarchy", responses=ok(r.HierarchyResponse))
 @app.query(HierarchyQuery)
 @tracer.capture_method
 def get_hierarchy(vectorstore_name: str, q: HierarchyQuery) -> Response[Any]:
@@ -102,7 +70,7 @@ def get_hierarchy(vectorstore_name: str, q: HierarchyQuery) -> Response[Any]:
     return json_response(200, hierarchy.hierarchy(get_store(), path_arg(vectorstore_name), q))
 
 
-@app.get("/api/memory/<vectorstore_name>/session/<session_id>", responses=ok(SessionDetails))
+@app.get("/api/memory/<vectorstore_name>/session/<session_id>", responses=ok(r.SessionDetails))
 @app.query(TranscriptQuery)
 @tracer.capture_method
 def session(vectorstore_name: str, session_id: str, q: TranscriptQuery) -> Response[Any]:
@@ -113,14 +81,14 @@ def session(vectorstore_name: str, session_id: str, q: TranscriptQuery) -> Respo
     return json_response(200, details)
 
 
-@app.get("/api/memory/<vectorstore_name>/stats", responses=ok(StatsResponse))
+@app.get("/api/memory/<vectorstore_name>/stats", responses=ok(r.StatsResponse))
 @tracer.capture_method
 def get_stats(vectorstore_name: str) -> Response[Any]:
     """Counts per level, approximate storage and the last 7 days of processing figures."""
     return json_response(200, stats.stats(get_store(), path_arg(vectorstore_name)))
 
 
-@app.get("/api/memory/<vectorstore_name>/search", responses=ok(SearchResponse, 200, 409))
+@app.get("/api/memory/<vectorstore_name>/search", responses=ok(r.SearchResponse, 200, 409))
 @app.query(SearchQuery)
 @tracer.capture_method
 def get_search(vectorstore_name: str, q: SearchQuery) -> Response[Any]:
@@ -128,7 +96,7 @@ def get_search(vectorstore_name: str, q: SearchQuery) -> Response[Any]:
     return json_response(200, search.search(get_store(), get_settings(), path_arg(vectorstore_name), q))
 
 
-@app.get("/api/memory/<vectorstore_name>/dead_letters", responses=ok(DeadLettersResponse))
+@app.get("/api/memory/<vectorstore_name>/dead_letters", responses=ok(r.DeadLettersResponse))
 @app.query(DeadLettersQuery)
 @tracer.capture_method
 def get_dead_letters(vectorstore_name: str, q: DeadLettersQuery) -> Response[Any]:
@@ -136,7 +104,7 @@ def get_dead_letters(vectorstore_name: str, q: DeadLettersQuery) -> Response[Any
     return json_response(200, dead_letters.dead_letters(get_store(), path_arg(vectorstore_name), q.limit))
 
 
-@app.post("/api/memory/<vectorstore_name>/raw/<raw_memory_id>/retry", responses=ok(RetryResponse, 200, 409))
+@app.post("/api/memory/<vectorstore_name>/raw/<raw_memory_id>/retry", responses=ok(r.RetryResponse, 200, 409))
 @tracer.capture_method
 def retry(vectorstore_name: str, raw_memory_id: str) -> Response[Any]:
     """Redrive a dead-lettered submission (409 when it is not dead)."""

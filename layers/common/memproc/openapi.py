@@ -15,6 +15,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from pydantic import BaseModel
 
 # How a caller authenticates, per AUTH_MODE (the document's components.securitySchemes).
@@ -173,3 +174,38 @@ SwaggerUIBundle({{dom_id: "#swagger-ui", spec: {spec}, deepLinking: true, docExp
 </body>
 </html>
 """
+
+
+def _body(media_type: str, kind: str) -> dict[str, Any]:
+    return {media_type: {"schema": {"type": kind}}}
+
+
+def serve(app: APIGatewayRestResolver) -> None:
+    """GET /api/openapi.json and GET /api/docs on `app` (the query function's resolver), behind the
+    same auth as every route."""
+    from memproc.settings import get_settings
+
+    @app.get(
+        "/api/openapi.json",
+        summary="This API's OpenAPI document",
+        responses={
+            200: {
+                "description": "OpenAPI 3.1",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            }
+        },
+    )
+    def get_openapi() -> Response[Any]:
+        doc = document(app.current_event.raw_event, get_settings().auth_mode)
+        return Response(200, content_types.APPLICATION_JSON, json.dumps(doc))
+
+    @app.get(
+        "/api/docs",
+        summary="Swagger UI for this API",
+        responses={
+            200: {"description": "Swagger UI", "content": {"text/html": {"schema": {"type": "string"}}}}
+        },
+    )
+    def get_docs() -> Response[Any]:
+        doc = document(app.current_event.raw_event, get_settings().auth_mode)
+        return Response(200, "text/html; charset=utf-8", swagger_page(doc))

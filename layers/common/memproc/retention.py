@@ -20,7 +20,7 @@ from memproc.dal.connection import Store
 from memproc.errors import NotFound
 from memproc.keys import VectorstoreKeys
 from memproc.schemas.requests import CleanupQuery
-from memproc.schemas.responses import (
+from memproc.schemas.retention import (
     CleanupReceipt,
     ErasureCounts,
     ErasureReceipt,

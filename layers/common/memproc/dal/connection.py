@@ -9,8 +9,10 @@ from urllib.parse import quote
 
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ClusterDownError, MovedError, ReadOnlyError
 from redis.retry import Retry
 
+from memproc.dal.primary import Primary, primary_client
 from memproc.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -27,7 +29,8 @@ def store_failure(exc: Exception) -> tuple[str, str] | None:
         return "store_full", "the memory store is full"
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError | redis.BusyLoadingError):
         return "store_unavailable", f"the memory store is unavailable ({type(exc).__name__})"
-    if isinstance(exc, redis.ReadOnlyError):  # a failover in progress: the old primary is a replica
+    if isinstance(exc, ReadOnlyError | MovedError | ClusterDownError):
+        # A failover in progress: the old primary is a replica, or the shard has no primary yet.
         return "store_unavailable", "the memory store is failing over"
     return None
 
@@ -85,13 +88,20 @@ def _store(url: str, connect_timeout: float, timeout: float, vector_backend: str
         "socket_connect_timeout": connect_timeout,
         "health_check_interval": 30,
         "max_connections": 512,
-        # One quick retry, for a pooled connection a restart or failover closed. Not on timeouts:
-        # redis-py's default (10 retries) turns a frozen store into a minute-long hang, and a
-        # retried write that did run is answered by the library as a duplicate or as stale.
-        "retry": Retry(ExponentialBackoff(cap=0.2, base=0.05), 1, supported_errors=(redis.ConnectionError,)),
+        # One quick retry, for a pooled connection a restart or failover closed, or a command a
+        # replica refused (MOVED, READONLY: it did not run; the retry's connection goes to the
+        # primary found again, see dal/primary.py). Not on timeouts: redis-py's default (10
+        # retries) turns a frozen store into a minute-long hang, and a retried write that did run
+        # is answered by the library as a duplicate or as stale.
+        "retry": Retry(
+            ExponentialBackoff(cap=0.2, base=0.05),
+            1,
+            supported_errors=(redis.ConnectionError, MovedError, ReadOnlyError),
+        ),
     }
-    text = redis.Redis.from_url(url, decode_responses=True, **common)
-    binary = redis.Redis.from_url(url, decode_responses=False, **common)
+    primary = Primary()  # both clients follow one primary, found once per process
+    text = primary_client(url, primary, decode_responses=True, **common)
+    binary = primary_client(url, primary, decode_responses=False, **common)
     return Store(text, binary, vector_backend, dimensions)
 
 
