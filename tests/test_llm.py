@@ -796,3 +796,12 @@ def test_embeddings_travel_as_base64_unless_configured_as_float(
     assert len(packed) == len(plain) == 2
     for a, b in zip(packed, plain, strict=True):
         assert a == pytest.approx(b, abs=1e-6)
+
+
+def test_an_embedding_with_a_nan_is_a_retryable_malformed_reply(
+    fake: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    fake.embedding_for = lambda text: [math.nan] + [0.0] * (DIMS - 1)
+    with pytest.raises(RetryableLLMError, match=r"malformed reply.*NaN or an infinity"):
+        provider.embed(["a"])
+    assert fake.embedding_calls == 1

@@ -91,7 +91,8 @@ def test_managed_store_settings_give_a_tls_client_with_username_and_password(
     assert PASSWORD not in url  # percent-encoded, so '#' cannot end the URL early
     store = connection.get_store(settings)
     for client in (store.r, store.rb):
-        assert issubclass(client.connection_pool.connection_class, redis.SSLConnection)  # TLS, primary-seeking
+        # TLS, primary-seeking
+        assert issubclass(client.connection_pool.connection_class, redis.SSLConnection)
         kwargs = client.connection_pool.connection_kwargs
         assert (kwargs["host"], kwargs["port"], kwargs["db"]) == (settings.redis_host, 6379, 0)
         assert (kwargs["username"], kwargs["password"]) == ("default", PASSWORD)

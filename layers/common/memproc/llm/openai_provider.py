@@ -36,7 +36,7 @@ from memproc.llm.chunking import ChunkedExtractor
 from memproc.llm.parsing import parse_extraction
 from memproc.llm.prompt import build_messages
 from memproc.llm.schema import EXTRACTION_JSON_SCHEMA, Candidate, Extraction
-from memproc.llm.wire import ChatReply, EmbeddingsReply, decode_vector, parse_reply, unit
+from memproc.llm.wire import ChatReply, WrongDimensions, parse_embeddings, parse_reply, unit
 
 if TYPE_CHECKING:
     import openai
@@ -270,20 +270,15 @@ class OpenAIProvider(ChunkedExtractor):
             )
             body = self._call("embeddings", create)
             try:
-                reply = parse_reply(EmbeddingsReply, body)
-                data = sorted(reply.data, key=lambda item: item.index)
-                decoded = [decode_vector(item.embedding) for item in data]
-            except ValueError as exc:  # MalformedReply, bad base64, a partial float32
+                reply = parse_embeddings(body, len(batch), self.dimensions)
+            except WrongDimensions as exc:
+                raise PermanentLLMError(
+                    f"embeddings: model {self.embedding_model!r} returned {exc.got} "
+                    f"dimensions, but EMBEDDING_DIMENSIONS is {self.dimensions}"
+                ) from exc
+            except ValueError as exc:  # MalformedReply: not JSON, a count, index or value amiss
                 raise RetryableLLMError(f"embeddings: malformed reply: {exc}") from exc
-            if len(decoded) != len(batch):
-                raise RetryableLLMError(f"embeddings: asked for {len(batch)} vectors, got {len(decoded)}")
-            for vector in decoded:
-                if len(vector) != self.dimensions:
-                    raise PermanentLLMError(
-                        f"embeddings: model {self.embedding_model!r} returned {len(vector)} "
-                        f"dimensions, but EMBEDDING_DIMENSIONS is {self.dimensions}"
-                    )
-            vectors += unit(decoded)
-            if reply.usage is not None:
-                usage += Usage(tokens_in=reply.usage.prompt_tokens or 0)
+            vectors += unit(reply.vectors)
+            if reply.prompt_tokens is not None:
+                usage += Usage(tokens_in=reply.prompt_tokens)
         return vectors, usage
