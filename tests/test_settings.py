@@ -130,3 +130,25 @@ def test_openai_key_from_secrets_manager(aws: None, env: pytest.MonkeyPatch) -> 
     provider = llm.make_provider(load_settings(openai_secret_arn=arn))
     assert provider.name == "openai"
     assert llm.make_provider(load_settings()).name == "offline"
+
+
+def test_memproc_process_takes_the_environment_unless_a_flag_is_given(
+    env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Integrity defect 8: argparse defaults used to override PROCESSING_INTERVAL_SECONDS, and
+    `process --retention-days` set an expiry the scheduled cleanup then contradicted."""
+    from memproc_local.cli import main as cli_main
+
+    env.setenv("PROCESSING_INTERVAL_SECONDS", "7")
+    env.setenv("CONCURRENCY", "3")
+    env.setenv("RAW_RETENTION_DAYS", "45")
+    get_settings.cache_clear()
+    assert cli_main(["process", "--run-once"]) == 0
+    banner = capsys.readouterr().err
+    assert "concurrency=3 " in banner and "interval=7s" in banner and "retention=45d" in banner
+    assert cli_main(["process", "--run-once", "--concurrency", "2", "--interval", "9"]) == 0
+    banner = capsys.readouterr().err
+    assert "concurrency=2 " in banner and "interval=9s" in banner
+    with pytest.raises(SystemExit) as refused:  # one retention: RAW_RETENTION_DAYS, for both
+        cli_main(["process", "--run-once", "--retention-days", "60"])
+    assert refused.value.code == 2
