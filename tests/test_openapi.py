@@ -15,8 +15,8 @@ from openapi_spec_validator import validate
 
 from memproc import settings as settings_module
 from memproc.api import QUERY_MODEL, Resolver
+from memproc.schemas.errors import ErrorResponse
 from memproc.schemas.requests import NoParams
-from memproc.schemas.responses import ErrorResponse
 from memproc_local import openapi as generator
 from memproc_local.events import LambdaContext, build_event
 from memproc_local.handlers import load_handler, load_module

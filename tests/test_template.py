@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from memproc.schemas.responses import ErrorBody, ErrorResponse
+from memproc.schemas.errors import ErrorBody, ErrorResponse
 from tests.api_client import api_routes
 from tests.redis_server import ROOT
 from tests.template_render import (

@@ -14,6 +14,7 @@ from memproc.observability import get_tracer, logger, metrics
 from memproc.reads import dead_letters, hierarchy, search, sessions, stats, status
 from memproc.schemas import responses as r
 from memproc.schemas.requests import DeadLettersQuery, HierarchyQuery, SearchQuery, TranscriptQuery
+from memproc.schemas.submissions import RetryResponse
 from memproc.settings import get_settings
 
 tracer = get_tracer()
@@ -104,7 +105,7 @@ def get_dead_letters(vectorstore_name: str, q: DeadLettersQuery) -> Response[Any
     return json_response(200, dead_letters.dead_letters(get_store(), path_arg(vectorstore_name), q.limit))
 
 
-@app.post("/api/memory/<vectorstore_name>/raw/<raw_memory_id>/retry", responses=ok(r.RetryResponse, 200, 409))
+@app.post("/api/memory/<vectorstore_name>/raw/<raw_memory_id>/retry", responses=ok(RetryResponse, 200, 409))
 @tracer.capture_method
 def retry(vectorstore_name: str, raw_memory_id: str) -> Response[Any]:
     """Redrive a dead-lettered submission (409 when it is not dead)."""

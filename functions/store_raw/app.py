@@ -19,7 +19,7 @@ from memproc.api import json_response, make_resolver, ok, path_arg, resolve
 from memproc.dal.connection import get_store
 from memproc.observability import logger, metrics
 from memproc.schemas.requests import StoreRawRequest
-from memproc.schemas.responses import StoreRawResponse
+from memproc.schemas.submissions import StoreRawResponse
 from memproc.settings import get_settings
 
 app = make_resolver()

@@ -19,8 +19,8 @@ from memproc import auth, request_body
 from memproc.dal.connection import StoreError, store_failure
 from memproc.errors import ApiError, InvalidInput
 from memproc.observability import logger
+from memproc.schemas.errors import ErrorBody, ErrorResponse
 from memproc.schemas.requests import NoParams
-from memproc.schemas.responses import ErrorBody, ErrorResponse
 from memproc.settings import get_settings
 
 Q = TypeVar("Q", bound=BaseModel)

@@ -16,7 +16,7 @@ from memproc.dal import queue
 from memproc.dal.connection import Store
 from memproc.errors import Conflict, NotFound, PayloadTooLarge, Unavailable
 from memproc.schemas.requests import StoreRawRequest
-from memproc.schemas.responses import RetryResponse, StoreRawResponse
+from memproc.schemas.submissions import RetryResponse, StoreRawResponse
 from memproc.settings import Settings
 from memproc.timeutil import iso
 from memproc.transcript import encode_transcript

@@ -13,23 +13,6 @@ from memproc.records import RawStatus
 from memproc.schemas.requests import HierarchyLevel
 
 
-class StoreRawResponse(BaseModel):
-    success: bool = True
-    raw_memory_id: str
-    session_id: str
-    vectorstore_name: str
-    status: RawStatus
-    duplicate: bool = False
-    queued_at: str = Field(description="ISO 8601 UTC time the session was queued")
-    queue_position: int = Field(description="Estimated items processed before this one (0: not waiting)")
-    queue_size: int
-    estimated_processing_time: str = Field(
-        description='When it should be processed, as the specification shows it: "about 4 seconds", '
-        '"2-5 minutes"'
-    )
-    estimated_processing_seconds: float = Field(description="The same estimate in seconds")
-
-
 class RetentionPolicy(BaseModel):
     raw_memory_days: int
     session_days: int
@@ -95,17 +78,6 @@ class HealthResponse(BaseModel):
     status: Literal["ok", "degraded"]
     reasons: list[str] = Field(description="Why it is degraded; empty when healthy")
     checks: HealthChecks
-
-
-class ErrorBody(BaseModel):
-    code: str
-    message: str
-    details: Any | None = None
-
-
-class ErrorResponse(BaseModel):
-    success: Literal[False] = False
-    error: ErrorBody
 
 
 class MemoryHistoryEntry(BaseModel):
@@ -354,11 +326,3 @@ class DeadLettersResponse(BaseModel):
     vectorstore_name: str
     total: int
     dead_letters: list[RawMemory]
-
-
-class RetryResponse(BaseModel):
-    success: bool = True
-    vectorstore_name: str
-    raw_memory_id: str
-    status: Literal["queued"] = "queued"
-    pending: int = Field(description="Items of this vectorstore now waiting")
