@@ -17,7 +17,7 @@ from memproc import keys
 from memproc.dal import connection
 from memproc.dal.connection import get_store
 from memproc.dal.memory_index import IndexUnavailable, MemoryFilter
-from memproc.dal.memory_index.search import SearchIndex, index_ready, tag_value
+from memproc.dal.memory_index.search import SearchIndex, index_ready, missing_index, tag_value
 from memproc.settings import get_settings
 from tests.api_client import call, mem_path
 from tests.memory_helpers import drain, store
@@ -85,6 +85,18 @@ def test_an_index_dropped_under_a_warm_process_is_made_again_by_its_next_query(
     assert res.body["count"] == r.zcard(keys.VectorstoreKeys("user1").memory_index) > 0
 
 
+def test_every_engines_word_for_a_missing_index_is_recognised(stack_server: RedisServer) -> None:
+    """A warm process re-creates a dropped index only if it recognises the error: RediSearch's own
+    replies (asked here), and valkey-search's wording (ElastiCache, MemoryDB; from its docs)."""
+    r = stack_server.client()
+    for command in (("FT.INFO", "nope"), ("FT.SEARCH", "nope", "*")):
+        with pytest.raises(redis.ResponseError) as raised:
+            r.execute_command(*command)
+        assert missing_index(raised.value), raised.value
+    assert missing_index(redis.ResponseError("Index with name 'memproc_idx_64' not found"))
+    assert not missing_index(redis.ResponseError("Error parsing vector similarity query"))
+
+
 def test_a_warm_process_asks_ft_info_again_only_once_its_trust_in_the_index_lapses(
     search_env: RedisServer, search_fake_llm: Any
 ) -> None:
@@ -146,7 +158,7 @@ def test_a_search_while_the_engine_builds_the_index_is_unavailable_not_partial(
     none of the memories). The scan is monotonic, so one seen running before and after the request
     ran throughout it."""
     r = search_env.client()
-    slowly_indexed_memories(r, "big", 1500)
+    slowly_indexed_memories(r, "big", 4000)  # ~5 s of scan on an idle machine, longer when busy
     try:
         assert still_indexing(r)
         res = call("GET", mem_path("big", "/search"), query={"q": "memory"})
@@ -156,11 +168,14 @@ def test_a_search_while_the_engine_builds_the_index_is_unavailable_not_partial(
         assert "being built" in res.body["error"]["message"]
         with pytest.raises(IndexUnavailable):  # the processor's lookups alike
             get_store().index.nearest("big", [struct.pack("<64f", *([0.1] * 64))], 8, MemoryFilter())
-        store("big", CHAT, "s-2")  # a processor deciding blind would add duplicates of what it missed
+        raw_id = store("big", CHAT, "s-2")["raw_memory_id"]  # deciding blind would add duplicates
         report = drain()
         assert still_indexing(r)
         assert (report.processed, report.retried) == (0, 1)
-        assert r.zcard(keys.VectorstoreKeys("big").memory_index) == 1500
+        # No attempt spent: a rebuild that outlasts every attempt's backoff must not dead-letter it.
+        raw = r.hmget(keys.VectorstoreKeys("big").raw(raw_id), "status", "processing_attempts")
+        assert raw == ["queued", "0"], raw
+        assert r.zcard(keys.VectorstoreKeys("big").memory_index) == 4000
     finally:
         r.flushall()  # stops the engine's scan, which would slow the next tests for seconds
 

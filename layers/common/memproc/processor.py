@@ -23,7 +23,7 @@ from memproc import events as ev
 from memproc import reconcile
 from memproc.dal import queue as q
 from memproc.dal import reads
-from memproc.dal.connection import Store, StoreError
+from memproc.dal.connection import Store
 from memproc.dal.memory_index import IndexUnavailable
 from memproc.drain import DrainReport, Outcome, drain_loop
 from memproc.embedding_batch import EmbeddingBatcher
@@ -81,34 +81,56 @@ class Processor:
         try:
             outcome = self._process(item, started)
         except LLMError as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            outcome = self._failed(
+                item,
+                f"{type(exc).__name__}: {exc}",
+                retryable=exc.retryable,
+                min_delay=exc.retry_after or 0.0,
+                counts_attempt=exc.counts_attempt,
+            )
+        except IndexUnavailable as exc:
+            # The engine is (re)building its index: decide later, not blind, and never dead-letter
+            # a session for it (a rebuild can outlast every attempt's backoff).
+            log.warning("memory index unavailable for %s/%s: %s", item.vectorstore, item.raw_id, exc)
+            outcome = self._failed(
+                item,
+                f"IndexUnavailable: {exc}",
+                retryable=True,
+                min_delay=exc.retry_after,
+                counts_attempt=False,
+            )
+        except Exception as exc:  # a bug or an outage: retried, and dead after the last attempt
+            log.exception("processing %s/%s failed", item.vectorstore, item.raw_id)
+            outcome = self._failed(item, f"{type(exc).__name__}: {exc}", retryable=True)
+        outcome.seconds = time.monotonic() - started
+        return outcome
+
+    def _failed(
+        self,
+        item: q.Claim,
+        error: str,
+        *,
+        retryable: bool,
+        min_delay: float = 0.0,
+        counts_attempt: bool = True,
+        usage: Usage | None = None,
+    ) -> Outcome:
+        """Back to the queue (or dead); when the store cannot take even that, the item stays leased
+        and the reaper re-queues it after its lease, so a store outage never ends the drain."""
+        try:
             result, _ = q.fail(
                 self.store,
                 self.settings,
                 item,
                 error,
-                retryable=exc.retryable,
-                min_delay=exc.retry_after or 0.0,
-                counts_attempt=exc.counts_attempt,
+                retryable=retryable,
+                min_delay=min_delay,
+                counts_attempt=counts_attempt,
             )
-            outcome = Outcome(item, result, error=error)
-        except IndexUnavailable as exc:  # the engine is (re)building its index: decide later, not blind
-            log.warning("memory index unavailable for %s/%s: %s", item.vectorstore, item.raw_id, exc)
-            error = f"IndexUnavailable: {exc}"
-            result, _ = q.fail(
-                self.store, self.settings, item, error, retryable=True, min_delay=exc.retry_after
-            )
-            outcome = Outcome(item, result, error=error)
-        except Exception as exc:  # a bug or an outage: retried, and dead after the last attempt
-            log.exception("processing %s/%s failed", item.vectorstore, item.raw_id)
-            error = f"{type(exc).__name__}: {exc}"
-            try:
-                result, _ = q.fail(self.store, self.settings, item, error, retryable=True)
-            except StoreError:
-                result = "stale"  # the lease will expire and the reaper re-queues the item
-            outcome = Outcome(item, result, error=error)
-        outcome.seconds = time.monotonic() - started
-        return outcome
+        except Exception:  # an outage (StoreError) or worse: never the end of the whole drain
+            log.exception("could not record the failure of %s/%s", item.vectorstore, item.raw_id)
+            result = "stale"
+        return Outcome(item, result, usage=usage or Usage(), error=error)
 
     def _process(self, item: q.Claim, started: float) -> Outcome:
         loaded = reads.processing_input(self.store, item.vectorstore, item.raw_id, item.session_id)
@@ -195,15 +217,13 @@ class Processor:
 
     def _outcome(self, item: q.Claim, result: q.CommitResult, usage: Usage) -> Outcome:
         if result.outcome == "mismatch":
-            failed, _ = q.fail(
-                self.store,
-                self.settings,
+            return self._failed(
                 item,
                 f"embedding mismatch: this processor embeds with {self.provider.embedding_model!r} "
                 f"({self.provider.dimensions} dimensions) but the {result.detail}",
                 retryable=False,
+                usage=usage,
             )
-            return Outcome(item, failed, usage=usage, error=f"embedding mismatch: {result.detail}")
         if result.outcome != "ok":
             return Outcome(item, "stale", usage=usage)
         return Outcome(item, "processed", result.created, result.merged, usage, commit=result)
