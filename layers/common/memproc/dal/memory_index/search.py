@@ -109,6 +109,14 @@ def index_ready(info: Any) -> bool:
     return f.get("index_status", "available").lower() in ("available", "ready")
 
 
+def missing_index(exc: redis.ResponseError) -> bool:
+    """Whether an error says the index does not exist, as each engine words it: RediSearch "Unknown
+    index name" / "no such index", valkey-search (ElastiCache, MemoryDB) "Index with name '…' not
+    found"."""
+    message = str(exc).lower()
+    return "unknown index" in message or "no such index" in message or "not found" in message
+
+
 class SearchIndex:
     """One process's view of the deployment's index: created once (FT.INFO first), and trusted to be
     fully built for READY_SECONDS after FT.INFO last said so (FT.INFO costs RediSearch ~3 ms at 20k
@@ -130,8 +138,7 @@ class SearchIndex:
         try:
             return self.client.execute_command("FT.INFO", self.index)
         except redis.ResponseError as exc:
-            message = str(exc).lower()
-            if "unknown index" in message or "no such index" in message or "not found" in message:
+            if missing_index(exc):
                 return None
             raise
 
@@ -264,7 +271,7 @@ class SearchIndex:
             replies = pipe.execute(raise_on_error=True)
         except redis.ResponseError as exc:
             message = str(exc).lower()
-            if "no such index" in message or "unknown index" in message:
+            if missing_index(exc):
                 raise _IndexGone(str(exc)) from None
             if "backfill" in message or "loading" in message:
                 raise IndexUnavailable(f"the search index is being rebuilt: {exc}") from None
