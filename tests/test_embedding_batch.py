@@ -16,7 +16,7 @@ import pytest
 from memproc.dal.connection import get_store
 from memproc.dal.memory_index import MemoryFilter
 from memproc.embedding_batch import EmbeddingBatcher
-from memproc.llm import OpenAIProvider, PermanentLLMError, Usage
+from memproc.llm import LLMError, OpenAIProvider, PermanentLLMError, Usage
 from memproc.reconcile import fp32
 from memproc.settings import load_settings
 from tests.fake_openai import FakeOpenAI, embedding
@@ -101,16 +101,39 @@ def test_callers_waiting_share_one_request_and_get_their_own_vectors(
     assert all(u.tokens_in > 0 for u in usages)
 
 
-def test_a_failed_request_fails_every_caller_it_carried(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
+def test_a_refused_input_fails_only_its_caller(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
+    """A permanent error dead-letters a session: a shared request refused for one caller's input is
+    sent again caller by caller, so the others get their vectors."""
     groups = [["the first caller"], ["a fine text"], ["a text the server refuses"], ["another fine text"]]
     futures = coalesced(EmbeddingBatcher(provider.embed), fake, groups, refuse="a text the server refuses")
-    assert fake.embedding_calls == 2
+    # The held request, the shared one that was refused, then one per caller it carried.
+    assert [len(q.body["input"]) for q in fake.requests] == [1, 3, 1, 1, 1]
     assert len(futures[0].result()[0]) == 1  # its own request succeeded
-    errors = [f.exception() for f in futures[1:]]
-    assert isinstance(errors[0], PermanentLLMError) and "HTTP 400" in str(errors[0])
-    assert all(e is errors[0] for e in errors)
-    # The next caller is not held by the failure.
-    fake.embedding_for = None
+    error = futures[2].exception()
+    assert isinstance(error, PermanentLLMError) and "HTTP 400" in str(error)
+    for i in (1, 3):
+        vectors, _ = futures[i].result()
+        assert list(vectors[0]) == pytest.approx(embedding(groups[i][0], DIMS), abs=1e-6)
+
+
+def test_a_provider_failure_fails_every_caller_it_carried(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
+    """A retryable error is the provider's: every session it carried is retried later, at once."""
+    groups = [["the first caller"], ["a fine text"], ["another fine text"]]
+    held, release = hold_first(fake, groups[0][0])
+    batcher = EmbeddingBatcher(provider.embed)
+    pool = ThreadPoolExecutor(len(groups))
+    first = pool.submit(batcher.embed, groups[0])
+    assert held.wait(WAIT)
+    fake.fail_next("500", path="embeddings")  # the next request (the shared one) is answered 500
+    rest = [pool.submit(batcher.embed, g) for g in groups[1:]]
+    assert batcher.wait_for_waiting(2, WAIT)
+    release.set()
+    pool.shutdown(wait=True)
+    assert len(first.result()[0]) == 1
+    errors = [f.exception() for f in rest]
+    assert all(isinstance(e, LLMError) and e.retryable for e in errors) and errors[0] is errors[1]
+    assert len(fake.requests) == 2
+    fake.embedding_for = None  # the next caller is not held by the failure
     vectors, _ = EmbeddingBatcher(provider.embed).embed(["later"])
     assert len(vectors) == 1
 

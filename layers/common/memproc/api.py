@@ -29,7 +29,8 @@ R = TypeVar("R")
 QUERY_MODEL = "memproc_query_model"
 # What each error status means on every route, as the OpenAPI description says it.
 ERRORS = {
-    400: "Invalid input: a path value or query parameter (the code names which)",
+    400: "Invalid input: a path value or query parameter (the code names which), or a body that is "
+    "not JSON (code malformed_json)",
     401: "No caller identity for the deployment's AuthMode (code unauthenticated)",
     403: "Refused: the IAM policy does not allow this route, the API key is not valid (code "
     "invalid_api_key), or the Cognito token may not use this vectorstore (code forbidden)",
@@ -38,7 +39,7 @@ ERRORS = {
     "another model (code embedding_mismatch)",
     413: "The body is larger than MAX_BODY_BYTES",
     415: "The body is not application/json",
-    422: "The body is not valid (code validation_error or malformed_json)",
+    422: "The body is JSON but not a valid request (code validation_error)",
     429: "Throttled by API Gateway: the stage's rate or burst limit, or the API key's usage plan "
     "(code throttled or quota_exceeded); retry later",
     503: "The store is unavailable, busy or full, or the queue is full; retry after Retry-After",

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from memproc.llm.base import Usage, Vector
+from memproc.llm.base import LLMError, Usage, Vector
 
 Embed = Callable[[list[str]], tuple[list[Vector], Usage]]
 
@@ -38,8 +38,10 @@ class _Request:
 class EmbeddingBatcher:
     """``embed`` with the provider's signature, coalescing concurrent callers into one call.
 
-    A failed call fails every caller it carried with the same exception. Usage is the call's own
-    when it carried one caller, else its input tokens split by each caller's share of characters.
+    A failed call fails every caller it carried with the same exception, except a refused input
+    (a permanent error) in a shared call: each caller is then sent alone, so only its owner fails.
+    Usage is the call's own when it carried one caller, else its input tokens split by each
+    caller's share of characters.
     """
 
     def __init__(self, embed: Embed, *, max_inputs: int = MAX_INPUTS, max_chars: int = MAX_CHARS) -> None:
@@ -94,6 +96,13 @@ class EmbeddingBatcher:
             vectors, usage = self._embed([t for r in batch for t in r.texts])
             if len(vectors) != sum(len(r.texts) for r in batch):  # pragma: no cover - the provider checks
                 raise RuntimeError("embeddings: the provider answered a different number of vectors")
+        except LLMError as exc:
+            if exc.retryable or len(batch) == 1:  # the provider's trouble: each caller retries later
+                for r in batch:
+                    r.error = exc
+            else:  # one caller's input was refused: find whose, so no other session pays for it
+                for r in batch:
+                    self._alone(r)
         except BaseException as exc:  # every caller it carried fails the same way
             for r in batch:
                 r.error = exc
@@ -112,6 +121,13 @@ class EmbeddingBatcher:
         for r in batch:
             r.done = True
             r.ready.set()
+
+    def _alone(self, r: _Request) -> None:
+        """One caller's texts in a request of their own (after a shared request was refused)."""
+        try:
+            r.vectors, r.usage = self._embed(r.texts)
+        except BaseException as exc:
+            r.error = exc
 
 
 def _shares(usage: Usage, batch: list[_Request]) -> list[Usage]:
