@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from memproc.dal.connection import Store
 from memproc.dal.functions import fcall
+from memproc.dal.replies import as_text
 from memproc.keys import DEAD, VECTORSTORES, VectorstoreKeys
 
 KeyType = Literal["hash", "string", "set", "zset"]
@@ -24,10 +25,6 @@ Row = tuple[str, float]  # (member, score) of a sorted-set index
 
 def _b(v: Any) -> bytes:
     return v if isinstance(v, bytes) else str(v).encode()
-
-
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 @dataclass(frozen=True)
@@ -62,7 +59,7 @@ def page(store: Store, key: str, after: Row | None, count: int) -> list[Row]:
 
 
 def _rows(reply: Any) -> list[Row]:
-    return [(_s(m), float(s)) for m, s in reply]
+    return [(as_text(m), float(s)) for m, s in reply]
 
 
 def export_memories(
@@ -74,7 +71,7 @@ def export_memories(
     replies = fcall(store.rb, "export_memories", [], [vectorstore, backend, *ids], readonly=True)
     out: list[tuple[str, bytes] | None] = []
     for text, blob in replies:
-        out.append(None if not text or not blob else (_s(text), _b(blob)))
+        out.append(None if not text or not blob else (as_text(text), _b(blob)))
     return out
 
 

@@ -14,12 +14,9 @@ from typing import Any
 
 from memproc.dal.connection import Store
 from memproc.dal.functions import LIBRARY_VERSION, fcall
+from memproc.dal.replies import as_text
 from memproc.keys import PROCESSOR_STATUS, PROCESSORS, RAW_MEMORY_QUEUE, VectorstoreKeys
 from memproc.settings import Settings
-
-
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 @dataclass(frozen=True)
@@ -87,7 +84,7 @@ def enqueue(store: Store, settings: Settings, s: Submission) -> Enqueued:
         rate,
         idle,
         interval,
-        _s(more[0]) if more else "",
+        as_text(more[0]) if more else "",
     )
 
 
@@ -133,13 +130,16 @@ def claim(store: Store, settings: Settings, limit: int, reap_limit: int = 100) -
     )
     return ClaimBatch(
         [
-            Claim(_s(vs), _s(rid), _s(tok), _s(sid), int(n), float(waited))
+            Claim(as_text(vs), as_text(rid), as_text(tok), as_text(sid), int(n), float(waited))
             for vs, rid, tok, sid, n, waited in items
         ],
         int(reaped),
         int(buried),
         int(lost),
-        tuple(DeadLetter(_s(vs), _s(rid), _s(sid), _s(err), int(n)) for vs, rid, sid, err, n in dead),
+        tuple(
+            DeadLetter(as_text(vs), as_text(rid), as_text(sid), as_text(err), int(n))
+            for vs, rid, sid, err, n in dead
+        ),
     )
 
 
@@ -150,7 +150,7 @@ def renew(store: Store, settings: Settings, items: list[Claim]) -> set[str]:
     args: list[Any] = [settings.lease_seconds]
     for item in items:
         args += [item.vectorstore, item.raw_id, item.token]
-    return {_s(rid) for rid in fcall(store.r, "renew", [], args)}
+    return {as_text(rid) for rid in fcall(store.r, "renew", [], args)}
 
 
 @dataclass(frozen=True)
@@ -176,13 +176,13 @@ def commit_args(item: Claim, payload: dict[str, Any], vectors: list[bytes]) -> l
 def commit(store: Store, item: Claim, payload: dict[str, Any], vectors: list[bytes]) -> CommitResult:
     """Write everything a processed item produced and ack it, only if `item.token` still owns it."""
     res = fcall(store.r, "commit", [], commit_args(item, payload, vectors))
-    outcome = _s(res[0])
+    outcome = as_text(res[0])
     if outcome == "ok":
         return CommitResult(
             "ok",
             int(res[1]),
             int(res[2]),
-            tuple(_s(m) for m in res[3]),
+            tuple(as_text(m) for m in res[3]),
             updated=int(res[4]),
             superseded=int(res[5]),
             retracted=int(res[6]),
@@ -190,11 +190,11 @@ def commit(store: Store, item: Claim, payload: dict[str, Any], vectors: list[byt
     if outcome == "moved":
         return CommitResult("moved", seq=int(res[1]))
     if outcome == "conflict":
-        return CommitResult("conflict", detail=_s(res[1]))
+        return CommitResult("conflict", detail=as_text(res[1]))
     if outcome == "mismatch":
         return CommitResult(
             "mismatch",
-            detail=f"vectorstore uses embedding model {_s(res[1])!r} with {_s(res[2])} dimensions",
+            detail=f"vectorstore uses embedding model {as_text(res[1])!r} with {as_text(res[2])} dimensions",
         )
     return CommitResult(outcome)
 
@@ -230,7 +230,7 @@ def fail(
             1 if counts_attempt else 0,
         ],
     )
-    return _s(res[0]), float(res[1]) if len(res) > 1 else 0.0
+    return as_text(res[0]), float(res[1]) if len(res) > 1 else 0.0
 
 
 def redrive(store: Store, vectorstore: str, raw_id: str) -> tuple[str, str]:
@@ -238,7 +238,7 @@ def redrive(store: Store, vectorstore: str, raw_id: str) -> tuple[str, str]:
     ('not_dead', its status; '' when there is no such record) or ('lost', '') for a record lost
     before it was processed (nothing is left to process)."""
     outcome, detail = fcall(store.r, "redrive", [], [vectorstore, raw_id])
-    return _s(outcome), _s(detail)
+    return as_text(outcome), as_text(detail)
 
 
 @dataclass(frozen=True)
@@ -281,7 +281,7 @@ def heartbeat(
         ],
     )
     return Beat(
-        _s(policy),
+        as_text(policy),
         int(backlog),
         float(age),
         int(vectorstores),
@@ -337,7 +337,7 @@ def status(store: Store, vectorstore: str) -> QueueStatus:
         oldest_pending=float(oldest) if oldest else None,
         all_in_flight=int(all_inflight),
         all_dead=int(all_dead),
-        eviction_policy=_s(policy),
+        eviction_policy=as_text(policy),
         backlog_age=backlog_age(float(now), head),
         processors=int(processors),
     )
@@ -364,7 +364,7 @@ def _library_names(listing: Any) -> set[str]:
         fields = (
             library if isinstance(library, dict) else dict(zip(library[::2], library[1::2], strict=False))
         )
-        names.add(_s(fields.get("library_name", "")))
+        names.add(as_text(fields.get("library_name", "")))
     return names
 
 

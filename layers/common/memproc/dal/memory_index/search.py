@@ -25,6 +25,7 @@ from typing import Any
 import redis
 
 from memproc.dal.memory_index.base import DimensionMismatch, Hit, IndexUnavailable, MemoryFilter
+from memproc.dal.replies import as_text
 from memproc.keys import MEMORY_PREFIX, VectorstoreKeys, search_index
 from memproc.records import MemoryRecord
 from memproc.validation import require_session_id
@@ -55,10 +56,6 @@ def query(vectorstore: str, k: int, where: MemoryFilter) -> str:
     return f"({' '.join(terms)})=>[KNN {int(k)} @vec $B AS dist]"
 
 
-def _text(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
 def _hits(reply: Any) -> list[Hit]:
     """FT.SEARCH's reply (RESP2 [total, key, [field, value...], ...] or a RESP3 map) as hits."""
     rows: list[tuple[str, dict[str, str]]] = []
@@ -66,13 +63,16 @@ def _hits(reply: Any) -> list[Hit]:
         for entry in reply.get("results", reply.get(b"results")) or []:
             fields = entry.get("extra_attributes", entry.get(b"extra_attributes")) or {}
             rows.append(
-                (_text(entry.get("id", entry.get(b"id"))), {_text(a): _text(b) for a, b in fields.items()})
+                (
+                    as_text(entry.get("id", entry.get(b"id"))),
+                    {as_text(a): as_text(b) for a, b in fields.items()},
+                )
             )
     else:
         for i in range(1, len(reply) - 1, 2):
             flat = reply[i + 1] or []
             rows.append(
-                (_text(reply[i]), {_text(flat[j]): _text(flat[j + 1]) for j in range(0, len(flat), 2)})
+                (as_text(reply[i]), {as_text(flat[j]): as_text(flat[j + 1]) for j in range(0, len(flat), 2)})
             )
     hits = []
     for key, fields in rows:
@@ -89,7 +89,7 @@ def _fields(info: Any) -> dict[str, str]:
     """FT.INFO's top-level scalar fields, whichever protocol and engine answered (a RESP3 map, or a
     flat RESP2 list; nested values are left out)."""
     pairs = info.items() if isinstance(info, dict) else zip(info[::2], info[1::2], strict=False)
-    return {_text(k).lower(): _text(v) for k, v in pairs if not isinstance(v, list | dict)}
+    return {as_text(k).lower(): as_text(v) for k, v in pairs if not isinstance(v, list | dict)}
 
 
 def index_ready(info: Any) -> bool:
