@@ -76,3 +76,18 @@ class MemoryIndex(Protocol):
 
     def discard_restage(self, vectorstore: str) -> None:
         """Forget vectors staged by an abandoned re-embedding."""
+
+
+def records_from(memory_ids: list[str]) -> Callable[[Iterator[Any]], dict[str, MemoryRecord]]:
+    """What `queue_get` returns on either engine: the pipeline's replies (one attributes JSON per id,
+    in order) as records; an id whose memory is gone has none."""
+
+    def parse(replies: Iterator[Any]) -> dict[str, MemoryRecord]:
+        out: dict[str, MemoryRecord] = {}
+        for mid in memory_ids:
+            record = MemoryRecord.from_attrs(mid, next(replies))
+            if record is not None:
+                out[mid] = record
+        return out
+
+    return parse

@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 
-from memproc.dal.memory_index.base import DimensionMismatch, Hit, IndexUnavailable, MemoryFilter
+from memproc.dal.memory_index.base import DimensionMismatch, Hit, IndexUnavailable, MemoryFilter, records_from
 from memproc.dal.replies import as_text
 from memproc.keys import MEMORY_PREFIX, VectorstoreKeys, search_index
 from memproc.records import MemoryRecord
@@ -202,15 +202,7 @@ class SearchIndex:
         for mid in memory_ids:
             pipe.hget(vk.memory(mid), "attrs")
 
-        def parse(replies: Iterator[Any]) -> dict[str, MemoryRecord]:
-            out: dict[str, MemoryRecord] = {}
-            for mid in memory_ids:
-                record = MemoryRecord.from_attrs(mid, next(replies))
-                if record is not None:
-                    out[mid] = record
-            return out
-
-        return parse
+        return records_from(memory_ids)
 
     def restage(self, vectorstore: str, vectors: dict[str, bytes]) -> int:
         """In place: each memory hash's `vec` (the deployment's index for the new dimension picks it

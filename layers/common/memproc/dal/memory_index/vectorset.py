@@ -12,7 +12,7 @@ from typing import Any
 
 import redis
 
-from memproc.dal.memory_index.base import DimensionMismatch, Hit, MemoryFilter
+from memproc.dal.memory_index.base import DimensionMismatch, Hit, MemoryFilter, records_from
 from memproc.keys import VectorstoreKeys
 from memproc.records import MemoryRecord
 from memproc.validation import require_session_id
@@ -55,15 +55,7 @@ class VectorSetIndex:
         for mid in memory_ids:
             pipe.execute_command("VGETATTR", vectorstore, mid)
 
-        def parse(replies: Iterator[Any]) -> dict[str, MemoryRecord]:
-            out: dict[str, MemoryRecord] = {}
-            for mid in memory_ids:
-                record = MemoryRecord.from_attrs(mid, next(replies))
-                if record is not None:
-                    out[mid] = record
-            return out
-
-        return parse
+        return records_from(memory_ids)
 
     def restage(self, vectorstore: str, vectors: dict[str, bytes]) -> int:
         """Into a vector set of its own in the vectorstore's slot (the dimension may change),
