@@ -13,6 +13,7 @@ import logging
 import re
 
 from memproc.llm.normalise import matching_forms
+from memproc.llm.prefilter import Prefilter
 from memproc.llm.schema import ExtractedMemory, Extraction
 
 logger = logging.getLogger(__name__)
@@ -283,10 +284,22 @@ def _link_stays(text: str, form: str) -> bool:
     return own is not None and own["url"] in text.lower()
 
 
-def _pattern_reason(forms: tuple[str, ...]) -> str | None:
+# Prefilters: a form the first turns away matches no pattern and no link, which is most text; the
+# others go through the patterns in order, each behind its own prefilter.
+_could_match_any = Prefilter([*(pattern for _, pattern in INJECTION_PATTERNS), _URL_RE]).passes
+_PREFILTERED = tuple((reason, Prefilter([pattern]).passes, pattern) for reason, pattern in INJECTION_PATTERNS)
+_could_link = Prefilter([_URL_RE]).passes
+
+
+def _suspect_forms(text: str) -> list[str]:
+    """The folded forms of ``text`` that a pattern or a link might match."""
+    return [form for form in matching_forms(text) if _could_match_any(form)]
+
+
+def _pattern_reason(forms: list[str]) -> str | None:
     for form in forms:
-        for reason, pattern in INJECTION_PATTERNS:
-            if pattern.search(form):
+        for reason, could_match, pattern in _PREFILTERED:
+            if could_match(form) and pattern.search(form):
                 return reason
     return None
 
@@ -294,9 +307,13 @@ def _pattern_reason(forms: tuple[str, ...]) -> str | None:
 def injection_reason(text: str) -> str | None:
     """Why ``text`` must not be stored (the first pattern a folded form matches, or "link"), or
     None when it reads as a plain statement."""
-    forms = matching_forms(text)
+    forms = _suspect_forms(text)
+    if not forms:
+        return None
     reason = _pattern_reason(forms)
-    if reason is None and any(_URL_RE.search(f) and not _link_stays(text, f) for f in forms):
+    if reason is None and any(
+        _could_link(f) and _URL_RE.search(f) and not _link_stays(text, f) for f in forms
+    ):
         return "link"
     return reason
 
@@ -323,7 +340,7 @@ def sanitize_summary(summary: str) -> str:
         else:
             logger.warning("dropped a summary sentence (%s): %r", reason, _preview(sentence))
     result = summary if len(kept) == len(pieces[::2]) else "".join(kept).strip()
-    reason = _pattern_reason(matching_forms(result)) if result else "nothing left"
+    reason = _pattern_reason(_suspect_forms(result)) if result else "nothing left"
     if reason is not None:
         logger.warning("withheld a summary (%s): %r", reason, _preview(result))
         return SUMMARY_WITHHELD
