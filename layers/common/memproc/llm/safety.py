@@ -340,7 +340,12 @@ def sanitize_summary(summary: str) -> str:
         else:
             logger.warning("dropped a summary sentence (%s): %r", reason, _preview(sentence))
     result = summary if len(kept) == len(pieces[::2]) else "".join(kept).strip()
-    reason = _pattern_reason(_suspect_forms(result)) if result else "nothing left"
+    if not result:
+        reason = "nothing left"
+    elif len(pieces) == 1 and summary.strip():  # one sentence, kept: the whole was matched just now
+        reason = None
+    else:
+        reason = _pattern_reason(_suspect_forms(result))
     if reason is not None:
         logger.warning("withheld a summary (%s): %r", reason, _preview(result))
         return SUMMARY_WITHHELD
