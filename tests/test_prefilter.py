@@ -1,7 +1,7 @@
-"""The prefilters of the injection filter (memproc.llm.prefilter, regex_pieces): ``injection_reason`` against
-the plain ordered loop over every pattern (the reference) on the adversarial corpus, every text in
-the safety tests, texts made from the patterns' own words and strings the patterns generate; each
-prefilter passes every text its patterns match; and what the prefilters rely on."""
+"""The prefilter of the injection filter (memproc.llm.prefilter, regex_pieces): ``injection_reason``
+against the plain ordered loop over every pattern (the reference) on the adversarial corpus, every
+text in the safety tests, texts made from the patterns' own words and strings the patterns
+generate; the prefilter names every pattern that matches a text; and what it relies on."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def eval_texts() -> list[str]:
 
 
 HOSTILE = [e["text"] for e in CORPUS["hostile"]]
-PREFILTERS = {reason: Prefilter([pattern]) for reason, pattern in PATTERNS}
+BIT = {reason: 1 << i for i, (reason, _) in enumerate(PATTERNS)}  # the order of safety._PREFILTER
 KNOWN = list(dict.fromkeys([*HOSTILE, *CORPUS["benign"], *safety_test_strings(), *eval_texts()]))
 
 
@@ -99,12 +99,12 @@ def test_the_known_texts_cover_every_reason_and_ordinary_text() -> None:
 
 
 @pytest.mark.parametrize("text", KNOWN, ids=[f"{i:04d}" for i in range(len(KNOWN))])
-def test_every_known_text_gets_the_reference_reason_and_passes_the_prefilters_it_must(text: str) -> None:
+def test_every_known_text_gets_the_reference_reason_and_the_prefilter_names_what_matches(text: str) -> None:
     assert injection_reason(text) == reference_reason(text)
     for form in matching_forms(text):
         for reason, pattern in PATTERNS:
             if pattern.search(form):
-                assert PREFILTERS[reason].passes(form) and safety._could_match_any(form), (reason, form)
+                assert safety._PREFILTER.candidates(form) & BIT[reason], (reason, form)
 
 
 def test_summaries_of_known_texts_are_sanitized_as_the_reference_does() -> None:
@@ -151,13 +151,13 @@ def test_texts_of_the_patterns_words_get_the_reference_reason(text: str) -> None
 @pytest.mark.parametrize(("reason", "pattern"), PATTERNS, ids=[reason for reason, _ in PATTERNS])
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
-def test_every_text_a_pattern_matches_passes_its_prefilters(
+def test_the_prefilter_names_every_pattern_that_matches_a_text(
     reason: str, pattern: re.Pattern[str], data: st.DataObject
 ) -> None:
     around = data.draw(st.sampled_from(["", " ", "the user said ", "x", "\u00e9", "-", "\u4e2d"]))
     text = around + data.draw(st.from_regex(pattern)) + data.draw(st.sampled_from(["", ".", " ok", "x"]))
     assume(pattern.search(text))
-    assert PREFILTERS[reason].passes(text) and safety._could_match_any(text)
+    assert safety._PREFILTER.candidates(text) & BIT[reason]
     assert injection_reason(text) == reference_reason(text)
 
 
@@ -168,9 +168,10 @@ CONSTRUCTS = [
     r"(?:the )?cat\b", r"[ab]{2}z", r"q\w+z", r"a.{0,3}b", r"(?:ab)+c", r"x(?=y)z?", r"(?:^|[.;]\s)\W*go\b",
     r"it's\s*(?:on|off)", r"\B\d{2,}%", r"(?:\s|^)#{2,}\s*sys\b", r"[^a-z]in\b", r"(?:you|the bot)\s+must\b",
     r"a(?:\B|-)(?:\s\s)?foo", r"a(?:b\s)?foo", r"(?<![-+])foo", r"(?:x\s*|y\W)+foo", r"\b(?<![a-c ])foo",
-    r"[0-9]+foo",
+    r"[0-9]+foo", r"(?<![a-z])[a-z]+c", r"\bx+y", r"(?<![\w@.-])(?:[a-z0-9-]+\.)+com/",
 ]  # fmt: skip
-CONSTRUCT_PREFILTERS = {p: Prefilter([re.compile(p, re.DOTALL)]) for p in CONSTRUCTS}
+CONSTRUCTS_PREFILTER = Prefilter([re.compile(p, re.DOTALL) for p in CONSTRUCTS])
+EACH_PREFILTER = {p: Prefilter([re.compile(p, re.DOTALL)]) for p in CONSTRUCTS}
 
 
 @pytest.mark.parametrize("source", CONSTRUCTS)
@@ -178,7 +179,7 @@ CONSTRUCT_PREFILTERS = {p: Prefilter([re.compile(p, re.DOTALL)]) for p in CONSTR
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]
 )
 @given(data=st.data())
-def test_every_text_a_small_pattern_matches_passes_its_prefilter(source: str, data: st.DataObject) -> None:
+def test_the_prefilter_of_small_patterns_names_each_that_matches(source: str, data: st.DataObject) -> None:
     pattern = re.compile(source, re.DOTALL)
     edge = st.text(
         alphabet=st.sampled_from("ab x.;\n\u00e9_9\u2014\u00a0\u00bf") | st.characters(), max_size=3
@@ -186,7 +187,8 @@ def test_every_text_a_small_pattern_matches_passes_its_prefilter(source: str, da
     match = st.from_regex(pattern, fullmatch=True) | st.from_regex(pattern)  # as it is, or in a text
     text = data.draw(edge) + data.draw(match) + data.draw(edge)
     assume(pattern.search(text))
-    assert CONSTRUCT_PREFILTERS[source].passes(text)
+    assert EACH_PREFILTER[source].candidates(text) == 1  # alone, and among the others:
+    assert CONSTRUCTS_PREFILTER.candidates(text) >> CONSTRUCTS.index(source) & 1
 
 
 # --- what the prefilters rely on -----------------------------------------------------------------------
@@ -210,13 +212,13 @@ def test_a_pattern_without_a_literal_every_match_needs_has_no_pieces() -> None:
         pieces(re.compile("admin", re.IGNORECASE))
 
 
-def test_ordinary_memories_are_turned_away_by_the_first_prefilter() -> None:
+def test_the_prefilter_names_no_pattern_for_ordinary_memories() -> None:
     ordinary = [t for t in eval_texts() if reference_reason(t) is None]
-    turned_away = [t for t in ordinary if not any(map(safety._could_match_any, matching_forms(t)))]
+    turned_away = [t for t in ordinary if not any(map(safety._PREFILTER.candidates, matching_forms(t)))]
     for text in (
         "The user prefers window seats on long flights.",
         "The user works as a nurse at the city hospital.",
         "The user asked for help planning a birthday party for their son, who turns seven next week.",
     ):
-        assert not safety._could_match_any(matching_forms(text)[0]), text
+        assert not safety._PREFILTER.candidates(matching_forms(text)[0]), text
     assert len(turned_away) >= 0.85 * len(ordinary)

@@ -52,7 +52,7 @@ _MAX_STRINGS = 256  # literal strings one piece may stand for
 # The cost model, in microseconds per text of about 60 characters, for a piece: each string it
 # looks for, each place the search tries it (times the chance per position of the word or
 # character it is entered at, see ``entry``), and each text it lets through (times its chance).
-_STRING_COST = 0.0005
+_STRING_COST = 0.0001
 _ENTRY_COST = 10.0
 _HIT_COST = 2400.0
 
@@ -284,7 +284,18 @@ def _atoms(items: Iterable[Item]) -> list[_Atom]:
             atoms += [*_edge(inner), _Part(_pieces(inner), False), *_edge(inner[::-1])[::-1]]
         else:  # optional, any character, a back-reference, ...
             atoms.append(_Part(None, _item_ends(op, av)))
-    return atoms
+    merged: list[_Atom] = []  # a word is one literal, not one per letter
+    for atom in atoms:
+        last = merged[-1] if merged else None
+        if (
+            isinstance(atom, _Lit)
+            and isinstance(last, _Lit)
+            and (joined := _concat(last.strings, atom.strings))
+        ):
+            merged[-1] = _Lit(joined)
+        else:
+            merged.append(atom)
+    return merged
 
 
 def _edge(atoms: Iterable[_Atom]) -> list[_Atom]:
@@ -298,12 +309,15 @@ def _edge(atoms: Iterable[_Atom]) -> list[_Atom]:
 
 
 def _contexts(atoms: Iterable[_Atom]) -> list[_Ctx]:
-    """The contexts up to the first atom that is not one or can match nothing (in the order given)."""
+    """The contexts next to a piece, in the order given: up to the first atom that is not one or can
+    match nothing, or up to a run."""
     found: list[_Ctx] = []
     for atom in atoms:
         if not isinstance(atom, _Ctx) or atom.nullable:
             break
         found.append(atom)
+        if atom.width == 2:  # a run: of it, only the character next to the piece is known
+            break
     return found
 
 

@@ -284,22 +284,20 @@ def _link_stays(text: str, form: str) -> bool:
     return own is not None and own["url"] in text.lower()
 
 
-# Prefilters: a form the first turns away matches no pattern and no link, which is most text; the
-# others go through the patterns in order, each behind its own prefilter.
-_could_match_any = Prefilter([*(pattern for _, pattern in INJECTION_PATTERNS), _URL_RE]).passes
-_PREFILTERED = tuple((reason, Prefilter([pattern]).passes, pattern) for reason, pattern in INJECTION_PATTERNS)
-_could_link = Prefilter([_URL_RE]).passes
+# Which patterns (the link rule last) can match a form: none, for most text.
+_PREFILTER = Prefilter([*(pattern for _, pattern in INJECTION_PATTERNS), _URL_RE])
+_LINK = 1 << len(INJECTION_PATTERNS)
 
 
-def _suspect_forms(text: str) -> list[str]:
-    """The folded forms of ``text`` that a pattern or a link might match."""
-    return [form for form in matching_forms(text) if _could_match_any(form)]
+def _suspects(text: str) -> list[tuple[str, int]]:
+    """The folded forms of ``text`` that a pattern or the link rule can match, with which can."""
+    return [(form, can) for form in matching_forms(text) if (can := _PREFILTER.candidates(form))]
 
 
-def _pattern_reason(forms: list[str]) -> str | None:
-    for form in forms:
-        for reason, could_match, pattern in _PREFILTERED:
-            if could_match(form) and pattern.search(form):
+def _pattern_reason(suspects: list[tuple[str, int]]) -> str | None:
+    for form, can in suspects:
+        for i, (reason, pattern) in enumerate(INJECTION_PATTERNS):
+            if can >> i & 1 and pattern.search(form):
                 return reason
     return None
 
@@ -307,12 +305,12 @@ def _pattern_reason(forms: list[str]) -> str | None:
 def injection_reason(text: str) -> str | None:
     """Why ``text`` must not be stored (the first pattern a folded form matches, or "link"), or
     None when it reads as a plain statement."""
-    forms = _suspect_forms(text)
-    if not forms:
+    suspects = _suspects(text)
+    if not suspects:
         return None
-    reason = _pattern_reason(forms)
+    reason = _pattern_reason(suspects)
     if reason is None and any(
-        _could_link(f) and _URL_RE.search(f) and not _link_stays(text, f) for f in forms
+        can & _LINK and _URL_RE.search(f) and not _link_stays(text, f) for f, can in suspects
     ):
         return "link"
     return reason
@@ -345,7 +343,7 @@ def sanitize_summary(summary: str) -> str:
     elif len(pieces) == 1 and summary.strip():  # one sentence, kept: the whole was matched just now
         reason = None
     else:
-        reason = _pattern_reason(_suspect_forms(result))
+        reason = _pattern_reason(_suspects(result))
     if reason is not None:
         logger.warning("withheld a summary (%s): %r", reason, _preview(result))
         return SUMMARY_WITHHELD

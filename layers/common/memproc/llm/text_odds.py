@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from functools import lru_cache
 
 
 def _words(text: str) -> frozenset[str]:
@@ -41,6 +42,7 @@ def is_word(char: str) -> bool:
     return _WORD_CHAR.fullmatch(char) is not None
 
 
+@lru_cache(maxsize=4096)
 def chance(string: str) -> float:
     """How often ``string`` occurs at a position (letter frequencies make a word look far rarer
     than it is, so a word has a floor by its length)."""
@@ -53,18 +55,21 @@ def chance(string: str) -> float:
     )
 
 
+@lru_cache(maxsize=256)
 def char_chance(regex: str) -> float:
     """How often a character matches the one-character ``regex``."""
     one = re.compile(regex)
     return sum(p for c, p in _FREQUENCY.items() if one.fullmatch(c)) + _RARE * bool(one.fullmatch("\u00e9"))
 
 
+@lru_cache(maxsize=4096)
 def start_chance(head: str, k: int) -> float:
     """How often a word starts like the one at ``head[k]`` (a search walks into it from there)."""
     word = _TOKENS_RE.match(head, k).group()  # type: ignore[union-attr]
     return 0.01 if word in _COMMON_STARTS else chance(word)
 
 
+@lru_cache(maxsize=4096)
 def entry(head: str, bounded: bool) -> int | None:
     """Where a search that stops at non-word characters enters a body that starts with ``head``:
     the rarest of its words with a non-word character before them (the first, when ``bounded``);
