@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.request
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -65,15 +66,19 @@ def used_tokens(body: bytes) -> int | None:
     return sum(p for p in parts if isinstance(p, int)) if any(isinstance(p, int) for p in parts) else None
 
 
-def http_client(gate: Gate) -> Any:
-    """An `openai.DefaultHttpxClient` whose chat and embeddings requests pass `gate`."""
+def http_client(gate: Gate | None = None) -> Any:
+    """An `openai.DefaultHttpxClient` over `transport.LeanTransport` (the SDK's connection limits)
+    whose chat and embeddings requests pass `gate` when there is one. When the environment names
+    a proxy, the client keeps httpx's own transports, which honour it (and `NO_PROXY`) exactly."""
     import openai
+
+    from memproc.llm.transport import LeanTransport
 
     class GatedHttpClient(openai.DefaultHttpxClient):
         def send(self, request: Any, **kwargs: Any) -> Any:
-            kind = request_kind(request.url.path)
-            scope = gate.scopes.get(kind) if kind else None
-            if kind is None or scope is None:
+            kind = request_kind(request.url.path) if gate is not None else None
+            scope = gate.scopes.get(kind) if gate is not None and kind else None
+            if gate is None or kind is None or scope is None:
                 return super().send(request, **kwargs)
             with gate.request(scope, estimate_tokens(kind, request.content)) as ticket:
                 response = super().send(request, **kwargs)
@@ -81,4 +86,7 @@ def http_client(gate: Gate) -> Any:
                 ticket.answered(response.status_code, used_tokens(response.content) if read else None)
                 return response
 
-    return GatedHttpClient()
+    proxies = urllib.request.getproxies()
+    if any(proxies.get(scheme) for scheme in ("http", "https", "all")):
+        return GatedHttpClient()
+    return GatedHttpClient(transport=LeanTransport(openai.DEFAULT_CONNECTION_LIMITS))

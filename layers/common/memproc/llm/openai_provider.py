@@ -138,7 +138,7 @@ class OpenAIProvider(ChunkedExtractor):
             timeout=settings.llm_timeout_seconds,
             max_retries=settings.llm_max_retries,
             # Every request (the SDK's retries too) through the rate-limit gate, when there is one.
-            http_client=http_client(gate) if gate is not None else None,
+            http_client=http_client(gate),
         )
 
     def close(self) -> None:
