@@ -104,6 +104,7 @@ def answering(*replies: bytes, close_after: bool = False) -> Handler:
             sock.sendall(replies[min(n, len(replies) - 1)])
             n += 1
             if close_after:
+                reader.close()  # the socket closes only with its reader
                 sock.close()
                 server.event.set()
                 return
