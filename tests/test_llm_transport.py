@@ -226,6 +226,7 @@ REPLIES = {
     "until close": b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it",
     "interim 100": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nhi",
     "no content": b"HTTP/1.1 204 No Content\r\n\r\n",
+    "bare line feeds": b"HTTP/1.1 200 OK\nContent-Length: 2\nX-Long: lf\n\nok",
     "folded header": b"HTTP/1.1 200 OK\r\nX-Long: a\r\n b\r\nContent-Length: 1\r\n\r\nz",
     "gzip": b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%b"
     % (len(gzip.compress(b"unzipped", mtime=0)), gzip.compress(b"unzipped", mtime=0)),
@@ -304,10 +305,22 @@ def test_connection_refused_is_a_connect_error() -> None:
         client.get(f"http://127.0.0.1:{port}/")
 
 
-def test_a_header_with_a_line_break_is_refused_before_sending(serve: Callable[..., Server]) -> None:
+@pytest.mark.parametrize(
+    "header",
+    [
+        ("X-Evil", "a\r\nInjected: yes"),
+        ("X-Evil", "a\nb"),
+        ("X-Evil", "a\rb"),
+        ("X-Evil", "a\x00"),
+        ("X: y", "z"),
+    ],
+)
+def test_an_illegal_header_is_refused_before_sending(
+    serve: Callable[..., Server], header: tuple[str, str]
+) -> None:
     server = serve(answering(ok()))
     with lean_client() as client, pytest.raises(httpx.LocalProtocolError):
-        client.get(server.url(), headers={"X-Evil": "a\r\nInjected: yes"})
+        client.get(server.url(), headers=[header])
     assert server.connections == 0
 
 

@@ -32,7 +32,6 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 try:  # the SDK's HTTP client: httpx2 from openai 3.0 on, httpx before
@@ -48,7 +47,9 @@ READ_CHUNK = 4 * 1024 * 1024
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_STATUS = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([^\r\n]*))?\r?\n")
+_STATUS = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([^\r\n]*))?")
+_REQUEST_HEADERS = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+: [^\x00-\x08\x0a-\x1f\x7f]*\r\n)*\r\n")
+_FRAMING = frozenset((b"connection", b"transfer-encoding", b"content-length"))
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]+)[ \t]*(?:;[^\r\n]*)?\r?\n")
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 
@@ -184,17 +185,13 @@ class _Pool:
             c.close()
 
 
-@contextmanager
 def _mapped(
-    timeout: type[httpx.RequestError], error: type[httpx.RequestError], request: Any
-) -> Iterator[None]:
-    """Socket errors as the httpx exceptions httpcore raises for the same step."""
-    try:
-        yield
-    except TimeoutError as exc:  # socket.timeout
-        raise timeout(str(exc) or "timed out", request=request) from exc
-    except OSError as exc:  # ssl.SSLError among them
-        raise error(str(exc) or type(exc).__name__, request=request) from exc
+    exc: OSError, timeout: type[httpx.RequestError], error: type[httpx.RequestError], request: Any
+) -> Exception:
+    """A socket error as the httpx exception httpcore raises for the same step."""
+    if isinstance(exc, TimeoutError):  # socket.timeout
+        return timeout(str(exc) or "timed out", request=request)
+    return error(str(exc) or type(exc).__name__, request=request)  # ssl.SSLError among them
 
 
 def _remote(message: str, request: Any) -> Exception:
@@ -208,42 +205,62 @@ def _read_line(reader: Any, request: Any) -> bytes:
     return line
 
 
+def _head_lines(reader: Any, request: Any) -> list[bytes]:
+    """The status line and header lines of a response, without their line ends. Usually the whole
+    head is already buffered (``peek`` reads once when nothing is) and is split in one go; a head
+    split across reads, or with bare LF line ends, is read line by line."""
+    buffered = reader.peek(1)
+    if not buffered:
+        raise _remote("Server disconnected without sending a response.", request)
+    end = buffered.find(b"\r\n\r\n")
+    if 0 <= end < MAX_HEAD and buffered.count(b"\n", 0, end) == buffered.count(b"\r\n", 0, end):
+        return reader.read(end + 4).split(b"\r\n")[:-2]
+    lines: list[bytes] = []
+    size = 0
+    while True:
+        line = _read_line(reader, request)
+        size += len(line)
+        if size > MAX_HEAD:
+            raise _remote("the response headers are too large", request)
+        if not line:
+            raise _remote("Server disconnected in the middle of the response headers.", request)
+        line = line[:-2] if line.endswith(b"\r\n") else line.removesuffix(b"\n")
+        if not line and lines:
+            return lines
+        lines.append(line)
+
+
 def _read_head(reader: Any, request: Any) -> tuple[int, int, bytes, list[tuple[bytes, bytes]]]:
     """The final response's HTTP minor version, status, reason and headers (1xx ones skipped)."""
     while True:
-        line = _read_line(reader, request)
-        if not line:
-            raise _remote("Server disconnected without sending a response.", request)
-        status_line = _STATUS.fullmatch(line)
+        lines = _head_lines(reader, request)
+        status_line = _STATUS.fullmatch(lines[0])
         if status_line is None:
-            raise _remote(f"not an HTTP/1.x status line: {line[:100]!r}", request)
+            raise _remote(f"not an HTTP/1.x status line: {lines[0][:100]!r}", request)
         headers: list[tuple[bytes, bytes]] = []
-        size = len(line)
-        while True:
-            line = _read_line(reader, request)
-            size += len(line)
-            if size > MAX_HEAD:
-                raise _remote("the response headers are too large", request)
-            if line in (b"\r\n", b"\n"):
-                break
-            if not line:
-                raise _remote("Server disconnected in the middle of the response headers.", request)
-            if line[0] in b" \t" and headers:  # obs-fold: a continuation of the previous value
+        for line in lines[1:]:
+            if line[:1] in (b" ", b"\t") and headers:  # obs-fold: a continuation of the previous value
                 name, value = headers[-1]
-                headers[-1] = (name, value + b" " + line.strip())
+                headers[-1] = (name, value + b" " + line.strip(b" \t"))
                 continue
             name, colon, value = line.partition(b":")
-            if not colon or not _TOKEN.fullmatch(name):
+            if not colon or not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
                 raise _remote(f"a malformed response header: {line[:100]!r}", request)
-            headers.append((name, value.strip(b" \t\r\n")))
+            headers.append((name, value.strip(b" \t")))
         status = int(status_line.group(2))
         if 100 <= status < 200 and status != 101:  # interim (100 Continue, 103 Early Hints)
             continue
         return int(status_line.group(1)), status, status_line.group(3) or b"", headers
 
 
-def _values(headers: list[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
-    return [v.strip().lower() for k, value in headers if k.lower() == name for v in value.split(b",")]
+def _framing(headers: list[tuple[bytes, bytes]]) -> dict[bytes, list[bytes]]:
+    """The comma-separated tokens of the headers that frame a message, by lower-case name."""
+    found: dict[bytes, list[bytes]] = {}
+    for name, value in headers:
+        lower = name.lower()
+        if lower in _FRAMING:
+            found.setdefault(lower, []).extend(v.strip().lower() for v in value.split(b","))
+    return found
 
 
 class _Body(httpx.SyncByteStream):
@@ -262,7 +279,7 @@ class _Body(httpx.SyncByteStream):
         if self._done:
             return
         reader, request = self._conn.reader, self._request
-        with _mapped(httpx.ReadTimeout, httpx.ReadError, request):
+        try:
             if self._chunked:
                 yield from self._chunks(reader, request)
             elif self._length is not None:
@@ -276,6 +293,8 @@ class _Body(httpx.SyncByteStream):
             else:
                 while data := reader.read1(65536):
                     yield data
+        except OSError as exc:
+            raise _mapped(exc, httpx.ReadTimeout, httpx.ReadError, request) from exc
         self._done = True
 
     @staticmethod
@@ -322,7 +341,7 @@ class LeanTransport(httpx.BaseTransport):
 
     def _connect(self, origin: Origin, request: Any, timeout: float | None) -> _Connection:
         scheme, host, port = origin
-        with _mapped(httpx.ConnectTimeout, httpx.ConnectError, request):
+        try:
             sock = socket.create_connection((host, port), timeout)
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -332,6 +351,8 @@ class LeanTransport(httpx.BaseTransport):
             except BaseException:
                 sock.close()
                 raise
+        except OSError as exc:
+            raise _mapped(exc, httpx.ConnectTimeout, httpx.ConnectError, request) from exc
         return _Connection(origin, sock)
 
     def handle_request(self, request: Any) -> Any:
@@ -341,19 +362,23 @@ class LeanTransport(httpx.BaseTransport):
             raise httpx.UnsupportedProtocol(f"unsupported protocol '{url.scheme}://'.", request=request)
         timeouts = request.extensions.get("timeout", {})
         origin = (scheme, url.raw_host.decode("ascii"), url.port or _DEFAULT_PORTS[scheme])
-        head = self._head(request)
+        head, chunked, close = self._head(request)
         conn = self._pool.acquire(origin, timeouts.get("pool"), request)
         try:
             if conn is None:
                 conn = self._connect(origin, request, timeouts.get("connect"))
             sock = conn.sock
-            with _mapped(httpx.WriteTimeout, httpx.WriteError, request):
+            try:
                 sock.settimeout(timeouts.get("write"))
-                self._send(sock, head, request)
-            with _mapped(httpx.ReadTimeout, httpx.ReadError, request):
+                self._send(sock, head, request.stream, chunked)
+            except OSError as exc:
+                raise _mapped(exc, httpx.WriteTimeout, httpx.WriteError, request) from exc
+            try:
                 sock.settimeout(timeouts.get("read"))
                 minor, status, reason, headers = _read_head(conn.reader, request)
-            body = self._body(conn, request, minor, status, headers)
+            except OSError as exc:
+                raise _mapped(exc, httpx.ReadTimeout, httpx.ReadError, request) from exc
+            body = self._body(conn, request, status, headers, close or minor == 0)
         except BaseException:
             self._pool.discard(conn)
             raise
@@ -361,22 +386,32 @@ class LeanTransport(httpx.BaseTransport):
         return httpx.Response(status, headers=headers, stream=body, extensions=extensions)
 
     @staticmethod
-    def _head(request: Any) -> bytes:
-        """The request line and headers, each checked as h11 does (no header injection)."""
+    def _head(request: Any) -> tuple[bytes, bool, bool]:
+        """The request line and headers, checked as h11 checks them (no header injection), and
+        whether the body goes chunked and the request asks to close the connection."""
         lines = [request.method.encode("ascii"), b" ", request.url.raw_path, b" HTTP/1.1\r\n"]
-        for name, value in request.headers.raw:
-            if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
-                raise httpx.LocalProtocolError(f"an illegal header: {name[:100]!r}", request=request)
+        chunked = close = False
+        raw = request.headers.raw
+        for name, value in raw:
+            if not _TOKEN.fullmatch(name):
+                raise httpx.LocalProtocolError(f"an illegal header name: {name[:100]!r}", request=request)
             lines += (name, b": ", value, b"\r\n")
+            lower = name.lower()
+            if lower == b"transfer-encoding":
+                chunked = True
+            elif lower == b"connection":
+                close = close or b"close" in value.lower()
         lines.append(b"\r\n")
-        return b"".join(lines)
+        block = b"".join(lines[4:])  # a line break in a value would add a line: counted, refused
+        if block.count(b"\n") != len(raw) + 1 or not _REQUEST_HEADERS.fullmatch(block):
+            raise httpx.LocalProtocolError("a request header with an illegal value", request=request)
+        return b"".join(lines), chunked, close
 
     @staticmethod
-    def _send(sock: socket.socket, head: bytes, request: Any) -> None:
+    def _send(sock: socket.socket, head: bytes, stream: Any, chunked: bool) -> None:
         """Head and body: one ``sendall`` for a body of bytes; chunked framing when the request
         asks for it (a body of unknown length)."""
-        chunked = any(k.lower() == b"transfer-encoding" for k, _ in request.headers.raw)
-        parts = list(request.stream)
+        parts = list(stream)
         if not chunked:
             sock.sendall(head + b"".join(parts))
             return
@@ -387,19 +422,19 @@ class LeanTransport(httpx.BaseTransport):
         sock.sendall(b"0\r\n\r\n")
 
     def _body(
-        self, conn: _Connection, request: Any, minor: int, status: int, headers: list[tuple[bytes, bytes]]
+        self, conn: _Connection, request: Any, status: int, headers: list[tuple[bytes, bytes]], close: bool
     ) -> _Body:
         """How the body is framed (RFC 9112 section 6.3) and whether the connection stays open."""
-        close = minor == 0 or b"close" in _values(headers, b"connection")
-        close = close or b"close" in _values(request.headers.raw, b"connection")
+        framing = _framing(headers)
+        close = close or b"close" in framing.get(b"connection", ())
         if request.method == "HEAD" or status in (101, 204, 304):
             return _Body(self._pool, conn, request, 0, False, not close and status != 101)
-        codings = _values(headers, b"transfer-encoding")
+        codings = framing.get(b"transfer-encoding")
         if codings:
             if codings != [b"chunked"]:
                 raise _remote(f"unsupported Transfer-Encoding: {b', '.join(codings)!r}", request)
             return _Body(self._pool, conn, request, None, True, not close)
-        lengths = set(_values(headers, b"content-length"))
+        lengths = set(framing.get(b"content-length", ()))
         if lengths:
             value = lengths.pop()
             if lengths or not value.isdigit():
