@@ -40,9 +40,23 @@ def estimate_tokens(kind: str, body: bytes) -> int:
     completion, its max_tokens or OUTPUT_TOKENS."""
     tokens = -(-len(body) // 4)
     if kind == "chat":
-        found = _MAX_TOKENS_RE.search(body)
-        tokens += int(found.group(1)) if found else OUTPUT_TOKENS
+        found = _max_tokens(body)
+        tokens += found if found is not None else OUTPUT_TOKENS
     return tokens
+
+
+def _max_tokens(body: bytes) -> int | None:
+    """The first ``"max_tokens": N`` / ``"max_completion_tokens": N`` of a body, as
+    ``_MAX_TOKENS_RE.search`` finds it: tried only where ``"max_`` starts, found by a memchr of
+    the rare "_" (searching a 40 KB prompt for the pattern itself takes ~50 us)."""
+    at = body.find(b"_")
+    while at >= 0:
+        if body[at - 4 : at] == b'"max':
+            found = _MAX_TOKENS_RE.match(body, at - 4)
+            if found:
+                return int(found.group(1))
+        at = body.find(b"_", at + 1)
+    return None
 
 
 def used_tokens(body: bytes) -> int | None:
