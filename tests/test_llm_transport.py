@@ -297,6 +297,23 @@ def test_broken_replies_are_remote_protocol_errors_and_sdk_connection_errors(
     assert isinstance(info.value.__cause__, httpx.RemoteProtocolError)
 
 
+def test_an_answer_before_the_whole_request_was_read_is_the_response(serve: Callable[..., Server]) -> None:
+    def early(sock: socket.socket, server: Server) -> None:  # answers after the head, reads no body
+        reader = sock.makefile("rb")
+        while reader.readline() not in (b"\r\n", b""):
+            pass
+        sock.sendall(ok(b"too big", b"Connection: close").replace(b"200 OK", b"413 Payload Too Large"))
+        reader.close()
+
+    seen = []
+    for client in (httpx.Client(), lean_client()):
+        server = serve(early)
+        with client:
+            response = client.post(server.url(), content=b"x" * (32 * 1024 * 1024))
+            seen.append((response.status_code, response.content))
+    assert seen == [(413, b"too big")] * 2
+
+
 def test_connection_refused_is_a_connect_error() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -371,8 +371,12 @@ class LeanTransport(httpx.BaseTransport):
             try:
                 sock.settimeout(timeouts.get("write"))
                 self._send(sock, head, request.stream, chunked)
-            except OSError as exc:
+            except TimeoutError as exc:
                 raise _mapped(exc, httpx.WriteTimeout, httpx.WriteError, request) from exc
+            except OSError:
+                # As httpcore: a server may answer (a 413, say) and close before reading the whole
+                # request, so its answer is read, and the connection is not reused.
+                close = True
             try:
                 sock.settimeout(timeouts.get("read"))
                 minor, status, reason, headers = _read_head(conn.reader, request)
