@@ -1,8 +1,8 @@
 """llm.transport: the lean HTTP/1.1 transport under the openai client, against real local servers.
 
-Each server here is a socket on 127.0.0.1 whose connections a test's handler serves byte for byte,
-so framing, keep-alive, timeouts, TLS and broken replies are what the test says they are. Where
-httpx's default transport is the reference, the same requests go through both and must agree.
+Framing, broken replies, timeouts, TLS and the openai client's HTTP client, against real local
+servers (tests/local_http.py). Where httpx's default transport is the reference, the same
+requests go through both and must agree.
 """
 
 from __future__ import annotations
@@ -11,212 +11,19 @@ import datetime
 import gzip
 import socket
 import ssl
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import openai
 import pytest
 
 from memproc.llm.gated_http import http_client
 from memproc.llm.transport import LeanTransport, httpx
+from tests.local_http import Server, answering, lean_client, ok, read_request, sdk, serve
 
 pytestmark = pytest.mark.timeout(60)
 
-Handler = Callable[[socket.socket, "Server"], None]
-
-
-class Server:
-    """A TCP server on 127.0.0.1: each connection served by ``handler(sock, server)`` in a thread."""
-
-    def __init__(self, handler: Handler, tls: ssl.SSLContext | None = None, backlog: int = 128) -> None:
-        self.handler, self.tls = handler, tls
-        self.listener = socket.create_server(("127.0.0.1", 0), backlog=backlog)
-        self.port = self.listener.getsockname()[1]
-        self.connections = 0
-        self.lock = threading.Lock()
-        self.done = threading.Event()  # set by a test to let blocked handlers finish
-        self.event = threading.Event()  # set by handlers that have done what a test waits for
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def url(self, path: str = "/v1/x", host: str = "127.0.0.1") -> str:
-        return f"{'https' if self.tls else 'http'}://{host}:{self.port}{path}"
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                sock, _ = self.listener.accept()
-            except OSError:
-                return
-            with self.lock:
-                self.connections += 1
-            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
-
-    def _serve(self, sock: socket.socket) -> None:
-        try:
-            if self.tls is not None:
-                sock = self.tls.wrap_socket(sock, server_side=True)
-            self.handler(sock, self)
-        except OSError:
-            pass
-        finally:
-            sock.close()
-
-    def close(self) -> None:
-        self.done.set()
-        self.listener.close()
-
-
-@pytest.fixture
-def serve() -> Iterator[Callable[..., Server]]:
-    servers: list[Server] = []
-
-    def start(handler: Handler, **kwargs: Any) -> Server:
-        servers.append(Server(handler, **kwargs))
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.close()
-
-
-def read_request(reader: Any) -> tuple[bytes, dict[bytes, bytes], bytes] | None:
-    """One request (head and Content-Length body) from a connection; None at its end."""
-    line = reader.readline()
-    if not line:
-        return None
-    headers: dict[bytes, bytes] = {}
-    while (header := reader.readline()) not in (b"\r\n", b""):
-        name, _, value = header.partition(b":")
-        headers[name.strip().lower()] = value.strip()
-    return line, headers, reader.read(int(headers.get(b"content-length", b"0")))
-
-
-def answering(*replies: bytes, close_after: bool = False) -> Handler:
-    """Answer the connection's requests with ``replies`` in turn (the last one from then on)."""
-
-    def handler(sock: socket.socket, server: Server) -> None:
-        reader = sock.makefile("rb")
-        n = 0
-        while read_request(reader) is not None:
-            sock.sendall(replies[min(n, len(replies) - 1)])
-            n += 1
-            if close_after:
-                reader.close()  # the socket closes only with its reader
-                sock.close()
-                server.event.set()
-                return
-
-    return handler
-
-
-def ok(body: bytes = b'{"ok":true}', *extra: bytes) -> bytes:
-    head = [b"HTTP/1.1 200 OK", b"Content-Type: application/json", b"Content-Length: %d" % len(body), *extra]
-    return b"\r\n".join(head) + b"\r\n\r\n" + body
-
-
-def lean_client(**limits: Any) -> Any:
-    return httpx.Client(
-        transport=LeanTransport(httpx.Limits(**limits) if limits else openai.DEFAULT_CONNECTION_LIMITS)
-    )
-
-
-def sdk(server: Server, **kwargs: Any) -> openai.OpenAI:
-    """The real openai client over ``http_client()``, at the server, without retries."""
-    return openai.OpenAI(
-        api_key="k", base_url=server.url("/v1"), max_retries=0, http_client=http_client(), **kwargs
-    )
-
-
-# --- keep-alive and the pool ---------------------------------------------------------------------
-
-
-def test_sequential_requests_share_one_kept_alive_connection(serve: Callable[..., Server]) -> None:
-    server = serve(answering(ok(b"first"), ok(b"again")))
-    with lean_client() as client:
-        bodies = [client.post(server.url(), content=b"{}").content for _ in range(20)]
-    assert bodies == [b"first"] + [b"again"] * 19
-    assert server.connections == 1
-
-
-def test_64_threads_in_flight_open_64_connections_and_reuse_them(serve: Callable[..., Server]) -> None:
-    barrier = threading.Barrier(64)
-
-    def handler(sock: socket.socket, server: Server) -> None:
-        reader = sock.makefile("rb")
-        first = True
-        while read_request(reader) is not None:
-            if first:  # every connection's first request waits until 64 are in flight at once
-                barrier.wait(timeout=20)
-                first = False
-            sock.sendall(ok())
-
-    server = serve(handler)
-    client = lean_client()
-    errors: list[BaseException] = []
-
-    def worker() -> None:
-        try:
-            for _ in range(5):
-                assert client.post(server.url(), content=b"{}").json() == {"ok": True}
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker) for _ in range(64)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    client.close()
-    assert errors == []
-    assert server.connections == 64  # one per thread in flight, none opened afterwards
-
-
-def test_an_idle_connection_the_server_closed_is_not_reused(serve: Callable[..., Server]) -> None:
-    # The server closes after each answer without saying so, as one whose keep-alive ran out.
-    server = serve(answering(ok(), close_after=True))
-    with lean_client() as client:
-        for _ in range(3):
-            server.event.clear()
-            assert client.post(server.url(), content=b"{}").json() == {"ok": True}
-            assert server.event.wait(10)
-    assert server.connections == 3
-
-
-def test_connection_close_and_http_1_0_replies_are_not_kept(serve: Callable[..., Server]) -> None:
-    closing = ok(b"a", b"Connection: close")
-    http10 = b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nb"
-    server = serve(answering(closing, http10))
-    with lean_client() as client:
-        assert client.get(server.url()).content == b"a"
-        server2 = serve(answering(http10))
-        assert [client.get(server2.url()).content for _ in range(2)] == [b"b", b"b"]
-    assert server.connections == 1
-    assert server2.connections == 2
-
-
-@pytest.mark.parametrize("limits", [{"keepalive_expiry": 0.0}, {"max_keepalive_connections": 0}])
-def test_no_connection_is_kept_past_the_keepalive_limits(serve: Callable[..., Server], limits: Any) -> None:
-    server = serve(answering(ok()))
-    with lean_client(max_connections=10, **{"max_keepalive_connections": 10, **limits}) as client:
-        for _ in range(3):
-            assert client.get(server.url()).json() == {"ok": True}
-    assert server.connections == 3
-
-
-def test_pool_timeout_when_every_connection_is_taken(serve: Callable[..., Server]) -> None:
-    server = serve(answering(ok()))
-    with lean_client(max_connections=1, max_keepalive_connections=1) as client:
-        held = client.send(client.build_request("GET", server.url()), stream=True)  # not read: still taken
-        with pytest.raises(httpx.PoolTimeout):
-            client.get(server.url(), timeout=httpx.Timeout(5.0, pool=0.05))
-        held.read()
-        held.close()
-        assert client.get(server.url(), timeout=httpx.Timeout(5.0, pool=0.05)).json() == {"ok": True}
-    assert server.connections == 1
-
+__all__ = ["serve"]  # a fixture: imported to be used, not called
 
 # --- framing: the same bodies as httpx's default transport ----------------------------------------
 

@@ -139,11 +139,9 @@ class OpenAIProvider(ChunkedExtractor):
         api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
         if not api_key:
             raise ValueError("OpenAIProvider needs OPENAI_API_KEY")
-        try:  # the SDK's HTTP client: httpx2 from openai 3.0 on, httpx before
-            import httpx2 as httpx
-        except ImportError:  # pragma: no cover - openai 2.x
-            import httpx  # type: ignore[no-redef]
         from openai._models import FinalRequestOptions
+
+        from memproc.llm.http_pool import httpx  # httpx2 from openai 3.0 on, httpx before
 
         self._response_type = httpx.Response
         telemetry_off: Any = dict.fromkeys(_TELEMETRY_HEADERS, openai.Omit())  # Omit: not sent

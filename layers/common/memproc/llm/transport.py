@@ -4,17 +4,16 @@ timeouts and errors above it, ~a fifth of the CPU below it.
 httpx's default transport (httpcore with h11) validates and rebuilds every header several times
 and reads a body in 64 KiB events joined twice: ~0.6 ms of CPU per request, ~2.5 ms for an
 embeddings reply of a megabyte. This one writes a request in one ``sendall`` and reads the reply
-with a buffered reader: the status line and headers line by line, the body by its
-``Content-Length`` in one read (or chunked, or up to the close). It keeps what the SDK's default
-transport does:
+with a buffered reader: the head split in one go, the body by its ``Content-Length`` in one read
+(or chunked, or up to the close). It keeps what the SDK's default transport does:
 
 - connect/read/write/pool timeouts from the request's ``timeout`` extension, per socket
   operation as httpcore does (connect covers the TLS handshake);
 - TLS through ``create_ssl_context()`` (certifi, ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``), hostname
   checked, ALPN ``http/1.1``;
-- a keep-alive pool shared by every thread: ``max_connections`` open at most (a request waits up
-  to the pool timeout for one), ``max_keepalive_connections`` idle at most, an idle connection
-  dropped after ``keepalive_expiry`` or once the server has closed it (a readable idle socket);
+- a keep-alive pool (``http_pool``) shared by every thread: ``max_connections`` open at most (a
+  request waits up to the pool timeout for one), ``max_keepalive_connections`` idle at most, an
+  idle connection dropped after ``keepalive_expiry`` or once the server has closed it;
 - httpx's exception types (``ConnectTimeout``, ``ReadError``, ``RemoteProtocolError``, ...), which
   the SDK turns into ``APITimeoutError`` / ``APIConnectionError`` and retries.
 
@@ -24,20 +23,13 @@ environment names one. See: https://www.python-httpx.org/advanced/transports/#cu
 
 from __future__ import annotations
 
-import io
 import re
-import select
 import socket
 import ssl
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
-try:  # the SDK's HTTP client: httpx2 from openai 3.0 on, httpx before
-    import httpx2 as httpx
-except ImportError:  # pragma: no cover - openai 2.x
-    import httpx  # type: ignore[no-redef]
+from memproc.llm.http_pool import Connection, Origin, Pool, httpx
 
 # Limits on what a server may send before the body (h11's, as httpcore configures it).
 MAX_LINE = 64 * 1024
@@ -52,137 +44,6 @@ _REQUEST_HEADERS = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+: [^\x00-\x08\x0
 _FRAMING = frozenset((b"connection", b"transfer-encoding", b"content-length"))
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]+)[ \t]*(?:;[^\r\n]*)?\r?\n")
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
-
-Origin = tuple[bytes, str, int]
-
-
-class _Connection:
-    """One socket, its buffered reader, and when it went idle."""
-
-    __slots__ = ("idle_since", "origin", "reader", "sock")
-
-    def __init__(self, origin: Origin, sock: socket.socket) -> None:
-        self.origin = origin
-        self.sock = sock
-        self.reader: io.BufferedReader = sock.makefile("rb", buffering=65536)  # type: ignore[assignment]
-        self.idle_since = 0.0
-
-    def reusable(self) -> bool:
-        """Whether an idle connection can take a request. A readable idle socket means the server
-        closed it (or sent what nobody asked for), as httpcore's ``has_expired`` checks; bytes left
-        in the reader past the last response mean the same."""
-        poller = select.poll()
-        poller.register(self.sock, select.POLLIN)
-        if poller.poll(0) or (isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()):
-            return False
-        self.sock.settimeout(0)  # peek returns what is buffered, and reads nothing that has not arrived
-        try:
-            return not self.reader.peek(1)
-        except (BlockingIOError, ssl.SSLWantReadError):
-            return True
-        except OSError:
-            return False
-
-    def close(self) -> None:
-        try:
-            self.reader.close()
-            self.sock.close()
-        except OSError:  # pragma: no cover - closing a dead socket
-            pass
-
-
-class _Pool:
-    """Connections per origin, LIFO (the warmest first), within the limits (see the module doc)."""
-
-    def __init__(self, limits: Any) -> None:
-        self.max_connections = limits.max_connections
-        self.max_idle = limits.max_keepalive_connections
-        self.expiry = limits.keepalive_expiry
-        self._cond = threading.Condition()
-        self._idle: dict[Origin, list[_Connection]] = {}
-        self._idle_count = 0
-        self._open = 0  # connections open, being opened, or reserved
-        self.closed = False
-
-    def _take_idle(self, origin: Origin, stale: list[_Connection]) -> _Connection | None:
-        """The warmest idle connection to `origin`; expired ones go to `stale` (lock held)."""
-        idle = self._idle.get(origin)
-        if not idle:
-            return None
-        if self.expiry is not None:
-            now = time.monotonic()
-            while idle and now - idle[0].idle_since > self.expiry:
-                stale.append(idle.pop(0))
-                self._idle_count -= 1
-                self._open -= 1
-        if not idle:
-            return None
-        self._idle_count -= 1
-        return idle.pop()
-
-    def acquire(self, origin: Origin, timeout: float | None, request: Any) -> _Connection | None:
-        """An idle connection to `origin`, or None with a slot reserved for a new one; PoolTimeout
-        when none frees within `timeout`."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            stale: list[_Connection] = []
-            with self._cond:
-                while True:
-                    if self.closed:
-                        raise RuntimeError("the HTTP transport is closed")
-                    conn = self._take_idle(origin, stale)
-                    if conn is not None or self._open < self.max_connections:
-                        break
-                    victim = next((c for idle in self._idle.values() for c in idle), None)
-                    if victim is not None:  # at the limit: an idle connection elsewhere gives way
-                        self._idle[victim.origin].remove(victim)
-                        self._idle_count -= 1
-                        self._open -= 1
-                        stale.append(victim)
-                        continue
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if (left is not None and left <= 0) or not self._cond.wait(left):
-                        raise httpx.PoolTimeout(
-                            "no connection became free within the pool timeout", request=request
-                        )
-                if conn is None:
-                    self._open += 1
-            for c in stale:
-                c.close()
-            if conn is None or conn.reusable():
-                return conn
-            self.discard(conn)
-
-    def release(self, conn: _Connection) -> None:
-        """A connection whose response was read whole goes back to the pool (or is closed)."""
-        with self._cond:
-            self._cond.notify()
-            if not self.closed and self._idle_count < self.max_idle:
-                conn.idle_since = time.monotonic()
-                self._idle.setdefault(conn.origin, []).append(conn)
-                self._idle_count += 1
-                return
-            self._open -= 1
-        conn.close()
-
-    def discard(self, conn: _Connection | None) -> None:
-        """A connection that cannot take another request (or a reserved slot never used)."""
-        if conn is not None:
-            conn.close()
-        with self._cond:
-            self._open -= 1
-            self._cond.notify()
-
-    def close(self) -> None:
-        with self._cond:
-            self.closed = True
-            idle = [c for conns in self._idle.values() for c in conns]
-            self._idle.clear()
-            self._open -= len(idle)
-            self._idle_count = 0
-            self._cond.notify_all()
-        for c in idle:
-            c.close()
 
 
 def _mapped(
@@ -268,7 +129,7 @@ class _Body(httpx.SyncByteStream):
     back to the pool when the body was read whole and both sides keep it alive."""
 
     def __init__(
-        self, pool: _Pool, conn: _Connection, request: Any, length: int | None, chunked: bool, keep: bool
+        self, pool: Pool, conn: Connection, request: Any, length: int | None, chunked: bool, keep: bool
     ):
         self._pool, self._conn, self._request = pool, conn, request
         self._length, self._chunked, self._keep = length, chunked, keep
@@ -329,7 +190,7 @@ class LeanTransport(httpx.BaseTransport):
     """HTTP/1.1 over pooled sockets; ``limits`` an ``httpx.Limits`` (the SDK's defaults)."""
 
     def __init__(self, limits: Any, ssl_context: ssl.SSLContext | None = None) -> None:
-        self._pool = _Pool(limits)
+        self._pool = Pool(limits)
         self._ssl_context = ssl_context
 
     def _tls(self) -> ssl.SSLContext:
@@ -339,7 +200,7 @@ class LeanTransport(httpx.BaseTransport):
             self._ssl_context = context
         return self._ssl_context
 
-    def _connect(self, origin: Origin, request: Any, timeout: float | None) -> _Connection:
+    def _connect(self, origin: Origin, request: Any, timeout: float | None) -> Connection:
         scheme, host, port = origin
         try:
             sock = socket.create_connection((host, port), timeout)
@@ -353,7 +214,7 @@ class LeanTransport(httpx.BaseTransport):
                 raise
         except OSError as exc:
             raise _mapped(exc, httpx.ConnectTimeout, httpx.ConnectError, request) from exc
-        return _Connection(origin, sock)
+        return Connection(origin, sock)
 
     def handle_request(self, request: Any) -> Any:
         url = request.url
@@ -426,7 +287,7 @@ class LeanTransport(httpx.BaseTransport):
         sock.sendall(b"0\r\n\r\n")
 
     def _body(
-        self, conn: _Connection, request: Any, status: int, headers: list[tuple[bytes, bytes]], close: bool
+        self, conn: Connection, request: Any, status: int, headers: list[tuple[bytes, bytes]], close: bool
     ) -> _Body:
         """How the body is framed (RFC 9112 section 6.3) and whether the connection stays open."""
         framing = _framing(headers)
