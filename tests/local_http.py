@@ -3,6 +3,7 @@ a test's handler, so framing, keep-alive, timeouts, TLS and broken replies are w
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import threading
@@ -56,7 +57,12 @@ class Server:
             sock.close()
 
     def close(self) -> None:
+        """Stop accepting, then close: closing a listener another thread is about to accept on
+        would free its descriptor for the next test's listener, which that thread would then serve."""
         self.done.set()
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept (EINVAL)
+        self._thread.join(10)
         self.listener.close()
 
 
