@@ -86,7 +86,7 @@ def http_client(gate: Gate | None = None) -> Any:
     a proxy, the client keeps httpx's own transports, which honour it (and `NO_PROXY`) exactly."""
     import openai
 
-    from memproc.llm.transport import LeanTransport
+    from memproc.llm.transport import LeanTransport, httpx
 
     class GatedHttpClient(openai.DefaultHttpxClient):
         def send(self, request: Any, **kwargs: Any) -> Any:
@@ -101,6 +101,8 @@ def http_client(gate: Gate | None = None) -> Any:
                 return response
 
     proxies = urllib.request.getproxies()
-    if any(proxies.get(scheme) for scheme in ("http", "https", "all")):
+    proxied = any(proxies.get(scheme) for scheme in ("http", "https", "all"))
+    # httpx before 0.28 (openai 2.x allows it) lacks the public create_ssl_context the transport uses.
+    if proxied or not hasattr(httpx, "create_ssl_context"):
         return GatedHttpClient()
     return GatedHttpClient(transport=LeanTransport(openai.DEFAULT_CONNECTION_LIMITS))
