@@ -18,6 +18,7 @@ See: https://docs.aws.amazon.com/AmazonElastiCache/latest/dg/vector-search-comma
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -132,6 +133,7 @@ class SearchIndex:
         self.dimensions = dimensions
         self._exists = False
         self._ready_until = 0.0  # time.monotonic() until which the index counts as fully built
+        self._creating = threading.Lock()  # one worker thread creates; the others wait for it
 
     def _info(self) -> Any | None:
         """FT.INFO's reply, or None when there is no such index."""
@@ -157,6 +159,11 @@ class SearchIndex:
             raise DimensionMismatch(f"the index holds {self.dimensions}-dimension vectors, not {dimensions}")
         if self._exists:
             return
+        with self._creating:
+            if not self._exists:
+                self._create(dimensions)
+
+    def _create(self, dimensions: int) -> None:
         info = self._info()
         if info is not None:
             self._seen(info)
@@ -173,10 +180,10 @@ class SearchIndex:
                     "DISTANCE_METRIC", "COSINE",
                 )  # fmt: skip
             except redis.ResponseError as exc:
-                if "exists" not in str(exc).lower():  # created meanwhile by another process
+                if "exists" not in str(exc).lower():
                     raise
-            else:
-                self._await_scan()
+            # Created now, by this call or by another process just before it: its scan has begun.
+            self._await_scan()
         self._exists = True
 
     def _await_scan(self) -> None:
