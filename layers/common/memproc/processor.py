@@ -143,7 +143,12 @@ class Processor:
             return self._outcome(item, self.commit(item, payload, []), Usage())
         try:
             lookup, usage = reconcile.find(
-                self.store, self.provider, item.vectorstore, work.text, embed=self.embedder.embed
+                self.store,
+                self.provider,
+                item.vectorstore,
+                work.text,
+                embed=self.embedder.embed,
+                state=loaded.state,
             )
         except reconcile.EmbeddingMismatch as exc:
             return self._outcome(item, q.CommitResult("mismatch", detail=str(exc)), Usage())

@@ -12,7 +12,15 @@ from typing import Any
 
 import redis
 
-from memproc.dal.memory_index.base import DimensionMismatch, Hit, MemoryFilter, records_from
+from memproc.dal.functions import fcall
+from memproc.dal.memory_index.base import (
+    DimensionMismatch,
+    Hit,
+    MemoryFilter,
+    MemoryState,
+    Related,
+    records_from,
+)
 from memproc.keys import VectorstoreKeys
 from memproc.records import MemoryRecord
 from memproc.validation import require_session_id
@@ -102,6 +110,29 @@ class VectorSetIndex:
 
     def discard_restage(self, vectorstore: str) -> None:
         self.client.delete(VectorstoreKeys(vectorstore).reembed)
+
+    def related(
+        self, vectorstore: str, vectors: list[bytes], k: int, limit: int, where: MemoryFilter
+    ) -> Related:
+        """One read-only library call (related.lua): state, every VSIM, ranking and attributes."""
+        try:
+            seq, memories, model, dims, distinct, flat = fcall(
+                self.client,
+                "related",
+                [],
+                [vectorstore, k, limit, vsim_filter(where) or "", *vectors],
+                readonly=True,
+            )
+        except redis.ResponseError as exc:
+            if "dimension" in str(exc).lower():
+                raise DimensionMismatch(str(exc)) from None
+            raise
+        found: list[tuple[MemoryRecord, float]] = []
+        for i in range(0, len(flat), 3):
+            record = MemoryRecord.from_attrs(_text(flat[i]), flat[i + 2])
+            if record is not None:
+                found.append((record, 2 * float(flat[i + 1]) - 1))
+        return Related(MemoryState.from_reply(seq, memories, model, dims), found, int(distinct))
 
     def nearest(self, vectorstore: str, vectors: list[bytes], k: int, where: MemoryFilter) -> list[list[Hit]]:
         expression = vsim_filter(where)
