@@ -13,7 +13,7 @@ import pytest
 from memproc import settings as settings_module
 from memproc.dal import connection
 from memproc.dal.connection import get_store
-from memproc.dal.memory_index import MemoryFilter
+from memproc.dal.memory_index import DimensionMismatch, MemoryFilter
 from memproc.dal.memory_index.base import rank
 from memproc.dal.reads import memory_state
 from tests.environment import point_at
@@ -108,3 +108,10 @@ def test_both_backends_return_the_same_top_k_for_the_same_memories(
     ((a,), (b,)) = vectorset["related"], search["related"]
     assert len(a) == len(b) == LIMIT
     agree(a, b)
+
+
+def test_a_query_vector_of_another_size_is_a_dimension_mismatch_on_either_backend(r: Any) -> None:
+    add_memories("user1", "s-0", vectors(random.Random(3), 2))
+    index = get_store().index
+    with pytest.raises(DimensionMismatch):
+        index.nearest("user1", [array("f", [1.0] * (DIMS // 2)).tobytes()], K, MemoryFilter())

@@ -80,7 +80,7 @@ class Related:
 def rank(hits: list[list[Hit]], limit: int) -> tuple[list[Hit], int]:
     """The `limit` memories with the best similarity to any of several queries (each query's hits
     best first), a tie in order of first appearance, and how many different memories the hits
-    were. related.lua ranks the same way for vector sets."""
+    were. nearest.lua ranks the same way for vector sets."""
     best: dict[str, float] = {}
     for query_hits in hits:
         for memory_id, sim in query_hits:

@@ -111,22 +111,22 @@ class VectorSetIndex:
     def discard_restage(self, vectorstore: str) -> None:
         self.client.delete(VectorstoreKeys(vectorstore).reembed)
 
-    def related(
-        self, vectorstore: str, vectors: list[bytes], k: int, limit: int, where: MemoryFilter
-    ) -> Related:
-        """One read-only library call (related.lua): state, every VSIM, ranking and attributes."""
+    def _call(self, name: str, args: list[Any]) -> Any:
+        """A read-only library function of nearest.lua; a vector of the wrong size is a mismatch."""
         try:
-            seq, memories, model, dims, distinct, flat = fcall(
-                self.client,
-                "related",
-                [],
-                [vectorstore, k, limit, vsim_filter(where) or "", *vectors],
-                readonly=True,
-            )
+            return fcall(self.client, name, [], args, readonly=True)
         except redis.ResponseError as exc:
             if "dimension" in str(exc).lower():
                 raise DimensionMismatch(str(exc)) from None
             raise
+
+    def related(
+        self, vectorstore: str, vectors: list[bytes], k: int, limit: int, where: MemoryFilter
+    ) -> Related:
+        """One library call: the state, every VSIM, the ranking and the attributes."""
+        seq, memories, model, dims, distinct, flat = self._call(
+            "related", [vectorstore, k, limit, vsim_filter(where) or "", *vectors]
+        )
         found: list[tuple[MemoryRecord, float]] = []
         for i in range(0, len(flat), 3):
             record = MemoryRecord.from_attrs(_text(flat[i]), flat[i + 2])
@@ -135,28 +135,12 @@ class VectorSetIndex:
         return Related(MemoryState.from_reply(seq, memories, model, dims), found, int(distinct))
 
     def nearest(self, vectorstore: str, vectors: list[bytes], k: int, where: MemoryFilter) -> list[list[Hit]]:
-        expression = vsim_filter(where)
-        pipe = self.client.pipeline(transaction=False)
-        for vector in vectors:
-            args: list[Any] = ["VSIM", vectorstore, "FP32", vector, "COUNT", k, "WITHSCORES"]
-            if expression:
-                args += ["FILTER", expression]
-            pipe.execute_command(*args)
-        try:
-            replies = pipe.execute(raise_on_error=True) if vectors else []
-        except redis.ResponseError as exc:
-            if "dimension" in str(exc).lower():
-                raise DimensionMismatch(str(exc)) from None
-            raise
+        """One library call for every vector's VSIM."""
+        if not vectors:
+            return []
+        replies = self._call("nearest", [vectorstore, k, vsim_filter(where) or "", *vectors])
         out: list[list[Hit]] = []
         for flat in replies:
-            flat = flat or []
-            # redis-py parses VSIM ... WITHSCORES into {id: score}; a raw reply is [id, score, ...].
-            pairs = (
-                list(flat.items())
-                if isinstance(flat, dict)
-                else list(zip(flat[::2], flat[1::2], strict=True))
-            )
-            hits = [(_text(m), 2 * float(s) - 1) for m, s in pairs]
+            hits = [(_text(flat[i]), 2 * float(flat[i + 1]) - 1) for i in range(0, len(flat), 2)]
             out.append(sorted(hits, key=lambda h: h[1], reverse=True))
         return out
