@@ -248,14 +248,10 @@ class ProcessingInput:
 
 
 def processing_input(store: Store, vectorstore: str, raw_id: str, session_id: str) -> ProcessingInput:
-    """One round trip on the binary client (transcripts may be stored compressed)."""
-    vk = VectorstoreKeys(vectorstore)
-    pipe = store.rb.pipeline(transaction=False)
-    pipe.hmget(vk.raw(raw_id), ["session_data", "session_data_encoding", "created_at", "metadata"])
-    pipe.get(vk.session_summary(session_id))
-    read_state = queue_state(pipe, vectorstore)
-    replies = iter(pipe.execute())
-    (data, encoding, created, metadata), summary = next(replies), next(replies)
+    """One read-only library call on the binary client (transcripts may be stored compressed)."""
+    data, encoding, created, metadata, summary, *state = fcall(
+        store.rb, "processing_input", [], [vectorstore, raw_id, session_id], readonly=True
+    )
     try:
         meta = json.loads(metadata or b"{}")
     except ValueError:
@@ -265,7 +261,7 @@ def processing_input(store: Store, vectorstore: str, raw_id: str, session_id: st
         created_at=float(created or 0),
         metadata=meta if isinstance(meta, dict) else {},
         summary=SummaryRecord.from_json(session_id, summary),
-        state=read_state(replies),
+        state=MemoryState.from_reply(*state),
     )
 
 

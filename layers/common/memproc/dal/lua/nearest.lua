@@ -27,17 +27,15 @@ end}
 -- It ranks as memory_index/base.py `rank` does for the Query Engine: best similarity first, a tie
 -- in the order the memories first appeared (query vector by query vector, best hit first).
 -- ARGV: vs, count per vector, limit, FILTER expression ('' for none), then the FP32 vectors.
--- Returns {memory_seq, memories, embedding_model, dimensions, distinct memories found,
--- {id, score, attributes, ...}} ('' for a config field not set). Vectors of another dimension than
+-- Returns mem.state's four, the number of distinct memories found and {id, score, attributes, ...}.
+-- Vectors of another dimension than
 -- the vectorstore's run no VSIM: the caller sees the mismatch in the state.
 redis.register_function{function_name = 'related___VERSION__', flags = {'no-writes', 'allow-cross-slot-keys'},
   callback = function(keys, argv)
   local vs, limit = argv[1], tonumber(argv[3])
-  local cfg = redis.call('HMGET', k.config(vs), 'memory_seq', 'embedding_model', 'dimensions')
-  local memories = redis.call('ZCARD', k.memory_index(vs))
-  local state = {cfg[1] or '', memories, cfg[2] or '', cfg[3] or ''}
-  local dims = tonumber(cfg[3])
-  if memories == 0 or #argv < 5 or (dims and #argv[5] ~= 4 * dims) then
+  local state = mem.state(vs)
+  local dims = tonumber(state[4])
+  if state[2] == 0 or #argv < 5 or (dims and #argv[5] ~= 4 * dims) then
     state[5], state[6] = 0, {}
     return state
   end
