@@ -2,8 +2,8 @@
 does to them, decided in the one extraction call.
 
 Before the call: the session's user turns are embedded (one embeddings call) and their nearest
-current memories looked up (one pipelined round trip), deduplicated and capped by a prompt budget;
-the model sees them under short ids. After it: its operations are checked against the ids it was
+current memories looked up with their records (one round trip), deduplicated and capped by a prompt
+budget; the model sees them under short ids. After it: its operations are checked against the ids it was
 shown (unknown ones are dropped and counted), new and changed texts are embedded (the second and
 last embeddings call), and a new memory that is a near-identical restatement of one the model was
 *not* shown becomes a confirmation instead (a backstop: the model could not decide it; the new text
