@@ -1,10 +1,12 @@
 """Reconciliation's lookup (`reconcile.find`): the memories a session is shown are the best of every
-user turn's nearest neighbours, ranked as the per-turn lookups rank them, read together with the
-vectorstore's memory state in one round trip (two on the Query Engine) on either backend."""
+user turn's nearest neighbours, ranked as the per-turn lookups rank them, read with the vectorstore's
+memory state in two round trips on either backend, the VSIMs of vector sets as plain commands."""
 
 from __future__ import annotations
 
 import random
+import re
+from importlib import resources
 from typing import Any
 
 import pytest
@@ -13,6 +15,7 @@ import redis
 from memproc import reconcile
 from memproc.dal import reads
 from memproc.dal.connection import get_store
+from memproc.dal.functions import SOURCES
 from memproc.dal.memory_index import MemoryFilter
 from memproc.dal.memory_index.base import rank
 from memproc.keys import VectorstoreKeys
@@ -22,6 +25,7 @@ from memproc.processor import build_processor
 from memproc.settings import get_settings
 from tests.fake_openai import embedding
 from tests.memory_helpers import add_memories
+from tests.redis_server import RedisServer
 from tests.round_trips import RoundTrips
 
 DIMS = 64
@@ -88,7 +92,7 @@ def test_the_lookup_reads_the_state_it_is_fenced_by_with_the_memories(fake_llm: 
     trips.instrument(store.rb)
     again, _ = reconcile.find(store, provider(), "user1", TRANSCRIPT, previous=lookup)
     assert again == lookup
-    assert trips.count == (1 if store.index.name == "vectorset" else 2), trips.kinds
+    assert trips.count == 2, trips.kinds
 
 
 @pytest.mark.parametrize("change", [{"embedding_model": "another-model"}, {"dimensions": "32"}])
@@ -102,3 +106,26 @@ def test_a_lookup_after_the_memories_were_embedded_otherwise_is_a_mismatch(
     r.hset(VectorstoreKeys("user1").config, mapping=change)  # re-embedded since, as memproc reembed does
     with pytest.raises(reconcile.EmbeddingMismatch):
         reconcile.find(store, provider(), "user1", TRANSCRIPT, previous=first)
+
+
+def test_the_library_never_calls_vsim() -> None:
+    # A VSIM called from a script or function runs on Redis's main thread, blocking every other
+    # client for the whole search; sent as a command it runs on the vector-set module's threads.
+    lua = resources.files("memproc.dal").joinpath("lua")
+    for name in SOURCES:
+        code = re.sub(r"--[^\n]*", "", lua.joinpath(name).read_text())  # comments may name it
+        assert "VSIM" not in code.upper(), name
+
+
+def test_every_vsim_of_a_lookup_arrives_as_a_top_level_command(
+    fake_llm: Any, r: redis.Redis, redis_server: RedisServer, backend: str
+) -> None:
+    add_memories("user1", "s-0", [embedding(turn, DIMS) for turn in TURNS])
+    store = get_store()
+    first, _ = reconcile.find(store, provider(), "user1", TRANSCRIPT)  # embeds once, loads the library
+    before = redis_server.commands_seen().get("VSIM", 0)  # counts the calls inside Lua as well
+    with redis_server.requests() as top_level:  # MONITOR: what clients sent, not what Lua called
+        again, _ = reconcile.find(store, provider(), "user1", TRANSCRIPT, previous=first)
+    assert again == first and len(first.candidates) == len(TURNS)
+    vsim = len(TURNS) if backend == "vectorset" else 0
+    assert top_level.count("VSIM") == redis_server.commands_seen().get("VSIM", 0) - before == vsim

@@ -142,18 +142,18 @@ def test_round_trips_do_not_grow_with_the_data(
     with redis_server.requests() as large:
         assert len(search(q="tea", k="3", session_id="s-1").body["results"]) == 2
     # The vectorstore's state (pipelined; ZCARD of the memory index counts memories in either
-    # engine), the nearest-neighbour query with its filter (VSIM ... FILTER, in a read-only library
-    # call, or a hybrid FT.SEARCH), the records of the hits (pipelined).
+    # engine), the nearest-neighbour query with its filter (VSIM ... FILTER, or a hybrid FT.SEARCH),
+    # the records of the hits (pipelined).
     state = ["HMGET", "ZCARD", "ZCARD", "ZCARD"]
     expected = {
-        "vectorset": [*state, "ZINTERCARD", "ZINTERCARD", "FCALL_RO", "VGETATTR", "VGETATTR"],
+        "vectorset": [*state, "ZINTERCARD", "ZINTERCARD", "VSIM", "VGETATTR", "VGETATTR"],
         "search": [*state, "ZINTERCARD", "ZINTERCARD", "FT.SEARCH", "HGET", "HGET"],
     }
     assert small == large == expected[backend]
     with redis_server.requests() as unfiltered:
         assert len(search(q="tea", k="3").body["results"]) == 3
     expected = {
-        "vectorset": [*state, "FCALL_RO", "VGETATTR", "VGETATTR", "VGETATTR"],
+        "vectorset": [*state, "VSIM", "VGETATTR", "VGETATTR", "VGETATTR"],
         "search": [*state, "FT.SEARCH", "HGET", "HGET", "HGET"],
     }
     assert unfiltered == expected[backend]

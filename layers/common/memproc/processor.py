@@ -1,7 +1,7 @@
 """Turns queued raw memories into the memory hierarchy: claim, reconcile, extract, embed, commit.
 
 Per session: one load (one call), the related memories (an embeddings call over the user's turns
-and one lookup round trip), one LLM call (per chunk) that decides new memories and what happens to
+and two lookup round trips), one LLM call (per chunk) that decides new memories and what happens to
 related ones, one embeddings call for new and changed texts, and one commit (an atomic call that
 writes everything and acks). Claims and heartbeats are shared by a batch, so Redis round trips per
 session stay constant however large the vectorstore grows; the workers' embeddings calls are

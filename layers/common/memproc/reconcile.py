@@ -2,9 +2,9 @@
 does to them, decided in the one extraction call.
 
 Before the call: the session's user turns are embedded (one embeddings call) and their nearest
-current memories looked up with their records (one round trip), deduplicated and capped by a prompt
-budget; the model sees them under short ids. After it: its operations are checked against the ids it was
-shown (unknown ones are dropped and counted), new and changed texts are embedded (the second and
+current memories looked up with their records (two round trips), deduplicated and capped by a prompt
+budget; the model sees them under short ids. After it: its operations are checked against the ids it
+was shown (unknown ones are dropped and counted), new and changed texts are embedded (the second and
 last embeddings call), and a new memory that is a near-identical restatement of one the model was
 *not* shown becomes a confirmation instead (a backstop: the model could not decide it; the new text
 is kept in the memory's history, so no statement is lost).
@@ -82,8 +82,9 @@ def find(
     """The memories a session's text may be about. The text is embedded once: when the vectorstore
     had no memories yet (no embeddings call then), and again only if it has some now. `embed`
     replaces the provider's (the processor's batcher); `state` is the memory state the caller read
-    with its input (else it is read here when the text still needs embedding). The lookup itself
-    is one round trip that reads the state again, so the view and its seq are one snapshot."""
+    with its input (else it is read here when the text still needs embedding). The lookup reads
+    the state again, in the round trip of its queries and before them: a commit after the view
+    was read is noticed by the seq."""
     vectors = previous.vectors if previous else ()
     usage = Usage()
     if not vectors:

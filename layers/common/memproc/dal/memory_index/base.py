@@ -50,6 +50,7 @@ class MemoryState:
 
 
 STATE_FIELDS = ("memory_seq", "embedding_model", "dimensions")
+STATE_REPLIES = 2  # what queue_state queues: HMGET of the config, ZCARD of the memory index
 
 
 def queue_state(pipe: Any, vectorstore: str) -> Callable[[Iterator[Any]], MemoryState]:
@@ -68,7 +69,7 @@ def queue_state(pipe: Any, vectorstore: str) -> Callable[[Iterator[Any]], Memory
 
 @dataclass(frozen=True)
 class Related:
-    """What the memories nearest to a session's query vectors are, read in one round trip: the
+    """What the memories nearest to a session's query vectors are, read in two round trips: the
     vectorstore's state at that read, the best `limit` memories by each one's best similarity to
     any vector (best first, with it), and how many different memories the neighbours were."""
 
@@ -80,7 +81,7 @@ class Related:
 def rank(hits: list[list[Hit]], limit: int) -> tuple[list[Hit], int]:
     """The `limit` memories with the best similarity to any of several queries (each query's hits
     best first), a tie in order of first appearance, and how many different memories the hits
-    were. nearest.lua ranks the same way for vector sets."""
+    were."""
     best: dict[str, float] = {}
     for query_hits in hits:
         for memory_id, sim in query_hits:
@@ -124,7 +125,8 @@ class MemoryIndex(Protocol):
     ) -> Related:
         """The memory state and, when it has memories of the vectors' dimension, the `limit` best of
         every vector's `k` nearest (ranked by each memory's best similarity; a tie by first
-        appearance, vector by vector), with their records, in one round trip."""
+        appearance, vector by vector), with their records: two round trips, the state with the
+        queries, then the records of the ranked memories."""
         ...
 
     # Re-embedding (memproc reembed): new vectors for existing memories, made current at once.

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from operator import itemgetter
 from typing import Any
 
 import redis
 
 from memproc.dal.functions import fcall
 from memproc.dal.memory_index.base import (
+    STATE_REPLIES,
     DimensionMismatch,
     Hit,
     MemoryFilter,
-    MemoryState,
     Related,
+    queue_state,
+    rank,
     records_from,
 )
 from memproc.keys import VectorstoreKeys
@@ -111,36 +114,65 @@ class VectorSetIndex:
     def discard_restage(self, vectorstore: str) -> None:
         self.client.delete(VectorstoreKeys(vectorstore).reembed)
 
-    def _call(self, name: str, args: list[Any]) -> Any:
-        """A read-only library function of nearest.lua; a vector of the wrong size is a mismatch."""
-        try:
-            return fcall(self.client, name, [], args, readonly=True)
-        except redis.ResponseError as exc:
-            if "dimension" in str(exc).lower():
-                raise DimensionMismatch(str(exc)) from None
-            raise
+    def nearest(self, vectorstore: str, vectors: list[bytes], k: int, where: MemoryFilter) -> list[list[Hit]]:
+        if not vectors:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        queue_vsim(pipe, vectorstore, vectors, k, where)
+        return [vsim_hits(reply) for reply in pipe.execute(raise_on_error=False)]
 
     def related(
         self, vectorstore: str, vectors: list[bytes], k: int, limit: int, where: MemoryFilter
     ) -> Related:
-        """One library call: the state, every VSIM, the ranking and the attributes."""
-        seq, memories, model, dims, distinct, flat = self._call(
-            "related", [vectorstore, k, limit, vsim_filter(where) or "", *vectors]
-        )
-        found: list[tuple[MemoryRecord, float]] = []
-        for i in range(0, len(flat), 3):
-            record = MemoryRecord.from_attrs(_text(flat[i]), flat[i + 2])
-            if record is not None:
-                found.append((record, 2 * float(flat[i + 1]) - 1))
-        return Related(MemoryState.from_reply(seq, memories, model, dims), found, int(distinct))
+        """Two round trips: the state (read first, so a commit after it is noticed) with every
+        vector's VSIM, then the best memories' attributes in one read-only library call
+        (related.lua). The VSIMs count only when the vectorstore has memories of the vectors'
+        dimension (else the caller sees the mismatch in the state)."""
+        pipe = self.client.pipeline(transaction=False)
+        read_state = queue_state(pipe, vectorstore)
+        queue_vsim(pipe, vectorstore, vectors, k, where)
+        replies = pipe.execute(raise_on_error=False)
+        state = read_state(iter([_ok(reply) for reply in replies[:STATE_REPLIES]]))
+        if not state.memories or (state.dimensions and vectors and 4 * state.dimensions != len(vectors[0])):
+            return Related(state, [], 0)
+        ranked, distinct = rank([vsim_hits(reply) for reply in replies[STATE_REPLIES:]], limit)
+        ids = [mid for mid, _ in ranked]
+        attrs = fcall(self.client, "attributes", [], [vectorstore, *ids], readonly=True) if ids else []
+        found = records_from(ids)(iter(attrs))
+        return Related(state, [(found[mid], sim) for mid, sim in ranked if mid in found], distinct)
 
-    def nearest(self, vectorstore: str, vectors: list[bytes], k: int, where: MemoryFilter) -> list[list[Hit]]:
-        """One library call for every vector's VSIM."""
-        if not vectors:
-            return []
-        replies = self._call("nearest", [vectorstore, k, vsim_filter(where) or "", *vectors])
-        out: list[list[Hit]] = []
-        for flat in replies:
-            hits = [(_text(flat[i]), 2 * float(flat[i + 1]) - 1) for i in range(0, len(flat), 2)]
-            out.append(sorted(hits, key=lambda h: h[1], reverse=True))
-        return out
+
+def queue_vsim(pipe: Any, vectorstore: str, vectors: list[bytes], k: int, where: MemoryFilter) -> None:
+    """One VSIM per vector, as plain (pipelined) commands: the module runs those on its worker
+    threads, where a VSIM called from a script, a function or MULTI runs on, and blocks, the main
+    thread for the whole search (related.lua reads only the attributes)."""
+    tail: list[Any] = ["COUNT", k, "WITHSCORES"]
+    expression = vsim_filter(where)
+    if expression:
+        tail += ["FILTER", expression]
+    for vector in vectors:
+        pipe.execute_command("VSIM", vectorstore, "FP32", vector, *tail)
+
+
+def vsim_hits(reply: Any) -> list[Hit]:
+    """A VSIM ... WITHSCORES reply as it arrives (the base client registers no callback for VSIM,
+    unlike redis-py's `vset()` commands): under RESP3, redis-py 8's default, a map hiredis builds
+    as {id: score}; under RESP2 a flat [id, score, ...]. Hits best first; a vector of another
+    size than the set's is a mismatch."""
+    if isinstance(_ok(reply), dict):
+        pairs: Any = reply.items()
+    else:
+        flat = iter(reply or ())
+        pairs = zip(flat, flat, strict=True)
+    hits = [(_text(mid), 2 * float(score) - 1) for mid, score in pairs]
+    hits.sort(key=itemgetter(1), reverse=True)
+    return hits
+
+
+def _ok(reply: Any) -> Any:
+    """A pipelined reply, or its error raised (a vector of the wrong size as a mismatch)."""
+    if isinstance(reply, redis.ResponseError):
+        if "dimension" in str(reply).lower():
+            raise DimensionMismatch(str(reply)) from None
+        raise reply
+    return reply
