@@ -498,6 +498,22 @@ def test_client_errors_are_permanent_and_not_retried(
     assert fake.chat_calls == 1
 
 
+def test_requests_carry_auth_and_the_sdks_attempt_headers_but_not_its_platform_telemetry(
+    fake: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    provider.extract(TRANSCRIPT, session_timestamp=SESSION_TS)
+    provider.embed(["hello"])
+
+    for request in fake.requests:
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        assert headers["authorization"] == "Bearer test"
+        assert headers["x-stainless-retry-count"] == "0"
+        assert headers["x-stainless-read-timeout"] == "5.0"
+        assert headers["content-type"] == "application/json"
+        assert headers["user-agent"].startswith("OpenAI/Python")
+        assert not [name for name in headers if name.startswith("x-stainless-") and "-re" not in name]
+
+
 # --- embeddings -------------------------------------------------------------------------------
 
 
