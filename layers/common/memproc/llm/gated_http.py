@@ -80,10 +80,11 @@ def used_tokens(body: bytes) -> int | None:
     return sum(p for p in parts if isinstance(p, int)) if any(isinstance(p, int) for p in parts) else None
 
 
-def http_client(gate: Gate | None = None) -> Any:
+def http_client(gate: Gate | None = None, *, lean: bool = True) -> Any:
     """An `openai.DefaultHttpxClient` over `transport.LeanTransport` (the SDK's connection limits)
     whose chat and embeddings requests pass `gate` when there is one. When the environment names
-    a proxy, the client keeps httpx's own transports, which honour it (and `NO_PROXY`) exactly."""
+    a proxy, or `lean` is off (LLM_HTTP_TRANSPORT=httpx: the operator's way back should a provider
+    or network need what only httpx does), the client keeps httpx's own transports."""
     import openai
 
     from memproc.llm.transport import LeanTransport, httpx
@@ -103,6 +104,6 @@ def http_client(gate: Gate | None = None) -> Any:
     proxies = urllib.request.getproxies()
     proxied = any(proxies.get(scheme) for scheme in ("http", "https", "all"))
     # httpx before 0.28 (openai 2.x allows it) lacks the public create_ssl_context the transport uses.
-    if proxied or not hasattr(httpx, "create_ssl_context"):
+    if not lean or proxied or not hasattr(httpx, "create_ssl_context"):
         return GatedHttpClient()
     return GatedHttpClient(transport=LeanTransport(openai.DEFAULT_CONNECTION_LIMITS))

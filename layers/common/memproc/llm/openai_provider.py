@@ -152,7 +152,7 @@ class OpenAIProvider(ChunkedExtractor):
             max_retries=settings.llm_max_retries,
             default_headers=telemetry_off,
             # Every request (the SDK's retries too) through the rate-limit gate, when there is one.
-            http_client=http_client(gate),
+            http_client=http_client(gate, lean=settings.llm_http_transport == "lean"),
         )
         # What `post` builds per call (a pydantic model_construct, its defaults copied), built once
         # per endpoint; `request` copies the options it is given before it touches them.
