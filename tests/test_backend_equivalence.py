@@ -13,13 +13,16 @@ import pytest
 from memproc import settings as settings_module
 from memproc.dal import connection
 from memproc.dal.connection import get_store
-from memproc.dal.memory_index import MemoryFilter
+from memproc.dal.memory_index import DimensionMismatch, MemoryFilter
+from memproc.dal.memory_index.base import rank
+from memproc.dal.reads import memory_state
 from tests.environment import point_at
 from tests.memory_helpers import add_memories, memory_records
 from tests.redis_server import RedisServer
 
 DIMS = 64
 K = 8
+LIMIT = 20  # related memories: fewer than the queries' distinct neighbours, so the ranking decides
 TIE = 0.005  # similarity
 FILTERS = {
     "none": MemoryFilter(),
@@ -54,10 +57,25 @@ def top_k(monkeypatch: pytest.MonkeyPatch, server: RedisServer, backend: str) ->
     assert len(texts) == 90
     queries = [array("f", v).tobytes() for v in vectors(rng, 6)]
     index = get_store().index
-    return {
+    out = {
         name: [[(sim, texts[mid]) for mid, sim in hits] for hits in index.nearest("user1", queries, K, f)]
         for name, f in FILTERS.items()
     }
+    related = index.related("user1", queries, K, LIMIT, MemoryFilter())
+    assert related.state == memory_state(get_store(), "user1")
+    assert related.state.memories == 90
+    # The one-call lookup is the per-query lookup, ranked, with the records as stored.
+    ranked, distinct = rank(index.nearest("user1", queries, K, MemoryFilter()), LIMIT)
+    assert [(m.memory_id, sim) for m, sim in related.memories] == ranked
+    assert [m.text for m, _ in related.memories] == [texts[mid] for mid, _ in ranked]
+    assert related.distinct == distinct > LIMIT
+    # Across backends, with every memory a neighbour of every query: a memory's best similarity is
+    # then the same on both, near-ties aside (with k = 8, a memory at one query's k-th place on one
+    # backend only may have its best similarity from another query there).
+    related = index.related("user1", queries, 90, LIMIT, MemoryFilter())
+    assert related.distinct == 90
+    out["related"] = [[(sim, f"{m.memory_type}: {m.text}") for m, sim in related.memories]]  # one per memory
+    return out
 
 
 def agree(a: list[tuple[float, str]], b: list[tuple[float, str]]) -> None:
@@ -87,3 +105,13 @@ def test_both_backends_return_the_same_top_k_for_the_same_memories(
         for a, b in zip(vectorset[name], search[name], strict=True):
             assert len(a) == len(b) == K, name
             agree(a, b)
+    ((a,), (b,)) = vectorset["related"], search["related"]
+    assert len(a) == len(b) == LIMIT
+    agree(a, b)
+
+
+def test_a_query_vector_of_another_size_is_a_dimension_mismatch_on_either_backend(r: Any) -> None:
+    add_memories("user1", "s-0", vectors(random.Random(3), 2))
+    index = get_store().index
+    with pytest.raises(DimensionMismatch):
+        index.nearest("user1", [array("f", [1.0] * (DIMS // 2)).tobytes()], K, MemoryFilter())

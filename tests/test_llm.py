@@ -498,6 +498,39 @@ def test_client_errors_are_permanent_and_not_retried(
     assert fake.chat_calls == 1
 
 
+def test_requests_carry_auth_and_the_sdks_attempt_headers_but_not_its_platform_telemetry(
+    fake: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    provider.extract(TRANSCRIPT, session_timestamp=SESSION_TS)
+    provider.embed(["hello"])
+
+    for request in fake.requests:
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        assert headers["authorization"] == "Bearer test"
+        assert headers["x-stainless-retry-count"] == "0"
+        assert headers["x-stainless-read-timeout"] == "5.0"
+        assert headers["content-type"] == "application/json"
+        assert headers["user-agent"].startswith("OpenAI/Python")
+        assert not [name for name in headers if name.startswith("x-stainless-") and "-re" not in name]
+
+
+@pytest.mark.parametrize("transport", ["lean", "httpx"])
+def test_llm_http_transport_chooses_the_transport_and_both_answer_alike(
+    fake: FakeOpenAI, provider_factory: Callable[..., OpenAIProvider], transport: str
+) -> None:
+    """LLM_HTTP_TRANSPORT=httpx is the operator's way back to httpx's own transport: the same
+    requests, the same answers."""
+    from memproc.llm.transport import LeanTransport
+
+    provider = provider_factory(llm_http_transport=transport)
+    used = provider._client._client._transport
+    assert isinstance(used, LeanTransport) is (transport == "lean")
+    extraction, _ = provider.extract(TRANSCRIPT, session_timestamp=SESSION_TS)
+    vectors, _ = provider.embed(["hello", "world"])
+    assert extraction.memories and len(vectors) == 2
+    assert [q.path.rsplit("/", 1)[-1] for q in fake.requests] == ["completions", "embeddings"]
+
+
 # --- embeddings -------------------------------------------------------------------------------
 
 

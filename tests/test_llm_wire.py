@@ -7,6 +7,7 @@ import base64
 import json
 import math
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -89,3 +90,64 @@ def test_another_dimension_is_its_own_error(as_base64: bool) -> None:
 def test_a_malformed_reply_says_what_is_wrong(reply: bytes, count: int, message: str) -> None:
     with pytest.raises(MalformedReply, match=message):
         parse_embeddings(reply, count, DIMS)
+
+
+# --- the base64 strings lifted out of the JSON before it is parsed --------------------------------
+
+VECTORS = [packed(1, 0, 0, 0), packed(0, 0.6, 0.8, 0), packed(0.5, 0.5, 0.5, 0.5)]
+
+
+def as_lists(reply: bytes, count: int = 3) -> list[list[float]]:
+    return [list(v) for v in parse_embeddings(reply, count, DIMS).vectors]
+
+
+@pytest.mark.parametrize(
+    "dumps",
+    [
+        lambda r: json.dumps(r).encode(),
+        lambda r: json.dumps(r, indent=2).encode(),  # OpenAI's own layout
+        lambda r: json.dumps(r, separators=(",", ":")).encode(),
+        lambda r: json.dumps(r).replace('"embedding": ', '"embedding" : \t').encode(),
+        lambda r: json.dumps(r).encode("utf-16"),  # JSON in UTF-16: parsed as a whole
+    ],
+)
+def test_every_layout_of_a_reply_reads_the_same(dumps: Callable[[Any], bytes]) -> None:
+    reply = json.loads(body(*VECTORS, indices=[2, 0, 1]))
+    assert as_lists(dumps(reply)) == as_lists(body(*VECTORS, indices=[2, 0, 1]))
+
+
+def test_escapes_inside_a_base64_string_are_read_as_json_reads_them() -> None:
+    escaped = body(*VECTORS).replace(VECTORS[1].encode(), VECTORS[1][:-1].encode() + b"\\u003d")  # "="
+    assert VECTORS[1].endswith("=")
+    assert as_lists(escaped) == as_lists(body(*VECTORS))
+
+
+def test_a_string_made_to_look_like_a_placeholder_is_not_one() -> None:
+    # The key spelled with an escape: the other vector is lifted out, this string is parsed by JSON.
+    forged = body(VECTORS[0], "\0" + "0" * 16 + ":0")
+    forged = forged[::-1].replace(b'"embedding"'[::-1], b'"embed\\u0064ing"'[::-1], 1)[::-1]
+    assert json.loads(forged)["data"][1]["embedding"].startswith("\0")
+    with pytest.raises(MalformedReply, match="not base64 float32s"):
+        parse_embeddings(forged, 2, DIMS)
+
+
+def test_an_embedding_key_inside_a_string_or_another_object_changes_nothing() -> None:
+    reply = json.loads(body(*VECTORS))
+    reply["note"] = f'"embedding": "{VECTORS[2]}"'
+    reply["model"] = {"embedding": VECTORS[2]}
+    reply["data"][0] = {"embedding": VECTORS[2], **reply["data"][0]}  # a duplicate key: the last wins
+    text = json.dumps(reply).replace('{"embedding": ', '{"embedding": "' + VECTORS[1] + '", "embedding": ', 1)
+    assert as_lists(text.encode()) == as_lists(body(*VECTORS))
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        lambda b: b.replace(b'"index": 1', b'"index": 1,'),  # a stray comma
+        lambda b: b[:-1],  # cut short
+        lambda b: b.replace(VECTORS[1][:4].encode(), b'"\x01', 1),  # a control character in a string
+    ],
+)
+def test_a_body_that_is_not_json_stays_not_json(broken: Callable[[bytes], bytes]) -> None:
+    with pytest.raises(MalformedReply, match="not JSON"):
+        parse_embeddings(broken(body(*VECTORS)), 3, DIMS)

@@ -17,7 +17,7 @@ from memproc.dal.connection import get_store
 from memproc.dal.ratelimit import Limits
 from memproc.llm import RateLimitedLLMError
 from memproc.llm.gate import AIMD, Budget, Gate, chat_scope, within
-from memproc.llm.gated_http import OUTPUT_TOKENS, estimate_tokens, used_tokens
+from memproc.llm.gated_http import _MAX_TOKENS_RE, OUTPUT_TOKENS, estimate_tokens, used_tokens
 from memproc.processor import build_processor
 from memproc.schemas.requests import StoreRawRequest
 from memproc.settings import get_settings, load_settings
@@ -221,6 +221,22 @@ def test_a_rate_limited_try_gives_its_attempt_back_and_is_never_dead_lettered(
 
 
 # --- the gate around the real openai client -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "max_tokens"),
+    [
+        (b'{"a_b": "max_tokens: 5 and \\"max_x\\"", "max_tokens": 12, "max_completion_tokens": 9}', 12),
+        (b'{"max_completion_tokens" :\n 9, "max_tokens": 12}', 9),
+        (b'{"max_tokens": "12", "_max_tokens": 3}', None),
+        (b'_"max_tokens":7', 7),
+    ],
+)
+def test_a_chat_booking_takes_the_first_max_tokens_of_the_body(body: bytes, max_tokens: int | None) -> None:
+    expected = _MAX_TOKENS_RE.search(body)
+    assert (int(expected.group(1)) if expected else None) == max_tokens  # what the pattern finds
+    tokens = -(-len(body) // 4) + (max_tokens if max_tokens is not None else OUTPUT_TOKENS)
+    assert estimate_tokens("chat", body) == tokens
 
 
 def test_estimates_and_usage_read_from_the_request_and_the_answer() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 import struct
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -118,9 +119,9 @@ def test_a_warm_process_asks_ft_info_again_only_once_its_trust_in_the_index_laps
     assert seen["FT.INFO"] == 1 and seen["FT.SEARCH"] == 3
 
 
-def slowly_indexed_memories(r: redis.Redis, vs: str, n: int) -> None:
-    """`n` memories stored as memproc stores them, then memproc's index created over them by hand,
-    with HNSW parameters that make the engine's scan of them take seconds instead of milliseconds."""
+def slowly_indexed_memories(r: redis.Redis, vs: str, n: int, *, create: bool = True) -> None:
+    """`n` memories stored as memproc stores them, then (`create`) memproc's index created over them
+    by hand, with HNSW parameters that make the engine's scan of them take seconds, not milliseconds."""
     vk = keys.VectorstoreKeys(vs)
     rng = random.Random(3)
     pipe = r.pipeline(transaction=False)
@@ -138,6 +139,8 @@ def slowly_indexed_memories(r: redis.Redis, vs: str, n: int) -> None:
         pipe.zadd(vk.memory_index, {mid: 1_700_000_000})
     pipe.hset(vk.config, mapping={"embedding_model": get_settings().embedding_model, "dimensions": 64})
     pipe.execute()
+    if not create:
+        return
     r.execute_command(
         "FT.CREATE", INDEX, "ON", "HASH", "PREFIX", "1", keys.MEMORY_PREFIX, "SCHEMA",
         "vs", "TAG", "CASESENSITIVE", "status", "TAG", "memory_type", "TAG",
@@ -178,6 +181,65 @@ def test_a_search_while_the_engine_builds_the_index_is_unavailable_not_partial(
         assert r.zcard(keys.VectorstoreKeys("big").memory_index) == 4000
     finally:
         r.flushall()  # stops the engine's scan, which would slow the next tests for seconds
+
+
+def test_an_index_another_process_creates_first_is_awaited_like_ones_own(
+    search_env: RedisServer, search_fake_llm: Any
+) -> None:
+    """FT.INFO finds no index, another processor creates it (over memories: its scan takes a while)
+    before this one's FT.CREATE: "exists" means the scan has just begun, and is waited for the same
+    bounded way as after creating it, so the first lookups do not answer IndexUnavailable."""
+    r = search_env.client()
+
+    class CreatedMeanwhile(SearchIndex):
+        raced = False
+
+        def _info(self) -> Any:
+            if not self.raced:
+                self.raced = True
+                slowly_indexed_memories(r, "big", 400)  # the other processor's FT.CREATE
+                return None
+            return super()._info()
+
+    index = CreatedMeanwhile(r, 64)
+    try:
+        index.ensure(64)
+        assert index.raced and not still_indexing(r)
+        assert index.nearest("big", [struct.pack("<64f", *([0.1] * 64))], 8, MemoryFilter())[0]
+    finally:
+        r.flushall()
+
+
+def test_worker_threads_wait_for_the_one_creating_the_index(
+    search_env: RedisServer, search_fake_llm: Any
+) -> None:
+    """Two workers of one processor meet a missing index: the second waits while the first creates
+    it and awaits its scan, instead of finding it half built and failing its session."""
+    r = search_env.client()
+    slowly_indexed_memories(r, "big", 2000, create=False)
+    scanning = threading.Event()
+    seen: list[bool] = []
+
+    class Index(SearchIndex):
+        def _await_scan(self) -> None:
+            scanning.set()  # the first worker created the index; its scan runs now
+            super()._await_scan()
+
+    index = Index(r, 64)
+
+    def second() -> None:
+        scanning.wait()
+        index.ensure(64)
+        seen.append(still_indexing(r))
+
+    worker = threading.Thread(target=second)
+    worker.start()
+    try:
+        index.ensure(64)
+        worker.join()
+        assert seen == [False]
+    finally:
+        r.flushall()
 
 
 def _mid_backfill(client: redis.Redis, name: str) -> tuple[Any, Any]:

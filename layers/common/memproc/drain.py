@@ -237,8 +237,7 @@ def drain_loop(
                 del running[fut]
                 outcome = fut.result()
                 report.add(outcome)
-                event = outcome.event()
-                if publisher is not None and event is not None:
+                if publisher is not None and (event := outcome.event()) is not None:
                     publisher.publish(event)  # after the commit; sent from the publisher's thread
                 n = report.handled
                 mean_seconds += (outcome.seconds - mean_seconds) / n

@@ -1,7 +1,7 @@
 """Turns queued raw memories into the memory hierarchy: claim, reconcile, extract, embed, commit.
 
-Per session: one load (pipelined), the related memories (an embeddings call over the user's turns
-and one pipelined lookup), one LLM call (per chunk) that decides new memories and what happens to
+Per session: one load (one call), the related memories (an embeddings call over the user's turns
+and two lookup round trips), one LLM call (per chunk) that decides new memories and what happens to
 related ones, one embeddings call for new and changed texts, and one commit (an atomic call that
 writes everything and acks). Claims and heartbeats are shared by a batch, so Redis round trips per
 session stay constant however large the vectorstore grows; the workers' embeddings calls are
@@ -143,7 +143,12 @@ class Processor:
             return self._outcome(item, self.commit(item, payload, []), Usage())
         try:
             lookup, usage = reconcile.find(
-                self.store, self.provider, item.vectorstore, work.text, embed=self.embedder.embed
+                self.store,
+                self.provider,
+                item.vectorstore,
+                work.text,
+                embed=self.embedder.embed,
+                state=loaded.state,
             )
         except reconcile.EmbeddingMismatch as exc:
             return self._outcome(item, q.CommitResult("mismatch", detail=str(exc)), Usage())

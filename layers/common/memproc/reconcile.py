@@ -2,9 +2,9 @@
 does to them, decided in the one extraction call.
 
 Before the call: the session's user turns are embedded (one embeddings call) and their nearest
-current memories looked up (one pipelined round trip), deduplicated and capped by a prompt budget;
-the model sees them under short ids. After it: its operations are checked against the ids it was
-shown (unknown ones are dropped and counted), new and changed texts are embedded (the second and
+current memories looked up with their records (two round trips), deduplicated and capped by a prompt
+budget; the model sees them under short ids. After it: its operations are checked against the ids it
+was shown (unknown ones are dropped and counted), new and changed texts are embedded (the second and
 last embeddings call), and a new memory that is a near-identical restatement of one the model was
 *not* shown becomes a confirmation instead (a backstop: the model could not decide it; the new text
 is kept in the memory's history, so no statement is lost).
@@ -19,7 +19,7 @@ from typing import Any
 
 from memproc.dal import reads
 from memproc.dal.connection import Store
-from memproc.dal.memory_index import MemoryFilter
+from memproc.dal.memory_index import MemoryFilter, MemoryState
 from memproc.embedding_batch import Embed
 from memproc.keys import VectorstoreKeys
 from memproc.llm import Extraction, LLMProvider, Usage
@@ -77,11 +77,45 @@ def find(
     text: str,
     previous: Lookup | None = None,
     embed: Embed | None = None,
+    state: MemoryState | None = None,
 ) -> tuple[Lookup, Usage]:
     """The memories a session's text may be about. The text is embedded once: when the vectorstore
     had no memories yet (no embeddings call then), and again only if it has some now. `embed`
-    replaces the provider's (the processor's batcher)."""
-    state = reads.memory_state(store, vectorstore)
+    replaces the provider's (the processor's batcher); `state` is the memory state the caller read
+    with its input (else it is read here when the text still needs embedding). The lookup reads
+    the state again, in the round trip of its queries and before them: a commit after the view
+    was read is noticed by the seq."""
+    vectors = previous.vectors if previous else ()
+    usage = Usage()
+    if not vectors:
+        state = state or reads.memory_state(store, vectorstore)
+        _check(state, provider)
+        texts = lookup_texts(text) if state.memories else []
+        if texts:
+            embedded, usage = (embed or provider.embed)(texts)
+            vectors = tuple(fp32(v) for v in embedded)
+        if not vectors:
+            return Lookup(state.seq, state.memories), usage
+    related = store.index.related(
+        vectorstore, list(vectors), NEIGHBOURS_PER_TURN, MAX_CANDIDATES, MemoryFilter()
+    )
+    state = related.state
+    _check(state, provider)
+    candidates: list[Candidate] = []
+    chars = 0
+    for memory, _ in related.memories:
+        if memory.status != "current":
+            continue
+        chars += len(memory.text)
+        if chars > MAX_CANDIDATE_CHARS:
+            break
+        candidates.append(Candidate(f"m{len(candidates) + 1}", memory))
+    truncated = len(candidates) < related.distinct
+    return Lookup(state.seq, state.memories, vectors, tuple(candidates), truncated), usage
+
+
+def _check(state: MemoryState, provider: LLMProvider) -> None:
+    """The vectorstore's memories must be embedded as this processor embeds."""
     if state.dimensions and (state.dimensions, state.embedding_model) != (
         provider.dimensions,
         provider.embedding_model,
@@ -89,33 +123,6 @@ def find(
         raise EmbeddingMismatch(
             f"vectorstore uses embedding model {state.embedding_model!r} with {state.dimensions} dimensions"
         )
-    seq, count = state.seq, state.memories
-    vectors = previous.vectors if previous else ()
-    usage = Usage()
-    if count and not vectors:
-        texts = lookup_texts(text)
-        if texts:
-            embedded, usage = (embed or provider.embed)(texts)
-            vectors = tuple(fp32(v) for v in embedded)
-    if not count or not vectors:
-        return Lookup(seq, count, vectors), usage
-    best: dict[str, float] = {}
-    for hits in store.index.nearest(vectorstore, list(vectors), NEIGHBOURS_PER_TURN, MemoryFilter()):
-        for mid, sim in hits:
-            best[mid] = max(sim, best.get(mid, -1.0))
-    ranked = sorted(best, key=lambda mid: best[mid], reverse=True)[:MAX_CANDIDATES]
-    found = reads.records(store, VectorstoreKeys(vectorstore), memory_ids=ranked).memories
-    candidates: list[Candidate] = []
-    chars = 0
-    for mid in ranked:
-        memory = found.get(mid)
-        if memory is None or memory.status != "current":
-            continue
-        chars += len(memory.text)
-        if chars > MAX_CANDIDATE_CHARS:
-            break
-        candidates.append(Candidate(f"m{len(candidates) + 1}", memory))
-    return Lookup(seq, count, vectors, tuple(candidates), truncated=len(candidates) < len(best)), usage
 
 
 def same_view(a: Lookup, b: Lookup) -> bool:

@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     embedding_model: str = "text-embedding-3-small"
     embedding_dimensions: int = Field(1536, ge=2, le=4096)
     embedding_encoding: Literal["base64", "float"] = "base64"
+    # "lean": llm/transport.py under the openai client; "httpx": httpx's own transport (as with a proxy).
+    llm_http_transport: Literal["lean", "httpx"] = "lean"
     llm_timeout_seconds: float = Field(60.0, gt=0)
     llm_max_retries: int = Field(2, ge=0, le=10)
     llm_chunk_chars: int = Field(48_000, ge=1_000)

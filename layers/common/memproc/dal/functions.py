@@ -22,6 +22,7 @@ from memproc.records import MEMORY_TYPES
 SOURCES = (
     "common.lua",
     "memories.lua",
+    "related.lua",
     "queue.lua",
     "commit.lua",
     "erasure.lua",

@@ -15,6 +15,7 @@ import redis
 
 from memproc.dal.connection import Store
 from memproc.dal.functions import fcall
+from memproc.dal.memory_index.base import MemoryState, queue_state
 from memproc.keys import VECTORSTORES, VectorstoreKeys
 from memproc.records import RAW_FIELDS, TRANSCRIPT_FIELDS, MemoryRecord, RawRecord, SummaryRecord
 from memproc.transcript import decode_transcript
@@ -221,24 +222,11 @@ def stats(store: Store, vectorstore: str, days: int, samples: int) -> dict[str, 
     return result
 
 
-@dataclass(frozen=True)
-class MemoryState:
-    """What reconciliation decides against: the vectorstore's memory sequence (a commit made after
-    it is noticed, see commit.lua), how many memories it has, and what embeds them."""
-
-    seq: int
-    memories: int
-    embedding_model: str | None
-    dimensions: int | None
-
-
 def memory_state(store: Store, vectorstore: str) -> MemoryState:
-    vk = VectorstoreKeys(vectorstore)
+    """The vectorstore's memory state alone (reconciliation reads it with the memories it looks up,
+    and the processor with its input)."""
     pipe = store.r.pipeline(transaction=False)
-    pipe.hmget(vk.config, ["memory_seq", "embedding_model", "dimensions"])
-    pipe.zcard(vk.memory_index)
-    (seq, model, dims), count = pipe.execute()
-    return MemoryState(int(seq or 0), int(count), model, int(dims) if dims else None)
+    return queue_state(pipe, vectorstore)(iter(pipe.execute()))
 
 
 def transcript(store: Store, vectorstore: str, raw_id: str) -> str | None:
@@ -256,15 +244,14 @@ class ProcessingInput:
     created_at: float
     metadata: dict[str, Any]
     summary: SummaryRecord | None
+    state: MemoryState  # the vectorstore's memories: whether the session's turns need embedding
 
 
 def processing_input(store: Store, vectorstore: str, raw_id: str, session_id: str) -> ProcessingInput:
-    """One round trip on the binary client (transcripts may be stored compressed)."""
-    vk = VectorstoreKeys(vectorstore)
-    pipe = store.rb.pipeline(transaction=False)
-    pipe.hmget(vk.raw(raw_id), ["session_data", "session_data_encoding", "created_at", "metadata"])
-    pipe.get(vk.session_summary(session_id))
-    (data, encoding, created, metadata), summary = pipe.execute()
+    """One read-only library call on the binary client (transcripts may be stored compressed)."""
+    data, encoding, created, metadata, summary, *state = fcall(
+        store.rb, "processing_input", [], [vectorstore, raw_id, session_id], readonly=True
+    )
     try:
         meta = json.loads(metadata or b"{}")
     except ValueError:
@@ -274,6 +261,7 @@ def processing_input(store: Store, vectorstore: str, raw_id: str, session_id: st
         created_at=float(created or 0),
         metadata=meta if isinstance(meta, dict) else {},
         summary=SummaryRecord.from_json(session_id, summary),
+        state=MemoryState.from_reply(*state),
     )
 
 

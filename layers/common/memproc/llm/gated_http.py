@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.request
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -39,9 +40,23 @@ def estimate_tokens(kind: str, body: bytes) -> int:
     completion, its max_tokens or OUTPUT_TOKENS."""
     tokens = -(-len(body) // 4)
     if kind == "chat":
-        found = _MAX_TOKENS_RE.search(body)
-        tokens += int(found.group(1)) if found else OUTPUT_TOKENS
+        found = _max_tokens(body)
+        tokens += found if found is not None else OUTPUT_TOKENS
     return tokens
+
+
+def _max_tokens(body: bytes) -> int | None:
+    """The first ``"max_tokens": N`` / ``"max_completion_tokens": N`` of a body, as
+    ``_MAX_TOKENS_RE.search`` finds it: tried only where ``"max_`` starts, found by a memchr of
+    the rare "_" (searching a 40 KB prompt for the pattern itself takes ~50 us)."""
+    at = body.find(b"_")
+    while at >= 0:
+        if body[at - 4 : at] == b'"max':
+            found = _MAX_TOKENS_RE.match(body, at - 4)
+            if found:
+                return int(found.group(1))
+        at = body.find(b"_", at + 1)
+    return None
 
 
 def used_tokens(body: bytes) -> int | None:
@@ -65,15 +80,20 @@ def used_tokens(body: bytes) -> int | None:
     return sum(p for p in parts if isinstance(p, int)) if any(isinstance(p, int) for p in parts) else None
 
 
-def http_client(gate: Gate) -> Any:
-    """An `openai.DefaultHttpxClient` whose chat and embeddings requests pass `gate`."""
+def http_client(gate: Gate | None = None, *, lean: bool = True) -> Any:
+    """An `openai.DefaultHttpxClient` over `transport.LeanTransport` (the SDK's connection limits)
+    whose chat and embeddings requests pass `gate` when there is one. When the environment names
+    a proxy, or `lean` is off (LLM_HTTP_TRANSPORT=httpx: the operator's way back should a provider
+    or network need what only httpx does), the client keeps httpx's own transports."""
     import openai
+
+    from memproc.llm.transport import LeanTransport, httpx
 
     class GatedHttpClient(openai.DefaultHttpxClient):
         def send(self, request: Any, **kwargs: Any) -> Any:
-            kind = request_kind(request.url.path)
-            scope = gate.scopes.get(kind) if kind else None
-            if kind is None or scope is None:
+            kind = request_kind(request.url.path) if gate is not None else None
+            scope = gate.scopes.get(kind) if gate is not None and kind else None
+            if gate is None or kind is None or scope is None:
                 return super().send(request, **kwargs)
             with gate.request(scope, estimate_tokens(kind, request.content)) as ticket:
                 response = super().send(request, **kwargs)
@@ -81,4 +101,9 @@ def http_client(gate: Gate) -> Any:
                 ticket.answered(response.status_code, used_tokens(response.content) if read else None)
                 return response
 
-    return GatedHttpClient()
+    proxies = urllib.request.getproxies()
+    proxied = any(proxies.get(scheme) for scheme in ("http", "https", "all"))
+    # httpx before 0.28 (openai 2.x allows it) lacks the public create_ssl_context the transport uses.
+    if not lean or proxied or not hasattr(httpx, "create_ssl_context"):
+        return GatedHttpClient()
+    return GatedHttpClient(transport=LeanTransport(openai.DEFAULT_CONNECTION_LIMITS))

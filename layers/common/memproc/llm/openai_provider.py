@@ -50,6 +50,18 @@ T = TypeVar("T")
 
 # What the typed resources send: the API key only (no admin key).
 _BEARER_AUTH: Any = {"security": {"bearer_auth": True}}
+# The SDK's platform telemetry (language, versions, OS, architecture, sync or async): seven headers
+# per request that only describe the client, each validated and copied three times on its way.
+# The headers the SDK's retries rely on (x-stainless-retry-count, x-stainless-read-timeout) stay.
+_TELEMETRY_HEADERS = (
+    "X-Stainless-Lang",
+    "X-Stainless-Package-Version",
+    "X-Stainless-OS",
+    "X-Stainless-Arch",
+    "X-Stainless-Runtime",
+    "X-Stainless-Runtime-Version",
+    "X-Stainless-Async",
+)
 
 # The embeddings endpoint accepts at most 2048 inputs per request; more is split (rare: ~50 per session).
 _EMBED_BATCH = 2048
@@ -127,19 +139,29 @@ class OpenAIProvider(ChunkedExtractor):
         api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
         if not api_key:
             raise ValueError("OpenAIProvider needs OPENAI_API_KEY")
-        try:  # the SDK's HTTP client: httpx2 from openai 3.0 on, httpx before
-            import httpx2 as httpx
-        except ImportError:  # pragma: no cover - openai 2.x
-            import httpx  # type: ignore[no-redef]
+        from openai._models import FinalRequestOptions
+
+        from memproc.llm.http_pool import httpx  # httpx2 from openai 3.0 on, httpx before
+
         self._response_type = httpx.Response
+        telemetry_off: Any = dict.fromkeys(_TELEMETRY_HEADERS, openai.Omit())  # Omit: not sent
         self._client = openai.OpenAI(
             api_key=api_key,
             base_url=settings.openai_base_url,
             timeout=settings.llm_timeout_seconds,
             max_retries=settings.llm_max_retries,
+            default_headers=telemetry_off,
             # Every request (the SDK's retries too) through the rate-limit gate, when there is one.
-            http_client=http_client(gate) if gate is not None else None,
+            http_client=http_client(gate, lean=settings.llm_http_transport == "lean"),
         )
+        # What `post` builds per call (a pydantic model_construct, its defaults copied), built once
+        # per endpoint; `request` copies the options it is given before it touches them.
+        self._options = {
+            path: FinalRequestOptions.construct(
+                method="post", url=path, json_data=None, content=None, files=None, **_BEARER_AUTH
+            )
+            for path in ("/chat/completions", "/embeddings")
+        }
 
     def close(self) -> None:
         """Close the HTTP connection pool."""
@@ -174,11 +196,14 @@ class OpenAIProvider(ChunkedExtractor):
         """A POST of ``body`` through the SDK's client (its auth, timeouts, retries and errors),
         answering the reply's raw body. The typed resources (``chat.completions.create``) would
         also walk every message against the parameter types and build a response model per reply:
-        most of the SDK's CPU per call, for nothing memproc reads (``wire`` validates the body)."""
-        post = functools.partial(
-            self._client.post, path, cast_to=self._response_type, body=body, options=_BEARER_AUTH
+        most of the SDK's CPU per call, for nothing memproc reads (``wire`` validates the body).
+        ``request`` with the endpoint's options is what ``post`` does, without building them."""
+        send = functools.partial(
+            self._client.request,
+            self._response_type,
+            self._options[path].model_copy(update={"json_data": body}),
         )
-        return lambda: post().content
+        return lambda: send().content
 
     def _call(self, what: str, create: Callable[[], T]) -> T:
         """``create()`` (the SDK retries inside it); an SDK error that remains becomes our verdict."""

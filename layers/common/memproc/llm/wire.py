@@ -4,10 +4,11 @@ The SDK's typed resources would build a response model for every reply (``constr
 by field in Python, and number by number for float embeddings); memproc reads a handful of fields.
 So the provider takes the raw response from the SDK client (its retries, errors and Retry-After
 handling unchanged) and validates the body with the models here, in one pass of pydantic-core.
-Embeddings replies are the large ones (~8 KB of base64 per vector): they are parsed by
-``parse_embeddings`` with ``json.loads`` and checked by hand (count, order, dimension, finite), no
-model per item, and each base64 vector is decoded by pybase64 (SIMD, ~20x binascii) straight into
-an ``array("f")``, whose bytes are what VADD / VSIM / FT.SEARCH take.
+Embeddings replies are the large ones (~8 KB of base64 per vector): ``parse_embeddings`` decodes
+each base64 vector with pybase64 (SIMD, ~20x binascii) straight from the body's bytes into an
+``array("f")`` (whose bytes are what VADD / VSIM / FT.SEARCH take), ``json.loads`` the rest (the
+vectors lifted out, see ``_lift_base64``), and checks the shape by hand (count, order, dimension,
+finite), no model per item.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import binascii
 import json
 import math
 import operator
+import secrets
 import sys
 from array import array
 from dataclasses import dataclass
@@ -101,24 +103,32 @@ def _malformed(why: str) -> MalformedReply:
     return MalformedReply(f"embeddings reply: {why}")
 
 
+def _float32s(raw: bytes, dimensions: int) -> array[float]:
+    """Little-endian float32s as an array, of `dimensions` and finite."""
+    if len(raw) % 4:
+        raise _malformed("an embedding is not base64 float32s (not a whole number of float32s)")
+    vector = array("f", raw)
+    if sys.byteorder == "big":  # pragma: no cover - every platform memproc runs on is little-endian
+        vector.byteswap()
+    if len(vector) != dimensions:
+        raise WrongDimensions(len(vector))
+    # A float32 is NaN or infinite when its exponent bits are all ones: its top byte (the last,
+    # little-endian) is then 0x7f or 0xff. A finite one with that top byte is >= 2**127 in size,
+    # never in an embedding, so those are checked one by one only when the bytes say maybe.
+    top = raw[3::4]
+    if (b"\x7f" in top or b"\xff" in top) and not all(map(math.isfinite, vector)):
+        raise NonFiniteVector("embeddings reply: a vector has a NaN or an infinity")
+    return vector
+
+
 def _vector(embedding: Any, dimensions: int) -> array[float]:
     """One embedding as float32s: base64 of little-endian float32s, or a list of numbers."""
     if isinstance(embedding, str):
         try:
-            vector = array("f", pybase64.b64decode(embedding, validate=True))
-        except (binascii.Error, ValueError) as exc:  # not base64, or not a whole number of float32s
+            raw = pybase64.b64decode(embedding, validate=True)
+        except (binascii.Error, ValueError) as exc:
             raise _malformed(f"an embedding is not base64 float32s ({exc})") from exc
-        if sys.byteorder == "big":  # pragma: no cover - every platform memproc runs on is little-endian
-            vector.byteswap()
-        if len(vector) != dimensions:
-            raise WrongDimensions(len(vector))
-        # A float32 is NaN or infinite when its exponent bits are all ones: its top byte (the last,
-        # little-endian) is then 0x7f or 0xff. A finite one with that top byte is >= 2**127 in size,
-        # never in an embedding, so those are checked one by one only when the bytes say maybe.
-        top = vector.tobytes()[3::4]
-        if (b"\x7f" in top or b"\xff" in top) and not all(map(math.isfinite, vector)):
-            raise NonFiniteVector("embeddings reply: a vector has a NaN or an infinity")
-        return vector
+        return _float32s(raw, dimensions)
     if isinstance(embedding, list):
         if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in embedding):
             raise _malformed("an embedding has a value that is not a number")
@@ -130,13 +140,57 @@ def _vector(embedding: Any, dimensions: int) -> array[float]:
     raise _malformed(f"an embedding is a {type(embedding).__name__}, not base64 or a list")
 
 
+_KEY = b'"embedding":'
+_SPACE = frozenset(b" \t\r\n")
+
+
+def _lift_base64(body: bytes) -> tuple[bytes, str, list[bytes]] | None:
+    """The body with each ``"embedding": "<base64>"`` string replaced by a short placeholder
+    string (a random prefix and the vector's number), the prefix, and the decoded vectors; None
+    when a string is not strict base64 (then the body is parsed as it is).
+
+    ``json.loads`` of a reply spends most of its time copying the ~8 KB base64 strings into str
+    objects only to decode them again. Strict base64 holds no quote, backslash or control
+    character, so such a string ends at the next quote and swapping it for another string changes
+    nothing else in the document: the placeholder body is valid JSON exactly when the body is, and
+    parses to the same values but for those strings. The prefix starts with NUL and 16 random hex
+    digits, so no string the server sent can pass for a placeholder."""
+    prefix = "\x00" + secrets.token_hex(8) + ":"
+    escaped = prefix.replace("\x00", "\\u0000").encode()
+    view = memoryview(body)
+    pieces: list[bytes | memoryview] = []
+    vectors: list[bytes] = []
+    at = 0
+    find, size = body.find, len(body)
+    key = find(_KEY)
+    while key >= 0:
+        start = key + len(_KEY)
+        while start < size and body[start] in _SPACE:
+            start += 1
+        end = find(b'"', start + 1) if body[start : start + 1] == b'"' else -1
+        if end < 0:
+            key = find(_KEY, start)
+            continue
+        try:
+            vectors.append(pybase64.b64decode(view[start + 1 : end], validate=True))
+        except (binascii.Error, ValueError):
+            return None
+        pieces += (view[at : start + 1], escaped, b"%d" % (len(vectors) - 1))
+        at = end
+        key = find(_KEY, end + 1)
+    pieces.append(view[at:])
+    return b"".join(pieces), prefix, vectors
+
+
 def parse_embeddings(body: bytes, count: int, dimensions: int) -> Embeddings:
     """The ``count`` vectors of ``dimensions`` an embeddings reply carries, in input order.
 
     MalformedReply (NonFiniteVector among them) when the body is not such a reply, WrongDimensions
     when the vectors are of another size."""
+    lifted = _lift_base64(body)
+    text, prefix, lifted_vectors = lifted if lifted is not None else (body, None, [])
     try:
-        reply = json.loads(body)
+        reply = json.loads(text)
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise _malformed(f"not JSON ({exc})") from exc
     data = reply.get("data") if isinstance(reply, dict) else None
@@ -149,7 +203,11 @@ def parse_embeddings(body: bytes, count: int, dimensions: int) -> Embeddings:
         index = item.get("index") if isinstance(item, dict) else None
         if type(index) is not int or not 0 <= index < count or slots[index] is not None:
             raise _malformed(f"an item's index is {index!r}: not one of 0..{count - 1} once each")
-        slots[index] = _vector(item.get("embedding"), dimensions)
+        embedding = item.get("embedding")
+        if prefix is not None and type(embedding) is str and embedding.startswith(prefix):
+            slots[index] = _float32s(lifted_vectors[int(embedding[len(prefix) :])], dimensions)
+        else:
+            slots[index] = _vector(embedding, dimensions)
     usage = reply.get("usage")
     tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
     vectors: list[array[float]] = slots  # type: ignore[assignment]  # every slot filled: count items, distinct indices

@@ -52,6 +52,13 @@ function mem.raw(b, vs, id)
   return text, struct.pack('<' .. string.rep('f', #v), unpack(v))
 end
 
+-- What reconciliation decides against (memory_index/base.py MemoryState): the vectorstore's memory
+-- sequence, how many memories it has, and what embeds them ('' for a config field not set).
+function mem.state(vs)
+  local cfg = redis.call('HMGET', k.config(vs), 'memory_seq', 'embedding_model', 'dimensions')
+  return {cfg[1] or '', redis.call('ZCARD', k.memory_index(vs)), cfg[2] or '', cfg[3] or ''}
+end
+
 function mem.del(b, vs, id)
   if b == 'search' then return redis.call('DEL', k.mem(vs, id)) end
   return redis.call('VREM', vs, id)

@@ -198,6 +198,19 @@ redis.register_function{function_name = 'claim___VERSION__', flags = {'allow-cro
   return {claimed, reaped, buried, lost_count, dead}
 end}
 
+-- What the processor reads for one claimed item, in one read-only call: the raw hash's transcript
+-- (as stored: it may be compressed), its encoding, created_at and metadata, the session's summary,
+-- and the vectorstore's memory state (whether the session's turns need embedding at all).
+-- ARGV: vs, raw id, session id.  Returns those five (nil where absent), then mem.state's four.
+redis.register_function{function_name = 'processing_input___VERSION__', flags = {'no-writes', 'allow-cross-slot-keys'},
+  callback = function(keys, argv)
+  local vs, id, sid = argv[1], argv[2], argv[3]
+  local out = redis.call('HMGET', k.raw(vs, id), 'session_data', 'session_data_encoding', 'created_at', 'metadata')
+  out[5] = redis.call('GET', k.session_summary(vs, sid))
+  for i, v in ipairs(mem.state(vs)) do out[5 + i] = v end
+  return out
+end}
+
 -- Extend the leases a live worker still holds, so long work is never reaped and paid for twice.
 -- ARGV: lease seconds, then (vs, raw id, token) per item.  Returns the raw ids no longer held.
 redis.register_function{function_name = 'renew___VERSION__', flags = {'allow-cross-slot-keys'},

@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from memproc.dal.memory_index.base import DimensionMismatch, Hit, IndexUnavailable, MemoryFilter, MemoryIndex
+from memproc.dal.memory_index.base import (
+    DimensionMismatch,
+    Hit,
+    IndexUnavailable,
+    MemoryFilter,
+    MemoryIndex,
+    MemoryState,
+    Related,
+)
 from memproc.dal.memory_index.search import SearchIndex
 from memproc.dal.memory_index.vectorset import VectorSetIndex
 from memproc.settings import ConfigurationError
@@ -24,6 +32,8 @@ __all__ = [
     "IndexUnavailable",
     "MemoryFilter",
     "MemoryIndex",
+    "MemoryState",
+    "Related",
     "SearchIndex",
     "VectorSetIndex",
     "offers",

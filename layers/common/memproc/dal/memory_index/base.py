@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from memproc.dal.replies import as_text
+from memproc.keys import VectorstoreKeys
 from memproc.records import MemoryRecord
 
 
@@ -27,6 +29,65 @@ class MemoryFilter:
 
 
 Hit = tuple[str, float]  # (memory id, cosine similarity), best first
+
+
+@dataclass(frozen=True)
+class MemoryState:
+    """What reconciliation decides against: the vectorstore's memory sequence (a commit made after
+    it is noticed, see commit.lua), how many memories it has, and what embeds them."""
+
+    seq: int
+    memories: int
+    embedding_model: str | None
+    dimensions: int | None
+
+    @classmethod
+    def from_reply(cls, seq: Any, memories: Any, model: Any, dimensions: Any) -> MemoryState:
+        """From the config hash's memory_seq, embedding_model and dimensions and the memory index's
+        ZCARD, as either client (or the library, with '' for a missing field) hands them back."""
+        dims = int(dimensions) if dimensions else None
+        return cls(int(seq or 0), int(memories), as_text(model) if model else None, dims)
+
+
+STATE_FIELDS = ("memory_seq", "embedding_model", "dimensions")
+STATE_REPLIES = 2  # what queue_state queues: HMGET of the config, ZCARD of the memory index
+
+
+def queue_state(pipe: Any, vectorstore: str) -> Callable[[Iterator[Any]], MemoryState]:
+    """Queue the reads of the vectorstore's memory state on a pipeline (the vectorset backend's
+    library call reads the same fields); the returned function turns their replies into it."""
+    vk = VectorstoreKeys(vectorstore)
+    pipe.hmget(vk.config, list(STATE_FIELDS))
+    pipe.zcard(vk.memory_index)
+
+    def parse(replies: Iterator[Any]) -> MemoryState:
+        (seq, model, dimensions), memories = next(replies), next(replies)
+        return MemoryState.from_reply(seq, memories, model, dimensions)
+
+    return parse
+
+
+@dataclass(frozen=True)
+class Related:
+    """What the memories nearest to a session's query vectors are, read in two round trips: the
+    vectorstore's state at that read, the best `limit` memories by each one's best similarity to
+    any vector (best first, with it), and how many different memories the neighbours were."""
+
+    state: MemoryState
+    memories: list[tuple[MemoryRecord, float]]
+    distinct: int
+
+
+def rank(hits: list[list[Hit]], limit: int) -> tuple[list[Hit], int]:
+    """The `limit` memories with the best similarity to any of several queries (each query's hits
+    best first), a tie in order of first appearance, and how many different memories the hits
+    were."""
+    best: dict[str, float] = {}
+    for query_hits in hits:
+        for memory_id, sim in query_hits:
+            best[memory_id] = max(sim, best.get(memory_id, -1.0))
+    ranked = sorted(best, key=lambda memory_id: best[memory_id], reverse=True)[:limit]
+    return [(memory_id, best[memory_id]) for memory_id in ranked], len(best)
 
 
 class IndexUnavailable(Exception):
@@ -57,6 +118,15 @@ class MemoryIndex(Protocol):
 
     def nearest(self, vectorstore: str, vectors: list[bytes], k: int, where: MemoryFilter) -> list[list[Hit]]:
         """The `k` nearest memories of each vector (FP32 bytes), best first, in one round trip."""
+        ...
+
+    def related(
+        self, vectorstore: str, vectors: list[bytes], k: int, limit: int, where: MemoryFilter
+    ) -> Related:
+        """The memory state and, when it has memories of the vectors' dimension, the `limit` best of
+        every vector's `k` nearest (ranked by each memory's best similarity; a tie by first
+        appearance, vector by vector), with their records: two round trips, the state with the
+        queries, then the records of the ranked memories."""
         ...
 
     # Re-embedding (memproc reembed): new vectors for existing memories, made current at once.

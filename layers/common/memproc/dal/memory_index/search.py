@@ -18,13 +18,24 @@ See: https://docs.aws.amazon.com/AmazonElastiCache/latest/dg/vector-search-comma
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
 
-from memproc.dal.memory_index.base import DimensionMismatch, Hit, IndexUnavailable, MemoryFilter, records_from
+from memproc.dal.memory_index.base import (
+    DimensionMismatch,
+    Hit,
+    IndexUnavailable,
+    MemoryFilter,
+    MemoryState,
+    Related,
+    queue_state,
+    rank,
+    records_from,
+)
 from memproc.dal.replies import as_text
 from memproc.keys import MEMORY_PREFIX, VectorstoreKeys, search_index
 from memproc.records import MemoryRecord
@@ -132,6 +143,7 @@ class SearchIndex:
         self.dimensions = dimensions
         self._exists = False
         self._ready_until = 0.0  # time.monotonic() until which the index counts as fully built
+        self._creating = threading.Lock()  # one worker thread creates; the others wait for it
 
     def _info(self) -> Any | None:
         """FT.INFO's reply, or None when there is no such index."""
@@ -157,6 +169,11 @@ class SearchIndex:
             raise DimensionMismatch(f"the index holds {self.dimensions}-dimension vectors, not {dimensions}")
         if self._exists:
             return
+        with self._creating:
+            if not self._exists:
+                self._create(dimensions)
+
+    def _create(self, dimensions: int) -> None:
         info = self._info()
         if info is not None:
             self._seen(info)
@@ -173,10 +190,10 @@ class SearchIndex:
                     "DISTANCE_METRIC", "COSINE",
                 )  # fmt: skip
             except redis.ResponseError as exc:
-                if "exists" not in str(exc).lower():  # created meanwhile by another process
+                if "exists" not in str(exc).lower():
                     raise
-            else:
-                self._await_scan()
+            # Created now, by this call or by another process just before it: its scan has begun.
+            self._await_scan()
         self._exists = True
 
     def _await_scan(self) -> None:
@@ -239,18 +256,43 @@ class SearchIndex:
     def nearest(self, vectorstore: str, vectors: list[bytes], k: int, where: MemoryFilter) -> list[list[Hit]]:
         if not vectors:
             return []
+        return self._search(vectorstore, vectors, k, where, state=False)[1]
+
+    def related(
+        self, vectorstore: str, vectors: list[bytes], k: int, limit: int, where: MemoryFilter
+    ) -> Related:
+        """Two round trips: the state (read first, so a commit after it is noticed) with each vector's
+        KNN query, then the best memories' records (FT.SEARCH may RETURN only fields the index
+        declares on ElastiCache and MemoryDB, and `attrs` is not one). The queries count only when
+        the vectorstore has memories of the vectors' dimension (else the caller sees the mismatch)."""
+        state, hits = self._search(vectorstore, vectors, k, where, state=True)
+        assert state is not None
+        if not state.memories or (state.dimensions and vectors and 4 * state.dimensions != len(vectors[0])):
+            return Related(state, [], 0)
+        ranked, distinct = rank(hits, limit)
+        pipe = self.client.pipeline(transaction=False)
+        read = self.queue_get(pipe, vectorstore, [mid for mid, _ in ranked])
+        found = read(iter(pipe.execute() if ranked else []))
+        return Related(state, [(found[mid], sim) for mid, sim in ranked if mid in found], distinct)
+
+    def _search(
+        self, vectorstore: str, vectors: list[bytes], k: int, where: MemoryFilter, *, state: bool
+    ) -> tuple[MemoryState | None, list[list[Hit]]]:
         try:
-            return self._nearest(vectorstore, vectors, k, where)
+            return self._pipeline(vectorstore, vectors, k, where, state)
         except _IndexGone:  # dropped (or flushed) since this process made sure of it: once more
             self._exists = False
-            return self._nearest(vectorstore, vectors, k, where)
+            return self._pipeline(vectorstore, vectors, k, where, state)
 
-    def _nearest(
-        self, vectorstore: str, vectors: list[bytes], k: int, where: MemoryFilter
-    ) -> list[list[Hit]]:
+    def _pipeline(
+        self, vectorstore: str, vectors: list[bytes], k: int, where: MemoryFilter, state: bool
+    ) -> tuple[MemoryState | None, list[list[Hit]]]:
+        """The memory state (when asked), FT.INFO (when due) and one KNN query per vector, in one
+        round trip: the state and each vector's hits."""
         self.ensure(self.dimensions)
         text = query(vectorstore, k, where)
         pipe = self.client.pipeline(transaction=False)
+        read_state = queue_state(pipe, vectorstore) if state else None
         check = time.monotonic() >= self._ready_until
         if check:  # in the same round trip as the queries
             pipe.execute_command("FT.INFO", self.index)
@@ -260,7 +302,7 @@ class SearchIndex:
                 "RETURN", "1", "dist", "LIMIT", "0", str(int(k)), "DIALECT", "2",
             )  # fmt: skip
         try:
-            replies = pipe.execute(raise_on_error=True)
+            replies = iter(pipe.execute(raise_on_error=True))
         except redis.ResponseError as exc:
             message = str(exc).lower()
             if missing_index(exc):
@@ -270,6 +312,7 @@ class SearchIndex:
             if "dim" in message or ("vector" in message and "size" in message):
                 raise DimensionMismatch(str(exc)) from None
             raise
-        if check and not self._seen(replies.pop(0)):
+        seen = read_state(replies) if read_state else None
+        if check and not self._seen(next(replies)):
             raise IndexUnavailable("the search index is being built: answers would miss memories")
-        return [_hits(reply) for reply in replies]
+        return seen, [_hits(reply) for reply in replies]

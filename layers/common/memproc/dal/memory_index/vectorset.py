@@ -8,11 +8,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from operator import itemgetter
 from typing import Any
 
 import redis
 
-from memproc.dal.memory_index.base import DimensionMismatch, Hit, MemoryFilter, records_from
+from memproc.dal.functions import fcall
+from memproc.dal.memory_index.base import (
+    STATE_REPLIES,
+    DimensionMismatch,
+    Hit,
+    MemoryFilter,
+    Related,
+    queue_state,
+    rank,
+    records_from,
+)
 from memproc.keys import VectorstoreKeys
 from memproc.records import MemoryRecord
 from memproc.validation import require_session_id
@@ -104,28 +115,64 @@ class VectorSetIndex:
         self.client.delete(VectorstoreKeys(vectorstore).reembed)
 
     def nearest(self, vectorstore: str, vectors: list[bytes], k: int, where: MemoryFilter) -> list[list[Hit]]:
-        expression = vsim_filter(where)
+        if not vectors:
+            return []
         pipe = self.client.pipeline(transaction=False)
-        for vector in vectors:
-            args: list[Any] = ["VSIM", vectorstore, "FP32", vector, "COUNT", k, "WITHSCORES"]
-            if expression:
-                args += ["FILTER", expression]
-            pipe.execute_command(*args)
-        try:
-            replies = pipe.execute(raise_on_error=True) if vectors else []
-        except redis.ResponseError as exc:
-            if "dimension" in str(exc).lower():
-                raise DimensionMismatch(str(exc)) from None
-            raise
-        out: list[list[Hit]] = []
-        for flat in replies:
-            flat = flat or []
-            # redis-py parses VSIM ... WITHSCORES into {id: score}; a raw reply is [id, score, ...].
-            pairs = (
-                list(flat.items())
-                if isinstance(flat, dict)
-                else list(zip(flat[::2], flat[1::2], strict=True))
-            )
-            hits = [(_text(m), 2 * float(s) - 1) for m, s in pairs]
-            out.append(sorted(hits, key=lambda h: h[1], reverse=True))
-        return out
+        queue_vsim(pipe, vectorstore, vectors, k, where)
+        return [vsim_hits(reply) for reply in pipe.execute(raise_on_error=False)]
+
+    def related(
+        self, vectorstore: str, vectors: list[bytes], k: int, limit: int, where: MemoryFilter
+    ) -> Related:
+        """Two round trips: the state (read first, so a commit after it is noticed) with every
+        vector's VSIM, then the best memories' attributes in one read-only library call
+        (related.lua). The VSIMs count only when the vectorstore has memories of the vectors'
+        dimension (else the caller sees the mismatch in the state)."""
+        pipe = self.client.pipeline(transaction=False)
+        read_state = queue_state(pipe, vectorstore)
+        queue_vsim(pipe, vectorstore, vectors, k, where)
+        replies = pipe.execute(raise_on_error=False)
+        state = read_state(iter([_ok(reply) for reply in replies[:STATE_REPLIES]]))
+        if not state.memories or (state.dimensions and vectors and 4 * state.dimensions != len(vectors[0])):
+            return Related(state, [], 0)
+        ranked, distinct = rank([vsim_hits(reply) for reply in replies[STATE_REPLIES:]], limit)
+        ids = [mid for mid, _ in ranked]
+        attrs = fcall(self.client, "attributes", [], [vectorstore, *ids], readonly=True) if ids else []
+        found = records_from(ids)(iter(attrs))
+        return Related(state, [(found[mid], sim) for mid, sim in ranked if mid in found], distinct)
+
+
+def queue_vsim(pipe: Any, vectorstore: str, vectors: list[bytes], k: int, where: MemoryFilter) -> None:
+    """One VSIM per vector, as plain (pipelined) commands: the module runs those on its worker
+    threads, where a VSIM called from a script, a function or MULTI runs on, and blocks, the main
+    thread for the whole search (related.lua reads only the attributes)."""
+    tail: list[Any] = ["COUNT", k, "WITHSCORES"]
+    expression = vsim_filter(where)
+    if expression:
+        tail += ["FILTER", expression]
+    for vector in vectors:
+        pipe.execute_command("VSIM", vectorstore, "FP32", vector, *tail)
+
+
+def vsim_hits(reply: Any) -> list[Hit]:
+    """A VSIM ... WITHSCORES reply as it arrives (the base client registers no callback for VSIM,
+    unlike redis-py's `vset()` commands): under RESP3, redis-py 8's default, a map hiredis builds
+    as {id: score}; under RESP2 a flat [id, score, ...]. Hits best first; a vector of another
+    size than the set's is a mismatch."""
+    if isinstance(_ok(reply), dict):
+        pairs: Any = reply.items()
+    else:
+        flat = iter(reply or ())
+        pairs = zip(flat, flat, strict=True)
+    hits = [(_text(mid), 2 * float(score) - 1) for mid, score in pairs]
+    hits.sort(key=itemgetter(1), reverse=True)
+    return hits
+
+
+def _ok(reply: Any) -> Any:
+    """A pipelined reply, or its error raised (a vector of the wrong size as a mismatch)."""
+    if isinstance(reply, redis.ResponseError):
+        if "dimension" in str(reply).lower():
+            raise DimensionMismatch(str(reply)) from None
+        raise reply
+    return reply
