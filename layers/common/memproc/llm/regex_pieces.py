@@ -337,31 +337,37 @@ def _bounded(before: Sequence[_Atom]) -> bool:
 # --- choosing the pieces --------------------------------------------------------------------------
 
 
-def _pieces(atoms: Sequence[_Atom]) -> Pieces | None:
-    """The cheapest pieces one of which every match of ``atoms`` contains, or None."""
+def _pieces(atoms: Sequence[_Atom], own: range | None = None) -> Pieces | None:
+    """The cheapest pieces one of which every match of ``atoms`` contains, or None; only those that
+    take in an atom of ``own`` (the rest is context, whose pieces the caller has)."""
+    own = range(len(atoms)) if own is None else own
     candidates: list[Pieces] = []
     start = 0
     for i, atom in enumerate([*atoms, _Part(None, False)]):
         if isinstance(atom, _Lit | _Ctx):
             continue
-        candidates += _stretches(atoms, start, i)
+        candidates += _stretches(atoms, start, i, own)
         start = i + 1
         if isinstance(atom, _Part) and atom.pieces is not None:
             candidates.append(atom.pieces)
         elif isinstance(atom, _Alts):  # every alternative needs one, read with what is around it
             before, after = _edge(reversed(atoms[:i]))[::-1], _edge(atoms[i + 1 :])
             outside = [_BOUNDED] if _bounded(atoms[: i - len(before)]) else []
-            found = [_pieces([*outside, *before, *_atoms(alt), *after]) for alt in atom.alternatives]
+            found = []
+            for alternative in map(_atoms, atom.alternatives):
+                inside = range(len(outside) + len(before), len(outside) + len(before) + len(alternative))
+                found.append(_pieces([*outside, *before, *alternative, *after], inside))
             if all(p is not None for p in found):
                 candidates.append(tuple(dict.fromkeys(piece for p in found for piece in p or ())))
     return min(candidates, key=lambda p: sum(piece.cost for piece in p)) if candidates else None
 
 
-def _stretches(atoms: Sequence[_Atom], start: int, end: int) -> list[Pieces]:
+def _stretches(atoms: Sequence[_Atom], start: int, end: int, own: range) -> list[Pieces]:
     """A piece for each stretch of ``atoms[start:end]`` (literals and contexts only) that starts and
-    ends with a literal, with the contexts right around it (a run as its one character)."""
+    ends with a literal and takes in an atom of ``own``, with the contexts right around it (a run
+    as its one character)."""
     found: list[Pieces] = []
-    for first in range(start, end):
+    for first in range(start, min(end, own.stop)):
         if not isinstance(atoms[first], _Lit):
             continue
         lead = _contexts(reversed(atoms[start:first]))[::-1]
@@ -377,7 +383,7 @@ def _stretches(atoms: Sequence[_Atom], start: int, end: int) -> list[Pieces]:
             if bodies is None:
                 break
             between = ""
-            if all(b[0] for b in bodies):  # each starts with a literal character
+            if last >= own.start and all(b[0] for b in bodies):  # each starts with a literal character
                 trail = _contexts(atoms[last + 1 : end])
                 found.append((_piece(lead, bodies, trail, _bounded(atoms[:first])),))
     return found
