@@ -1,11 +1,13 @@
 """The one LLM interface (extract, embed) and its two implementations, one concern per module.
 
 ``base`` (the protocol, usage, errors), ``schema`` (what an extraction is), ``prompt`` (what the
-model is sent), ``safety`` with ``normalise`` (what is never stored), ``parsing`` (what comes back),
-``chunking`` (long sessions), ``offline`` with ``offline_heuristics`` and ``dates`` (the network-free
-provider), ``openai_provider`` (the SDK) with ``wire`` (its replies), ``gated_http`` (its HTTP client:
-requests within the rate limits of ``gate``, over ``transport`` and ``http_pool``) and ``factory``
-(which one runs). The names other modules use are re-exported here, so
+model is sent), ``safety`` with ``normalise`` (what is never stored) and ``prefilter`` with
+``regex_pieces`` and ``text_odds`` (the cheap test that turns ordinary text away first),
+``parsing`` (what comes back), ``chunking`` (long sessions), ``offline`` with
+``offline_heuristics`` and ``dates`` (the network-free provider), ``openai_provider`` (the SDK)
+with ``wire`` (its replies), ``gated_http`` (its HTTP client: requests within the rate limits of
+``gate``, over ``transport`` and ``http_pool``) and ``factory`` (which one runs). The names other
+modules use are re-exported here, so
 callers import from ``memproc.llm`` and the layout inside can change.
 
 Importing this package does not import ``openai``: the store_raw Lambda imports ``memproc`` but

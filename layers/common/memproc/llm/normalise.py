@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
+from functools import lru_cache
 from urllib.parse import unquote
 
 # Look-alikes of Latin letters, by the letter they pass for: the ones attacks use (Cyrillic,
@@ -81,11 +82,16 @@ _BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 _TAG_BASE = 0xE0000
 _TAG_RE = re.compile("[\U000e0020-\U000e007e]+")
 _PERCENT_RE = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
-_SPACE_RE = re.compile(r"\s+")
+# The characters _folded_char may change: all but ASCII's printable ones and its white space.
+_FOLDABLE_RE = re.compile("[^\t-\r\x1c-\x7e]")
+# Where an invisible character was, in a text folded once for both forms; nothing else folds to it
+# (NUL itself is invisible), and the look-alike table and casefold leave it as it is.
+_MARK = "\x00"
 
 
-def _folded_char(char: str, invisible_as: str) -> str:
-    """Marks (accents, variation selectors) go; invisible characters become ``invisible_as``: every
+@lru_cache(maxsize=4096)
+def _folded_char(char: str) -> str:
+    """Marks (accents, variation selectors) go; invisible characters become ``_MARK``: every
     format character (Unicode category Cf: zero-width spaces and joiners U+200B-U+200D, direction
     marks and bidi controls U+200E/F, U+202A-U+202E, U+2066-U+2069, word joiner and invisible
     operators U+2060-U+2064, BOM U+FEFF, soft hyphen U+00AD, ...), control characters other than
@@ -94,7 +100,7 @@ def _folded_char(char: str, invisible_as: str) -> str:
     if category in ("Mn", "Me"):
         return ""
     if category == "Cf" or (category == "Cc" and not char.isspace()) or char in _BLANK_LETTERS:
-        return invisible_as
+        return _MARK
     return char
 
 
@@ -103,11 +109,17 @@ _ASCII_INVISIBLE = [chr(c) for c in (*range(0x20), 0x7F) if not chr(c).isspace()
 _ASCII_TABLES = {blank: str.maketrans(dict.fromkeys(_ASCII_INVISIBLE, blank)) for blank in ("", " ")}
 
 
-def _fold(text: str, invisible_as: str) -> str:
+def _decoded(text: str) -> str:
     text = html.unescape(text)  # "&lt;script&gt;", "&#8203;"
     if "%" in text:
         text = _PERCENT_RE.sub(lambda m: unquote(m.group()), text)  # "ignore%20previous"
-    return _fold_ascii(text, invisible_as) if text.isascii() else _fold_unicode(text, invisible_as)
+    return text
+
+
+def _spaced(text: str) -> str:
+    """Runs of white space as one space, none at the ends (``str.split`` and ``\\s`` agree on
+    what white space is: see the tests)."""
+    return " ".join(text.split())
 
 
 def _fold_ascii(text: str, invisible_as: str) -> str:
@@ -116,23 +128,33 @@ def _fold_ascii(text: str, invisible_as: str) -> str:
     the controls that are not whitespace are invisible."""
     if not text.isprintable():  # control characters (or merely tabs and line breaks)
         text = text.translate(_ASCII_TABLES[invisible_as])
-    return _SPACE_RE.sub(" ", text.lower()).strip()
+    return _spaced(text.lower())
 
 
 def _fold_unicode(text: str, invisible_as: str) -> str:
+    return _spaced(_fold_marked(text).replace(_MARK, invisible_as))
+
+
+def _fold_marked(text: str) -> str:
+    """``text`` folded, with ``_MARK`` where an invisible character was."""
     text = _TAG_RE.sub(lambda m: " " + "".join(chr(ord(c) - _TAG_BASE) for c in m.group()) + " ", text)
     # NFKC: fullwidth, mathematical and circled letters, ligatures and odd spaces become plain ones;
     # NFD then parts accents from their letters, so an accented "admin" matches as "admin".
     text = unicodedata.normalize("NFD", unicodedata.normalize("NFKC", text))
-    text = "".join(_folded_char(c, invisible_as) for c in text)
-    text = text.translate(_LOOKALIKE_TABLE).casefold()
-    return _SPACE_RE.sub(" ", text).strip()
+    text = _FOLDABLE_RE.sub(lambda m: _folded_char(m.group()), text)
+    return text.translate(_LOOKALIKE_TABLE).casefold()
 
 
 def matching_forms(text: str) -> tuple[str, ...]:
     """The folded forms of ``text`` to match patterns against: invisible characters removed
     ("ad\u200bmin" reads "admin") and, when there are any, also read as spaces
     ("ignore\u200bprevious\u200binstructions" reads as three words)."""
-    joined = _fold(text, "")
-    spaced = _fold(text, " ")
+    text = _decoded(text)
+    if text.isascii():
+        joined = _fold_ascii(text, "")
+        spaced = joined if text.isprintable() else _fold_ascii(text, " ")
+    else:
+        marked = _fold_marked(text)
+        joined = _spaced(marked.replace(_MARK, ""))
+        spaced = _spaced(marked.replace(_MARK, " ")) if _MARK in marked else joined
     return (joined,) if spaced == joined else (joined, spaced)

@@ -13,6 +13,7 @@ import logging
 import re
 
 from memproc.llm.normalise import matching_forms
+from memproc.llm.prefilter import Prefilter
 from memproc.llm.schema import ExtractedMemory, Extraction
 
 logger = logging.getLogger(__name__)
@@ -283,10 +284,20 @@ def _link_stays(text: str, form: str) -> bool:
     return own is not None and own["url"] in text.lower()
 
 
-def _pattern_reason(forms: tuple[str, ...]) -> str | None:
-    for form in forms:
-        for reason, pattern in INJECTION_PATTERNS:
-            if pattern.search(form):
+# Which patterns (the link rule last) can match a form: none, for most text.
+_PREFILTER = Prefilter([*(pattern for _, pattern in INJECTION_PATTERNS), _URL_RE])
+_LINK = 1 << len(INJECTION_PATTERNS)
+
+
+def _suspects(text: str) -> list[tuple[str, int]]:
+    """The folded forms of ``text`` that a pattern or the link rule can match, with which can."""
+    return [(form, can) for form in matching_forms(text) if (can := _PREFILTER.candidates(form))]
+
+
+def _pattern_reason(suspects: list[tuple[str, int]]) -> str | None:
+    for form, can in suspects:
+        for i, (reason, pattern) in enumerate(INJECTION_PATTERNS):
+            if can >> i & 1 and pattern.search(form):
                 return reason
     return None
 
@@ -294,9 +305,13 @@ def _pattern_reason(forms: tuple[str, ...]) -> str | None:
 def injection_reason(text: str) -> str | None:
     """Why ``text`` must not be stored (the first pattern a folded form matches, or "link"), or
     None when it reads as a plain statement."""
-    forms = matching_forms(text)
-    reason = _pattern_reason(forms)
-    if reason is None and any(_URL_RE.search(f) and not _link_stays(text, f) for f in forms):
+    suspects = _suspects(text)
+    if not suspects:
+        return None
+    reason = _pattern_reason(suspects)
+    if reason is None and any(
+        can & _LINK and _URL_RE.search(f) and not _link_stays(text, f) for f, can in suspects
+    ):
         return "link"
     return reason
 
@@ -323,7 +338,12 @@ def sanitize_summary(summary: str) -> str:
         else:
             logger.warning("dropped a summary sentence (%s): %r", reason, _preview(sentence))
     result = summary if len(kept) == len(pieces[::2]) else "".join(kept).strip()
-    reason = _pattern_reason(matching_forms(result)) if result else "nothing left"
+    if not result:
+        reason = "nothing left"
+    elif len(pieces) == 1 and summary.strip():  # one sentence, kept: the whole was matched just now
+        reason = None
+    else:
+        reason = _pattern_reason(_suspects(result))
     if reason is not None:
         logger.warning("withheld a summary (%s): %r", reason, _preview(result))
         return SUMMARY_WITHHELD
