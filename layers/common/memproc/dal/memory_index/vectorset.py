@@ -24,13 +24,10 @@ from memproc.dal.memory_index.base import (
     rank,
     records_from,
 )
+from memproc.dal.replies import as_text
 from memproc.keys import VectorstoreKeys
 from memproc.records import MemoryRecord
 from memproc.validation import require_session_id
-
-
-def _text(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 def vsim_filter(where: MemoryFilter) -> str | None:
@@ -82,7 +79,7 @@ class VectorSetIndex:
         for mid, attr in zip(ids, attrs, strict=True):
             if attr is None:
                 continue  # erased meanwhile
-            pipe.execute_command("VADD", staging, "FP32", vectors[mid], mid, "SETATTR", _text(attr))
+            pipe.execute_command("VADD", staging, "FP32", vectors[mid], mid, "SETATTR", as_text(attr))
             written += 1
         if written:
             pipe.execute()
@@ -96,7 +93,7 @@ class VectorSetIndex:
             self.client.delete(staging)
             return list(memory_ids)
         count = int(self.client.execute_command("VCARD", staging))
-        staged = {_text(m) for m in self.client.execute_command("VRANDMEMBER", staging, count) or []}
+        staged = {as_text(m) for m in self.client.execute_command("VRANDMEMBER", staging, count) or []}
         gone = staged - set(memory_ids)  # erased while it ran: not brought back
         if gone:
             pipe = self.client.pipeline(transaction=False)
@@ -164,7 +161,7 @@ def vsim_hits(reply: Any) -> list[Hit]:
     else:
         flat = iter(reply or ())
         pairs = zip(flat, flat, strict=True)
-    hits = [(_text(mid), 2 * float(score) - 1) for mid, score in pairs]
+    hits = [(as_text(mid), 2 * float(score) - 1) for mid, score in pairs]
     hits.sort(key=itemgetter(1), reverse=True)
     return hits
 
