@@ -128,10 +128,10 @@ ASCII = "".join(map(chr, range(128)))
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet=ASCII, max_size=80))
 def test_ascii_folds_as_the_unicode_path_folds_it(text: str) -> None:
-    for blank in ("", " "):
-        assert normalise._fold_ascii(text, blank) == normalise._fold_unicode(text, blank)
-        # every ASCII character at once, controls and whitespace included
-        assert normalise._fold_ascii(ASCII, blank) == normalise._fold_unicode(ASCII, blank)
+    # both forms (invisible characters removed, read as spaces) at once
+    assert normalise._ascii_forms(text) == normalise._unicode_forms(text)
+    # every ASCII character at once, controls and whitespace included
+    assert normalise._ascii_forms(ASCII) == normalise._unicode_forms(ASCII)
 
 
 def reference_forms(text: str) -> tuple[str, ...]:

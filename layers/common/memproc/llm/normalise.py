@@ -123,16 +123,24 @@ def _spaced(text: str) -> str:
 
 
 def _fold_ascii(text: str, invisible_as: str) -> str:
-    """What ``_fold_unicode`` makes of ASCII (most text), a few times faster: NFKC, NFD, tag
-    characters and look-alikes leave it as it is, casefold is lower, and of its characters only
-    the controls that are not whitespace are invisible."""
     if not text.isprintable():  # control characters (or merely tabs and line breaks)
         text = text.translate(_ASCII_TABLES[invisible_as])
     return _spaced(text.lower())
 
 
-def _fold_unicode(text: str, invisible_as: str) -> str:
-    return _spaced(_fold_marked(text).replace(_MARK, invisible_as))
+def _ascii_forms(text: str) -> tuple[str, str]:
+    """What ``_unicode_forms`` makes of ASCII (most text), a few times faster: NFKC, NFD, tag
+    characters and look-alikes leave it as it is, casefold is lower, and of its characters only
+    the controls that are not whitespace are invisible."""
+    joined = _fold_ascii(text, "")
+    return joined, joined if text.isprintable() else _fold_ascii(text, " ")
+
+
+def _unicode_forms(text: str) -> tuple[str, str]:
+    """(invisible characters removed, read as spaces), from one fold of ``text``."""
+    marked = _fold_marked(text)
+    joined = _spaced(marked.replace(_MARK, ""))
+    return joined, _spaced(marked.replace(_MARK, " ")) if _MARK in marked else joined
 
 
 def _fold_marked(text: str) -> str:
@@ -150,11 +158,5 @@ def matching_forms(text: str) -> tuple[str, ...]:
     ("ad\u200bmin" reads "admin") and, when there are any, also read as spaces
     ("ignore\u200bprevious\u200binstructions" reads as three words)."""
     text = _decoded(text)
-    if text.isascii():
-        joined = _fold_ascii(text, "")
-        spaced = joined if text.isprintable() else _fold_ascii(text, " ")
-    else:
-        marked = _fold_marked(text)
-        joined = _spaced(marked.replace(_MARK, ""))
-        spaced = _spaced(marked.replace(_MARK, " ")) if _MARK in marked else joined
+    joined, spaced = _ascii_forms(text) if text.isascii() else _unicode_forms(text)
     return (joined,) if spaced == joined else (joined, spaced)
