@@ -514,6 +514,28 @@ def test_requests_carry_auth_and_the_sdks_attempt_headers_but_not_its_platform_t
         assert not [name for name in headers if name.startswith("x-stainless-") and "-re" not in name]
 
 
+def test_request_bodies_are_the_bytes_the_sdk_would_encode() -> None:
+    from openai._utils._json import openapi_dumps
+
+    from memproc.llm.openai_provider import _JsonBody
+
+    fixed = {"model": "m", "response_format": {"schema": EXTRACTION_JSON_SCHEMA}, "temperature": 0}
+    messages = [{"role": "user", "content": 'Zoë said "hi"\n\u2028 \x00'}]
+    assert _JsonBody("messages", **fixed)(messages) == openapi_dumps({**fixed, "messages": messages})
+
+
+def test_a_retried_request_sends_the_same_body(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
+    fake.fail_next("500", path="chat", retry_after_ms=1)
+    fake.fail_next("500", path="embeddings", retry_after_ms=1)
+    provider.extract(TRANSCRIPT, session_timestamp=SESSION_TS)
+    provider.embed(["hello", "world"])
+
+    chat, chat_retry, embeddings, embeddings_retry = fake.requests
+    assert [r.headers["x-stainless-retry-count"] for r in fake.requests] == ["0", "1", "0", "1"]
+    assert chat.body == chat_retry.body and user_message(chat.body).endswith(f"{TRANSCRIPT}\n</transcript>")
+    assert embeddings.body == embeddings_retry.body and embeddings.body["input"] == ["hello", "world"]
+
+
 @pytest.mark.parametrize("transport", ["lean", "httpx"])
 def test_llm_http_transport_chooses_the_transport_and_both_answer_alike(
     fake: FakeOpenAI, provider_factory: Callable[..., OpenAIProvider], transport: str

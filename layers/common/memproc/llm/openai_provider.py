@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import email.utils
 import functools
+import json
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -109,6 +110,21 @@ def _gave_up(request_headers: Mapping[str, str], retry_after: float | None = Non
     return f" ({'; '.join(parts)})" if parts else ""
 
 
+# As the SDK encodes a JSON body (openai._utils._json.openapi_dumps), for bodies of JSON values only.
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+class _JsonBody:
+    """A request body of fixed fields and one that varies, as the bytes the SDK would send: the
+    fixed ones encoded once, the varying one last."""
+
+    def __init__(self, varying: str, **fixed: Any) -> None:
+        self._head = (_dumps(fixed)[:-1] + f",{_dumps(varying)}:").encode()
+
+    def __call__(self, value: Any) -> bytes:
+        return self._head + _dumps(value).encode() + b"}"
+
+
 class OpenAIProvider(ChunkedExtractor):
     """OpenAI (or any compatible server) through the official SDK, retries included. The model is
     shown the user's related memories and decides what the session does to them.
@@ -133,7 +149,6 @@ class OpenAIProvider(ChunkedExtractor):
         self.chat_model = settings.llm_model
         self.embedding_model = settings.embedding_model
         self.dimensions = settings.embedding_dimensions
-        self._float_embeddings = settings.embedding_encoding == "float"
         self.chunk_chars = settings.llm_chunk_chars
         self.timeout = settings.llm_timeout_seconds
         api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
@@ -155,13 +170,43 @@ class OpenAIProvider(ChunkedExtractor):
             http_client=http_client(gate, lean=settings.llm_http_transport == "lean"),
         )
         # What `post` builds per call (a pydantic model_construct, its defaults copied), built once
-        # per endpoint; `request` copies the options it is given before it touches them.
+        # per endpoint; `request` copies the options it is given before it touches them. The URL is
+        # the SDK's own merge of its base URL and the path, made once: an absolute URL is sent as it
+        # is, where a path is parsed and merged with the base URL again on every request.
         self._options = {
             path: FinalRequestOptions.construct(
-                method="post", url=path, json_data=None, content=None, files=None, **_BEARER_AUTH
+                method="post",
+                url=str(self._client._prepare_url(path)),
+                json_data=None,
+                content=None,
+                files=None,
+                **_BEARER_AUTH,
             )
             for path in ("/chat/completions", "/embeddings")
         }
+        # The bodies' fixed fields, encoded once (the extraction schema is most of a chat body's
+        # JSON outside the prompt); each request encodes only the field that varies.
+        self._chat_body = _JsonBody(
+            "messages",
+            model=self.chat_model,
+            response_format={
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "memory_extraction",
+                    "strict": True,
+                    "schema": EXTRACTION_JSON_SCHEMA,
+                },
+            },
+            temperature=0,
+        )
+        self._embeddings_body = _JsonBody(
+            "input",
+            model=self.embedding_model,
+            dimensions=self.dimensions,
+            # base64 decodes each vector in one call; "float" sends every number as JSON text, for
+            # compatible servers that lack base64 (EMBEDDING_ENCODING=float).
+            encoding_format="float" if settings.embedding_encoding == "float" else "base64",
+        )
 
     def close(self) -> None:
         """Close the HTTP connection pool."""
@@ -192,16 +237,17 @@ class OpenAIProvider(ChunkedExtractor):
             return PermanentLLMError(message)
         return RetryableLLMError(f"{what}: {type(exc).__name__}: {exc}")
 
-    def _request(self, path: str, **body: Any) -> Callable[[], bytes]:
-        """A POST of ``body`` through the SDK's client (its auth, timeouts, retries and errors),
-        answering the reply's raw body. The typed resources (``chat.completions.create``) would
-        also walk every message against the parameter types and build a response model per reply:
-        most of the SDK's CPU per call, for nothing memproc reads (``wire`` validates the body).
-        ``request`` with the endpoint's options is what ``post`` does, without building them."""
+    def _request(self, path: str, body: bytes) -> Callable[[], bytes]:
+        """A POST of the JSON ``body`` through the SDK's client (its auth, timeouts, retries and
+        errors), answering the reply's raw body. The typed resources (``chat.completions.create``)
+        would also walk every message against the parameter types and build a response model per
+        reply: most of the SDK's CPU per call, for nothing memproc reads (``wire`` validates the
+        body). ``request`` with the endpoint's options is what ``post`` does, without building them;
+        the body goes as ``content`` (``post``'s bytes body), sent as it is on every attempt."""
         send = functools.partial(
             self._client.request,
             self._response_type,
-            self._options[path].model_copy(update={"json_data": body}),
+            self._options[path].model_copy(update={"content": body}),
         )
         return lambda: send().content
 
@@ -227,20 +273,7 @@ class OpenAIProvider(ChunkedExtractor):
             previous_summary=previous_summary,
             candidates=candidates,
         )
-        create = self._request(
-            "/chat/completions",
-            model=self.chat_model,
-            messages=messages,
-            response_format={
-                "type": "json_schema",
-                "json_schema": {
-                    "name": "memory_extraction",
-                    "strict": True,
-                    "schema": EXTRACTION_JSON_SCHEMA,
-                },
-            },
-            temperature=0,
-        )
+        create = self._request("/chat/completions", self._chat_body(messages))
         usage = Usage()
         # A malformed reply is a 200 to the SDK, so it is ours to retry: once, at once.
         malformed_retries = 1
@@ -284,15 +317,7 @@ class OpenAIProvider(ChunkedExtractor):
         usage = Usage()
         for start in range(0, len(texts), _EMBED_BATCH):
             batch = list(texts[start : start + _EMBED_BATCH])
-            # base64 decodes each vector in one call; "float" sends every number as JSON text, for
-            # compatible servers that lack base64 (EMBEDDING_ENCODING=float).
-            create = self._request(
-                "/embeddings",
-                model=self.embedding_model,
-                input=batch,
-                dimensions=self.dimensions,
-                encoding_format="float" if self._float_embeddings else "base64",
-            )
+            create = self._request("/embeddings", self._embeddings_body(batch))
             body = self._call("embeddings", create)
             try:
                 reply = parse_embeddings(body, len(batch), self.dimensions)
