@@ -758,6 +758,23 @@ def test_parse_extraction_repairs_overshoots_but_rejects_structure_errors() -> N
         llm.parse_extraction("not json")
 
 
+def test_parse_extraction_keeps_the_first_labels_and_memories_that_fit_and_only_those() -> None:
+    """Past the limit nothing is kept, so nothing there can fail validation: a number as the
+    eleventh distinct tag, or a memory past max_memories without a text."""
+    payload = memory_payload("The user likes tea.")
+    tags = ["  Green   Tea ", "green tea", "", "  ", "x" * 41, *[f"t{i}" for i in range(8)], 7]
+    payload["memories"][0]["tags"] = tags
+    payload["memories"] += [{**payload["memories"][0], "text": " The user\tlikes\ncake. "}, {"text": ""}, {}]
+    payload["topics"] = ["Tea", "TEA", "tea time", *[f"topic {i}" for i in range(30)]]
+
+    extraction = llm.parse_extraction(json.dumps(payload), max_memories=2)
+    assert [m.text for m in extraction.memories] == ["The user likes tea.", "The user likes cake."]
+    assert extraction.memories[0].tags == ["green tea", "x" * 39 + "…", *[f"t{i}" for i in range(8)]]
+    assert extraction.topics == ["tea", "tea time", *[f"topic {i}" for i in range(18)]]
+    with pytest.raises(ValidationError):  # within the limit, the same memory without a text fails
+        llm.parse_extraction(json.dumps(payload), max_memories=4)
+
+
 def test_make_provider_offline_without_key(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="memproc.llm"):
         provider = make_provider(load_settings(openai_api_key=None, embedding_dimensions=DIMS))
