@@ -12,6 +12,7 @@ import email.utils
 import json
 import logging
 import math
+import re
 import socket
 import struct
 import subprocess
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from memproc import llm
@@ -675,6 +678,13 @@ def test_merged_chunks_deduplicate_memories() -> None:
     extraction, _ = provider.extract(block + block, session_timestamp=SESSION_TS)
     texts = [m.text for m in extraction.memories]
     assert len(texts) == len(set(texts)) == 40
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=0x7F)) | st.text())
+def test_norm_key_is_the_texts_words_lowercased(text: str) -> None:
+    """The byte table for ASCII text splits as the regex does."""
+    assert llm.chunking.norm_key(text) == " ".join(re.findall(r"\w+", text.lower()))
 
 
 # --- offline provider -------------------------------------------------------------------------
