@@ -49,15 +49,14 @@ def estimate_tokens(kind: str, body: bytes) -> int:
 
 def _max_tokens(body: bytes) -> int | None:
     """The first ``"max_tokens": N`` / ``"max_completion_tokens": N`` of a body, as
-    ``_MAX_TOKENS_RE.search`` finds it: tried only where ``"max_`` starts, found by a memchr of
-    the rare "_" (searching a 40 KB prompt for the pattern itself takes ~50 us)."""
-    at = body.find(b"_")
+    ``_MAX_TOKENS_RE.search`` finds it: tried only where ``"max_`` starts, found by ``find``
+    (searching a 40 KB prompt for the pattern itself takes ~50 us)."""
+    at = body.find(b'"max_')
     while at >= 0:
-        if body[at - 4 : at] == b'"max':
-            found = _MAX_TOKENS_RE.match(body, at - 4)
-            if found:
-                return int(found.group(1))
-        at = body.find(b"_", at + 1)
+        found = _MAX_TOKENS_RE.match(body, at)
+        if found:
+            return int(found.group(1))
+        at = body.find(b'"max_', at + 1)
     return None
 
 
