@@ -13,6 +13,7 @@ from typing import Any
 
 import redis
 
+from memproc.dal.batch import Client
 from memproc.dal.functions import fcall
 from memproc.dal.memory_index.base import (
     STATE_REPLIES,
@@ -51,7 +52,7 @@ def vsim_filter(where: MemoryFilter) -> str | None:
 class VectorSetIndex:
     name = "vectorset"
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: Client) -> None:
         self.client = client
 
     def ensure(self, dimensions: int) -> None:
@@ -114,9 +115,9 @@ class VectorSetIndex:
     def nearest(self, vectorstore: str, vectors: list[bytes], k: int, where: MemoryFilter) -> list[list[Hit]]:
         if not vectors:
             return []
-        pipe = self.client.pipeline(transaction=False)
-        queue_vsim(pipe, vectorstore, vectors, k, where)
-        return [vsim_hits(reply) for reply in pipe.execute(raise_on_error=False)]
+        batch = self.client.batch()
+        queue_vsim(batch, vectorstore, vectors, k, where)
+        return [vsim_hits(reply) for reply in batch.execute()]
 
     def related(
         self, vectorstore: str, vectors: list[bytes], k: int, limit: int, where: MemoryFilter
@@ -125,10 +126,10 @@ class VectorSetIndex:
         vector's VSIM, then the best memories' attributes in one read-only library call
         (related.lua). The VSIMs count only when the vectorstore has memories of the vectors'
         dimension (else the caller sees the mismatch in the state)."""
-        pipe = self.client.pipeline(transaction=False)
-        read_state = queue_state(pipe, vectorstore)
-        queue_vsim(pipe, vectorstore, vectors, k, where)
-        replies = pipe.execute(raise_on_error=False)
+        batch = self.client.batch()
+        read_state = queue_state(batch, vectorstore)
+        queue_vsim(batch, vectorstore, vectors, k, where)
+        replies = batch.execute()
         state = read_state(iter([_ok(reply) for reply in replies[:STATE_REPLIES]]))
         if not state.memories or (state.dimensions and vectors and 4 * state.dimensions != len(vectors[0])):
             return Related(state, [], 0)
@@ -167,7 +168,7 @@ def vsim_hits(reply: Any) -> list[Hit]:
 
 
 def _ok(reply: Any) -> Any:
-    """A pipelined reply, or its error raised (a vector of the wrong size as a mismatch)."""
+    """A batched reply, or its error raised (a vector of the wrong size as a mismatch)."""
     if isinstance(reply, redis.ResponseError):
         if "dimension" in str(reply).lower():
             raise DimensionMismatch(str(reply)) from None
