@@ -116,12 +116,23 @@ class MemoryIndex(Protocol):
         (in order) into the memories that still exist."""
         ...
 
-    def nearest(self, vectorstore: str, vectors: list[bytes], k: int, where: MemoryFilter) -> list[list[Hit]]:
+    # `memories` (nearest, related): how many memories the vectorstore held when the caller last
+    # read its state, None when it did not; a backend may pick how to run the queries by it.
+
+    def nearest(
+        self, vectorstore: str, vectors: list[bytes], k: int, where: MemoryFilter, memories: int | None = None
+    ) -> list[list[Hit]]:
         """The `k` nearest memories of each vector (FP32 bytes), best first, in one round trip."""
         ...
 
     def related(
-        self, vectorstore: str, vectors: list[bytes], k: int, limit: int, where: MemoryFilter
+        self,
+        vectorstore: str,
+        vectors: list[bytes],
+        k: int,
+        limit: int,
+        where: MemoryFilter,
+        memories: int | None = None,
     ) -> Related:
         """The memory state and, when it has memories of the vectors' dimension, the `limit` best of
         every vector's `k` nearest (ranked by each memory's best similarity; a tie by first
