@@ -158,9 +158,10 @@ class RedisServer:
         return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
 
     @contextmanager
-    def requests(self) -> Iterator[list[str]]:
+    def requests(self, whole: bool = False) -> Iterator[list[str]]:
         """Collect the top-level commands clients send while the block runs (MONITOR, which
-        marks commands run inside Lua as such, so those are left out)."""
+        marks commands run inside Lua as such, so those are left out): their names, or with
+        `whole` each command with its arguments as MONITOR shows them."""
         seen: list[str] = []
         marker = f"memproc-marker-{uuid.uuid4().hex}"
         marker_client = self.client()
@@ -172,7 +173,7 @@ class RedisServer:
                     if marker in cmd["command"]:
                         return
                     if cmd.get("client_type") != "lua" and "monitor" not in cmd["command"].lower():
-                        seen.append(cmd["command"].split(" ", 1)[0].upper())
+                        seen.append(cmd["command"] if whole else cmd["command"].split(" ", 1)[0].upper())
 
             thread = threading.Thread(target=collect, daemon=True)
             thread.start()

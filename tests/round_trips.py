@@ -8,7 +8,8 @@ from typing import Any
 
 
 class RoundTrips:
-    """Counts round trips a redis-py client makes: one per command, one per pipeline execute.
+    """Counts round trips a redis-py client makes: one per command, one per pipeline execute, one
+    per memproc batch (dal/batch.py; a batch of one is counted as its command).
 
     Instruments the client *instance* (memproc's cached clients), so nothing else is counted.
     """
@@ -51,4 +52,26 @@ class RoundTrips:
 
         client.execute_command = counted_execute
         client.pipeline = counted_pipeline
+        if hasattr(client, "batch"):
+            client.batch = self._counted_batch(type(client).batch.__get__(client))
         client._memproc_round_trips = self
+
+    def _counted_batch(self, make: Any) -> Any:
+        def counted_batch() -> Any:
+            batch = make()
+            queue, run = batch.execute_command, batch.execute
+            names: list[str] = []
+
+            def counted_queue(*args: Any) -> None:
+                names.append(str(args[0]).upper())
+                queue(*args)
+
+            def counted_run() -> Any:
+                if names:  # an empty batch sends nothing
+                    self._add(names[0] if len(names) == 1 else f"BATCH[{len(names)}]")
+                return run()
+
+            batch.execute_command, batch.execute = counted_queue, counted_run
+            return batch
+
+        return counted_batch

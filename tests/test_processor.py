@@ -346,6 +346,53 @@ def test_after_a_short_claim_the_drain_claims_again_when_an_item_is_done(fake_ll
     assert waited == [True]
 
 
+def test_at_high_concurrency_one_claim_serves_several_items(
+    fake_llm: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 16 workers claim an eighth more than they can run (2 items), so once they are busy a claim
+    # is made only when it can fetch 3 or more, not once per finished item; still no more than 16
+    # items run at once.
+    from memproc import drain as drain_module
+
+    wants: list[int] = []
+    claim = drain_module.q.claim
+
+    def recorded(store_: Any, settings: Any, limit: int) -> Any:
+        wants.append(limit)
+        return claim(store_, settings, limit)
+
+    monkeypatch.setattr(drain_module.q, "claim", recorded)
+    for i in range(40):
+        store(f"vs{i}", f"user: I keep notebook {i} on shelf {i}.", f"s-{i}")
+    report = drain(concurrency=16, batch_size=16)
+    assert report.processed == 40
+    assert wants[0] == 16 and min(wants) >= 3
+    assert fake_llm.peak_in_flight <= 16
+
+
+def test_a_bug_in_processing_ends_the_drain_once_the_other_items_are_done(fake_llm: Any) -> None:
+    from memproc.processor import build_processor
+
+    for i in range(4):
+        store(f"vs{i}", f"user: I keep notebook {i}.", f"s-{i}")
+    processor = build_processor(load_settings(concurrency=4, batch_size=4))
+    work = processor._process_within
+    finished: list[str] = []
+
+    def buggy(budget: Any, item: queue.Claim) -> Any:
+        if item.session_id == "s-2":
+            raise RuntimeError("a bug")
+        outcome = work(budget, item)
+        finished.append(item.session_id)
+        return outcome
+
+    processor._process_within = buggy  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="a bug"):
+        processor.drain()
+    assert sorted(finished) == ["s-0", "s-1", "s-3"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("memproc_")]
+
+
 def test_round_trips_per_session_do_not_grow_with_the_vectorstore(fake_llm: Any, r: redis.Redis) -> None:
     trips = RoundTrips()
 

@@ -1,6 +1,7 @@
 """Reconciliation's lookup (`reconcile.find`): the memories a session is shown are the best of every
 user turn's nearest neighbours, ranked as the per-turn lookups rank them, read with the vectorstore's
-memory state in two round trips on either backend, the VSIMs of vector sets as plain commands."""
+memory state in two round trips on either backend, the VSIMs of vector sets as plain commands (a
+small set's on Redis's main thread)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from memproc.dal.connection import get_store
 from memproc.dal.functions import SOURCES
 from memproc.dal.memory_index import MemoryFilter
 from memproc.dal.memory_index.base import rank
+from memproc.dal.memory_index.vectorset import NOTHREAD_MAX_MEMORIES
 from memproc.keys import VectorstoreKeys
 from memproc.llm import LLMProvider
 from memproc.llm.schema import MAX_CANDIDATES
@@ -129,3 +131,29 @@ def test_every_vsim_of_a_lookup_arrives_as_a_top_level_command(
     assert again == first and len(first.candidates) == len(TURNS)
     vsim = len(TURNS) if backend == "vectorset" else 0
     assert top_level.count("VSIM") == redis_server.commands_seen().get("VSIM", 0) - before == vsim
+
+
+@pytest.mark.parametrize("extra", [0, 1], ids=["small", "large"])
+def test_a_small_sets_vsims_run_on_the_main_thread_and_a_large_sets_on_workers(
+    fake_llm: Any, r: redis.Redis, redis_server: RedisServer, backend: str, extra: int
+) -> None:
+    # NOTHREAD up to NOTHREAD_MAX_MEMORIES memories (the count the caller read), threaded past it,
+    # for the lookup (reconcile.find) and the backstop (reconcile.backstop) alike.
+    rng = random.Random(5)
+    vectors = [embedding(turn, DIMS) for turn in TURNS]
+    vectors += [near([0.0] * DIMS, rng, 1.0) for _ in range(NOTHREAD_MAX_MEMORIES + extra - len(TURNS))]
+    add_memories("user1", "s-0", vectors)
+    store = get_store()
+    first, _ = reconcile.find(store, provider(), "user1", TRANSCRIPT)  # embeds once, loads the library
+    assert first.memories == NOTHREAD_MAX_MEMORIES + extra
+    decision = reconcile.Decision(ops=[{"op": "add", "text": TURNS[0], "vector": 0}], texts=[TURNS[0]])
+    with redis_server.requests(whole=True) as seen:
+        again, _ = reconcile.find(store, provider(), "user1", TRANSCRIPT, previous=first)
+        reconcile.backstop(
+            store, "user1", decision, [first.vectors[0]], first, reconciles=True, threshold=0.99
+        )
+    assert again == first
+    vsims = [command for command in seen if command.upper().startswith("VSIM ")]
+    assert len(vsims) == (len(TURNS) + 1 if backend == "vectorset" else 0)
+    on_main_thread = [command.endswith(" NOTHREAD") for command in vsims]
+    assert on_main_thread == [not extra] * len(vsims)

@@ -96,8 +96,10 @@ def find(
             vectors = tuple(fp32(v) for v in embedded)
         if not vectors:
             return Lookup(state.seq, state.memories), usage
+    known = state or previous  # its memories when last read: the index may search a small set cheaper
+    memories = known.memories if known else None
     related = store.index.related(
-        vectorstore, list(vectors), NEIGHBOURS_PER_TURN, MAX_CANDIDATES, MemoryFilter()
+        vectorstore, list(vectors), NEIGHBOURS_PER_TURN, MAX_CANDIDATES, MemoryFilter(), memories
     )
     state = related.state
     _check(state, provider)
@@ -196,7 +198,9 @@ def backstop(
     if not adds or not lookup.memories:
         return decision.ops, vectors
     shown = lookup.shown()
-    hits = store.index.nearest(vectorstore, [vectors[op["vector"]] for op in adds], 1, MemoryFilter())
+    hits = store.index.nearest(
+        vectorstore, [vectors[op["vector"]] for op in adds], 1, MemoryFilter(), lookup.memories
+    )
     targets = {h[0][0] for h in hits if h and h[0][1] >= threshold}
     if not targets:
         return decision.ops, vectors

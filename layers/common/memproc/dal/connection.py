@@ -12,6 +12,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ClusterDownError, MovedError, ReadOnlyError
 from redis.retry import Retry
 
+from memproc.dal.batch import Client
 from memproc.dal.primary import Primary, primary_client
 from memproc.settings import Settings, get_settings
 
@@ -40,8 +41,8 @@ class Store:
     """What data-access calls need: a client with str replies, one with bytes replies for
     transcripts (which may be stored compressed), and the memory index the server offers."""
 
-    r: redis.Redis
-    rb: redis.Redis
+    r: Client
+    rb: Client
     vector_backend: str = "auto"
     dimensions: int = 1536
 

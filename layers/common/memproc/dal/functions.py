@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 
+from memproc.dal.batch import Client
 from memproc.keys import lua_header
 from memproc.records import MEMORY_TYPES
 
@@ -48,16 +49,22 @@ def load_library(client: redis.Redis) -> None:
     client.function_load(LIBRARY, replace=True)
 
 
-def fcall(client: redis.Redis, name: str, keys: list[str], args: list[Any], *, readonly: bool = False) -> Any:
-    """Call library function `name` (FCALL, or FCALL_RO so a read can run on a replica); the first
-    call against a server without this library version loads it."""
-    fn = f"{name}_{LIBRARY_VERSION}"
-    call = client.fcall_ro if readonly else client.fcall
-    try:
-        return call(fn, len(keys), *keys, *args)
-    except redis.ResponseError as exc:
-        if "Function not found" not in str(exc):
-            raise
-    with _load_lock:
-        load_library(client)
-    return call(fn, len(keys), *keys, *args)
+def fcall(client: Client, name: str, keys: list[str], args: list[Any], *, readonly: bool = False) -> Any:
+    """Call library function `name` (FCALL, or FCALL_RO so a read can run on a replica) as a batch
+    of one (dal/batch.py: ~25 us less client CPU per call than redis-py's fcall); the first call against a
+    server without this library version loads it."""
+    command = ("FCALL_RO" if readonly else "FCALL", f"{name}_{LIBRARY_VERSION}", len(keys), *keys, *args)
+    reply = _send(client, command)
+    if isinstance(reply, redis.ResponseError) and "Function not found" in str(reply):
+        with _load_lock:
+            load_library(client)
+        reply = _send(client, command)
+    if isinstance(reply, redis.ResponseError):
+        raise reply
+    return reply
+
+
+def _send(client: Client, command: tuple[Any, ...]) -> Any:
+    batch = client.batch()
+    batch.execute_command(*command)
+    return batch.execute()[0]

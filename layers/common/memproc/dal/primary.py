@@ -13,12 +13,14 @@ ask again; the client's one retry then reaches the new primary.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import redis
 from redis.connection import Connection, SSLConnection
 from redis.exceptions import MovedError, ReadOnlyError
+
+from memproc.dal.batch import Client
 
 
 class UnsupportedStoreError(RuntimeError):
@@ -152,10 +154,10 @@ class PrimarySSLConnection(PrimaryConnection, SSLConnection):
     """The same over TLS (MemoryDB always uses TLS)."""
 
 
-def primary_client(url: str, primary: Primary, **kwargs: Any) -> redis.Redis:
+def primary_client(url: str, primary: Primary, **kwargs: Any) -> Client:
     """A standalone client of `url` whose connections follow `primary` (unix sockets: as is)."""
     scheme = urlparse(url).scheme
     if scheme not in ("redis", "rediss"):
-        return redis.Redis.from_url(url, **kwargs)
+        return cast(Client, Client.from_url(url, **kwargs))
     cls = PrimarySSLConnection if scheme == "rediss" else PrimaryConnection
-    return redis.Redis.from_url(url, connection_class=cls, primary=primary, **kwargs)
+    return cast(Client, Client.from_url(url, connection_class=cls, primary=primary, **kwargs))

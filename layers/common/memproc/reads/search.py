@@ -122,7 +122,9 @@ def _nearest(
     # Superseded memories are fetched too when asked for, and a current one ranks above a
     # superseded one on a near tie.
     try:
-        (hits,) = store.index.nearest(vectorstore, [array("f", vectors[0]).tobytes()], q.k, memory_filter(q))
+        (hits,) = store.index.nearest(
+            vectorstore, [array("f", vectors[0]).tobytes()], q.k, memory_filter(q), state.memories
+        )
     except DimensionMismatch as exc:
         raise Conflict(
             f"query vector does not fit vectorstore {vectorstore!r}: {exc}", code="embedding_mismatch"

@@ -54,11 +54,11 @@ STATE_REPLIES = 2  # what queue_state queues: HMGET of the config, ZCARD of the 
 
 
 def queue_state(pipe: Any, vectorstore: str) -> Callable[[Iterator[Any]], MemoryState]:
-    """Queue the reads of the vectorstore's memory state on a pipeline (the vectorset backend's
-    library call reads the same fields); the returned function turns their replies into it."""
+    """Queue the reads of the vectorstore's memory state on a pipeline or a batch (the library's
+    processing_input reads the same fields); the returned function turns their replies into it."""
     vk = VectorstoreKeys(vectorstore)
-    pipe.hmget(vk.config, list(STATE_FIELDS))
-    pipe.zcard(vk.memory_index)
+    pipe.execute_command("HMGET", vk.config, *STATE_FIELDS)
+    pipe.execute_command("ZCARD", vk.memory_index)
 
     def parse(replies: Iterator[Any]) -> MemoryState:
         (seq, model, dimensions), memories = next(replies), next(replies)
@@ -116,12 +116,23 @@ class MemoryIndex(Protocol):
         (in order) into the memories that still exist."""
         ...
 
-    def nearest(self, vectorstore: str, vectors: list[bytes], k: int, where: MemoryFilter) -> list[list[Hit]]:
+    # `memories` (nearest, related): how many memories the vectorstore held when the caller last
+    # read its state, None when it did not; a backend may pick how to run the queries by it.
+
+    def nearest(
+        self, vectorstore: str, vectors: list[bytes], k: int, where: MemoryFilter, memories: int | None = None
+    ) -> list[list[Hit]]:
         """The `k` nearest memories of each vector (FP32 bytes), best first, in one round trip."""
         ...
 
     def related(
-        self, vectorstore: str, vectors: list[bytes], k: int, limit: int, where: MemoryFilter
+        self,
+        vectorstore: str,
+        vectors: list[bytes],
+        k: int,
+        limit: int,
+        where: MemoryFilter,
+        memories: int | None = None,
     ) -> Related:
         """The memory state and, when it has memories of the vectors' dimension, the `limit` best of
         every vector's `k` nearest (ranked by each memory's best similarity; a tie by first

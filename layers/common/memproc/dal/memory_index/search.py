@@ -253,18 +253,28 @@ class SearchIndex:
     def discard_restage(self, vectorstore: str) -> None:
         """Nothing staged apart from the memories themselves."""
 
-    def nearest(self, vectorstore: str, vectors: list[bytes], k: int, where: MemoryFilter) -> list[list[Hit]]:
+    def nearest(
+        self, vectorstore: str, vectors: list[bytes], k: int, where: MemoryFilter, memories: int | None = None
+    ) -> list[list[Hit]]:
+        """`memories` is not needed: every KNN query runs alike."""
         if not vectors:
             return []
         return self._search(vectorstore, vectors, k, where, state=False)[1]
 
     def related(
-        self, vectorstore: str, vectors: list[bytes], k: int, limit: int, where: MemoryFilter
+        self,
+        vectorstore: str,
+        vectors: list[bytes],
+        k: int,
+        limit: int,
+        where: MemoryFilter,
+        memories: int | None = None,
     ) -> Related:
         """Two round trips: the state (read first, so a commit after it is noticed) with each vector's
         KNN query, then the best memories' records (FT.SEARCH may RETURN only fields the index
         declares on ElastiCache and MemoryDB, and `attrs` is not one). The queries count only when
-        the vectorstore has memories of the vectors' dimension (else the caller sees the mismatch)."""
+        the vectorstore has memories of the vectors' dimension (else the caller sees the mismatch).
+        `memories` is not needed: every KNN query runs alike."""
         state, hits = self._search(vectorstore, vectors, k, where, state=True)
         assert state is not None
         if not state.memories or (state.dimensions and vectors and 4 * state.dimensions != len(vectors[0])):
