@@ -12,6 +12,7 @@ import email.utils
 import json
 import logging
 import math
+import re
 import socket
 import struct
 import subprocess
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from memproc import llm
@@ -514,6 +517,41 @@ def test_requests_carry_auth_and_the_sdks_attempt_headers_but_not_its_platform_t
         assert not [name for name in headers if name.startswith("x-stainless-") and "-re" not in name]
 
 
+def test_request_bodies_are_the_bytes_the_sdk_would_encode() -> None:
+    from openai._utils._json import openapi_dumps
+
+    from memproc.llm.openai_provider import _JsonBody
+
+    fixed = {"model": "m", "response_format": {"schema": EXTRACTION_JSON_SCHEMA}, "temperature": 0}
+    messages = [{"role": "user", "content": 'Zoë said "hi"\n\u2028 \x00'}]
+    assert _JsonBody("messages", **fixed)(messages) == openapi_dumps({**fixed, "messages": messages})
+
+
+def test_the_sdk_parses_the_endpoint_urls_once_and_merges_other_paths_as_ever(
+    fake: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    client = provider._client
+    url = f"{fake.base_url}/chat/completions"
+    assert client._prepare_url(url) is client._prepare_url(url)  # parsed when the provider was built
+    assert str(client._prepare_url("/models")) == f"{fake.base_url}/models"
+    provider.extract(TRANSCRIPT, session_timestamp=SESSION_TS)
+    provider.embed(["hello"])
+    assert [q.path for q in fake.requests] == ["/v1/chat/completions", "/v1/embeddings"]
+    assert fake.requests[0].headers["user-agent"].startswith("OpenAI/Python ")
+
+
+def test_a_retried_request_sends_the_same_body(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
+    fake.fail_next("500", path="chat", retry_after_ms=1)
+    fake.fail_next("500", path="embeddings", retry_after_ms=1)
+    provider.extract(TRANSCRIPT, session_timestamp=SESSION_TS)
+    provider.embed(["hello", "world"])
+
+    chat, chat_retry, embeddings, embeddings_retry = fake.requests
+    assert [r.headers["x-stainless-retry-count"] for r in fake.requests] == ["0", "1", "0", "1"]
+    assert chat.body == chat_retry.body and user_message(chat.body).endswith(f"{TRANSCRIPT}\n</transcript>")
+    assert embeddings.body == embeddings_retry.body and embeddings.body["input"] == ["hello", "world"]
+
+
 @pytest.mark.parametrize("transport", ["lean", "httpx"])
 def test_llm_http_transport_chooses_the_transport_and_both_answer_alike(
     fake: FakeOpenAI, provider_factory: Callable[..., OpenAIProvider], transport: str
@@ -642,6 +680,13 @@ def test_merged_chunks_deduplicate_memories() -> None:
     assert len(texts) == len(set(texts)) == 40
 
 
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=0x7F)) | st.text())
+def test_norm_key_is_the_texts_words_lowercased(text: str) -> None:
+    """The byte table for ASCII text splits as the regex does."""
+    assert llm.chunking.norm_key(text) == " ".join(re.findall(r"\w+", text.lower()))
+
+
 # --- offline provider -------------------------------------------------------------------------
 
 
@@ -734,6 +779,23 @@ def test_parse_extraction_repairs_overshoots_but_rejects_structure_errors() -> N
         llm.parse_extraction(json.dumps({**payload, "extra": 1}))
     with pytest.raises(ValueError):
         llm.parse_extraction("not json")
+
+
+def test_parse_extraction_keeps_the_first_labels_and_memories_that_fit_and_only_those() -> None:
+    """Past the limit nothing is kept, so nothing there can fail validation: a number as the
+    eleventh distinct tag, or a memory past max_memories without a text."""
+    payload = memory_payload("The user likes tea.")
+    tags = ["  Green   Tea ", "green tea", "", "  ", "x" * 41, *[f"t{i}" for i in range(8)], 7]
+    payload["memories"][0]["tags"] = tags
+    payload["memories"] += [{**payload["memories"][0], "text": " The user\tlikes\ncake. "}, {"text": ""}, {}]
+    payload["topics"] = ["Tea", "TEA", "tea time", *[f"topic {i}" for i in range(30)]]
+
+    extraction = llm.parse_extraction(json.dumps(payload), max_memories=2)
+    assert [m.text for m in extraction.memories] == ["The user likes tea.", "The user likes cake."]
+    assert extraction.memories[0].tags == ["green tea", "x" * 39 + "…", *[f"t{i}" for i in range(8)]]
+    assert extraction.topics == ["tea", "tea time", *[f"topic {i}" for i in range(18)]]
+    with pytest.raises(ValidationError):  # within the limit, the same memory without a text fails
+        llm.parse_extraction(json.dumps(payload), max_memories=4)
 
 
 def test_make_provider_offline_without_key(caplog: pytest.LogCaptureFixture) -> None:

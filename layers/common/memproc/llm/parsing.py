@@ -41,17 +41,36 @@ def truncate(text: str, limit: int) -> str:
 
 
 def _clean_labels(values: list[Any], max_items: int, max_chars: int) -> list[Any]:
-    """Strip, lowercase, shorten and dedupe string labels; leave non-strings for validation to reject."""
+    """Strip, lowercase, shorten and dedupe string labels; leave non-strings for validation to reject.
+    A list is short (the schema allows 10 or 20), so a label is looked for in the list itself; past
+    ``max_items`` nothing more is kept."""
     out: list[Any] = []
-    seen: set[str] = set()
     for value in values:
+        if len(out) == max_items:
+            break
         if isinstance(value, str):
-            value = truncate(" ".join(value.split()).lower(), max_chars)
-            if not value or value in seen:
+            value = " ".join(value.split()).lower()
+            if len(value) > max_chars:
+                value = truncate(value, max_chars)
+            if not value or value in out:
                 continue
-            seen.add(value)
         out.append(value)
-    return out[:max_items]
+    return out
+
+
+def _repair_kind_confidence_tags(item: dict[str, Any]) -> None:
+    """What memories and operations share: a memory type outside the list is a fact, confidence is
+    clamped to 0..1 (NaN: 0.5), tags are cleaned."""
+    kind = item.get("memory_type")
+    if isinstance(kind, str):
+        kind = kind.strip().lower()
+        item["memory_type"] = kind if kind in MEMORY_TYPES else "fact"
+    conf = item.get("confidence")
+    if isinstance(conf, (int, float)) and not isinstance(conf, bool):
+        item["confidence"] = 0.5 if math.isnan(conf) else min(1.0, max(0.0, float(conf)))
+    tags = item.get("tags")
+    if isinstance(tags, list):
+        item["tags"] = _clean_labels(tags, MAX_TAGS, MAX_TAG_CHARS)
 
 
 def _coerce_payload(data: dict[str, Any], *, fallback_summary: str, max_memories: int) -> dict[str, Any]:
@@ -59,46 +78,38 @@ def _coerce_payload(data: dict[str, Any], *, fallback_summary: str, max_memories
 
     Strict mode cannot express string lengths, and OpenAI-compatible servers may ignore the schema's
     bounds: clamp/truncate those (11 tags, confidence 1.2, a 1,100-char memory). Structural problems
-    (missing fields, wrong types) are left for validation to reject as malformed output.
+    (missing fields, wrong types) are left for validation to reject as malformed output. ``data``
+    (the reply's own parse) is repaired in place.
     """
-    out = dict(data)
     memories = data.get("memories")
     if isinstance(memories, list):
         cleaned: list[Any] = []
         for item in memories:
+            if len(cleaned) == max_memories:
+                break
             if isinstance(item, dict):
-                item = dict(item)
                 text = item.get("text")
                 if isinstance(text, str):
                     text = " ".join(text.split())
                     if not text:
                         continue
-                    item["text"] = truncate(text, MAX_MEMORY_CHARS)
-                kind = item.get("memory_type")
-                if isinstance(kind, str):
-                    kind = kind.strip().lower()
-                    item["memory_type"] = kind if kind in MEMORY_TYPES else "fact"
-                conf = item.get("confidence")
-                if isinstance(conf, int | float) and not isinstance(conf, bool):
-                    item["confidence"] = 0.5 if math.isnan(conf) else min(1.0, max(0.0, float(conf)))
-                tags = item.get("tags")
-                if isinstance(tags, list):
-                    item["tags"] = _clean_labels(tags, MAX_TAGS, MAX_TAG_CHARS)
+                    item["text"] = truncate(text, MAX_MEMORY_CHARS) if len(text) > MAX_MEMORY_CHARS else text
+                _repair_kind_confidence_tags(item)
             cleaned.append(item)
-        out["memories"] = cleaned[:max_memories]
+        data["memories"] = cleaned
     summary = data.get("summary")
     if isinstance(summary, str):
         summary = summary.strip()
-        out["summary"] = truncate(summary, MAX_SUMMARY_CHARS) if summary else fallback_summary
+        data["summary"] = truncate(summary, MAX_SUMMARY_CHARS) if summary else fallback_summary
     topics = data.get("topics")
     if isinstance(topics, list):
-        out["topics"] = _clean_labels(topics, MAX_TOPICS, MAX_TOPIC_CHARS)
+        data["topics"] = _clean_labels(topics, MAX_TOPICS, MAX_TOPIC_CHARS)
     operations = data.get("operations")
     if operations is None:
-        out["operations"] = []  # a model that was shown no memories may leave it out
+        data["operations"] = []  # a model that was shown no memories may leave it out
     elif isinstance(operations, list):
-        out["operations"] = [_coerce_operation(op) for op in operations if _usable_operation(op)]
-    return out
+        data["operations"] = [_coerce_operation(op) for op in operations if _usable_operation(op)]
+    return data
 
 
 def _usable_operation(op: Any) -> bool:
@@ -117,15 +128,7 @@ def _coerce_operation(op: dict[str, Any]) -> dict[str, Any]:
     out = {"text": None, "memory_type": None, "confidence": None, "tags": [], **op}
     if isinstance(out["text"], str):
         out["text"] = truncate(" ".join(out["text"].split()), MAX_MEMORY_CHARS) or None
-    kind = out["memory_type"]
-    if isinstance(kind, str):
-        kind = kind.strip().lower()
-        out["memory_type"] = kind if kind in MEMORY_TYPES else "fact"
-    conf = out["confidence"]
-    if isinstance(conf, int | float) and not isinstance(conf, bool):
-        out["confidence"] = 0.5 if math.isnan(conf) else min(1.0, max(0.0, float(conf)))
-    if isinstance(out["tags"], list):
-        out["tags"] = _clean_labels(out["tags"], MAX_TAGS, MAX_TAG_CHARS)
+    _repair_kind_confidence_tags(out)
     return {k: out[k] for k in ("op", "id", "text", "memory_type", "confidence", "tags")}
 
 

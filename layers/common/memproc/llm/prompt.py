@@ -68,7 +68,8 @@ def as_utc_aware(ts: datetime) -> datetime:
 
 
 def _candidate_line(c: Candidate) -> str:
-    since = f", since {c.memory.valid_from_date}" if c.memory.valid_from_date else ""
+    date = c.memory.valid_from_date  # a property that formats the date: read once
+    since = f", since {date}" if date else ""
     return f"[{c.short_id}] ({c.memory.memory_type or 'fact'}{since}) {_neutralise_delimiters(c.memory.text)}"
 
 
