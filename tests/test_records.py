@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import pytest
@@ -354,3 +355,15 @@ def test_a_model_the_twin_cannot_stand_in_for_is_refused() -> None:
     for model in (Unknown, Private, Mistyped, Aliased):
         with pytest.raises(TypeError):
             records._as_stored(model)
+
+
+@SETTINGS
+@given(epoch=st.floats(allow_nan=True, allow_infinity=True) | st.floats(min_value=-1e10, max_value=1e11))
+def test_valid_from_date_is_the_utc_day_of_valid_from(epoch: float) -> None:
+    """The cached day is the day formatted afresh (or the same refusal, for no time at all)."""
+    fresh = outcome(lambda e: datetime.fromtimestamp(e, UTC).date().isoformat(), epoch)
+    for _ in range(2):  # formatted, then from the cache
+        assert_same_outcome(outcome(records._utc_day, epoch), fresh)
+    if fresh[0] == "value":
+        assert MemoryRecord(memory_id="m1", valid_from=epoch).valid_from_date == fresh[1]
+    assert MemoryRecord(memory_id="m1").valid_from_date is None
