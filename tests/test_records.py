@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel, BeforeValidator, Field, PrivateAttr
+from pydantic import BaseModel, BeforeValidator, Field, PrivateAttr, field_validator
 
 from memproc import records
 from memproc.records import HistoryEntry, MemoryRecord, SummaryRecord
@@ -352,7 +352,18 @@ def test_a_model_the_twin_cannot_stand_in_for_is_refused() -> None:
     class Aliased(BaseModel):
         x: int = Field(0, alias="y")
 
-    for model in (Unknown, Private, Mistyped, Aliased):
+    class Constrained(BaseModel):
+        x: Annotated[int, BeforeValidator(records._int_or_zero), Field(ge=0)] = 0
+
+    class Checked(BaseModel):
+        x: Annotated[int, BeforeValidator(records._int_or_zero)] = 0
+
+        @field_validator("x")
+        @classmethod
+        def positive(cls, v: int) -> int:
+            return abs(v)
+
+    for model in (Unknown, Private, Mistyped, Aliased, Constrained, Checked):
         with pytest.raises(TypeError):
             records._as_stored(model)
 

@@ -309,7 +309,7 @@ def _memory_from_attrs(memory_id: str, text: str | bytes) -> MemoryRecord | None
 
 _EXACT_INT = 2**53  # an int this small is its own float: `_int_or_zero` gives it back unchanged
 # What each field validator is the identity on (with the declared type it is the identity into).
-_AS_STORED: dict[Callable[..., Any], tuple[Any, Any]] = {
+_AS_STORED: dict[Callable[..., Any] | None, tuple[Any, Any]] = {
     _blank_none: (str | None, Annotated[str, StringConstraints(min_length=1)] | None),
     _number_or_none: (float | None, float | None),  # strict float takes an int as float() does
     _int_or_zero: (int, Annotated[int, Field(ge=-_EXACT_INT, le=_EXACT_INT)]),
@@ -325,22 +325,26 @@ def _as_stored(model: type[BaseModel]) -> type[BaseModel]:
     """`model`'s twin: its configuration made strict, the same fields, defaults and order, each of
     its stored shape (a field without a validator as declared; `history` keeps its validator, which
     reads entries by their own twin). A field or model it could not stand in for is refused (a
-    TypeError at the first read). Made at the first read, not at import (~3 ms: cold starts)."""
-    extra = model.model_config.get("extra")
+    TypeError at every read). Made at the first read, not at import (~3 ms: cold starts)."""
+    extra, checks = model.model_config.get("extra"), model.__pydantic_decorators__
     if model.__pydantic_post_init__ or model.__private_attributes__ or extra == "allow":
         raise TypeError(f"{model.__name__}: _built cannot make it")
+    if checks.validators or checks.field_validators or checks.root_validators or checks.model_validators:
+        raise TypeError(f"{model.__name__}: its validators would not run on the twin")
     fields: dict[str, Any] = {}
     for name, info in model.model_fields.items():
-        if info.alias or info.validation_alias:
-            raise TypeError(f"{model.__name__}.{name}: the twin reads fields by name")
-        readers = [m.func for m in info.metadata if isinstance(m, BeforeValidator)]
-        declared, stored = _AS_STORED.get(readers[0], (None, None)) if len(readers) == 1 else (None, None)
+        if info.alias or info.validation_alias or info.validate_default:
+            raise TypeError(f"{model.__name__}.{name}: the twin reads fields by name, defaults as they are")
+        validator = info.metadata[0] if len(info.metadata) == 1 else None
+        stored: Any
         if not info.metadata:
             stored = info.annotation
-        elif readers == [_history]:
-            stored = Annotated[info.annotation, *info.metadata]
-        elif declared is None or declared != info.annotation:
-            raise TypeError(f"{model.__name__}.{name}: no stored shape for how it is declared")
+        elif validator == BeforeValidator(_history):
+            stored = Annotated[info.annotation, validator]
+        else:
+            declared, stored = _AS_STORED.get(getattr(validator, "func", None), (None, None))
+            if not isinstance(validator, BeforeValidator) or declared != info.annotation:
+                raise TypeError(f"{model.__name__}.{name}: no stored shape for how it is declared")
         default = Field(default_factory=info.default_factory) if info.default_factory else info.default
         fields[name] = (stored, default)
     config = ConfigDict(**{**model.model_config, "strict": True})
@@ -350,8 +354,9 @@ def _as_stored(model: type[BaseModel]) -> type[BaseModel]:
 
 def _read_stored(model: type[_M], data: dict[str, Any]) -> _M:
     """`model.model_validate(data)`, by its twin when the values are as stored."""
+    twin = _as_stored(model)
     try:
-        stored = _as_stored(model).model_validate(data)
+        stored = twin.model_validate(data)
     except Exception:  # not as stored, or not valid at all: the model says which
         return model.model_validate(data)
     return _built(model, stored.__dict__, stored.__pydantic_fields_set__)
