@@ -338,7 +338,8 @@ def test_summary_reads_through_the_same_parser() -> None:
 
 
 def test_a_model_the_twin_cannot_stand_in_for_is_refused() -> None:
-    """A new field validator with no stored shape, or a model `_built` cannot make, is refused."""
+    """A field validator with no stored shape, a model whose instances hold more than the twin's
+    (private attributes), or one with validators the twin would skip, is refused."""
 
     class Unknown(BaseModel):
         x: Annotated[int, BeforeValidator(lambda v: v)] = 0
