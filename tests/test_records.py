@@ -242,8 +242,7 @@ def test_memory_twin_reads_stored_memories(attrs: dict[str, Any], memory_id: str
     text = dumps(attrs, ascii_only, False)
     data = records._json_object(text)
     assert data is not None
-    if attrs["history"] == {}:  # (entries are read by their own twin inside `_history`)
-        records._as_stored(MemoryRecord).model_validate({**data, "memory_id": memory_id})
+    records._as_stored(MemoryRecord).model_validate({**data, "memory_id": memory_id})  # taken as stored
     record = records._memory_from_attrs.__wrapped__(memory_id, text)
     assert same(record, old_memory_from_attrs(memory_id, text))
     assert record is not None
