@@ -18,6 +18,7 @@ import json
 import math
 import operator
 import secrets
+import struct
 import sys
 from array import array
 from dataclasses import dataclass
@@ -115,8 +116,9 @@ def _float32s(raw: bytes, dimensions: int) -> array[float]:
     # A float32 is NaN or infinite when its exponent bits are all ones: its top byte (the last,
     # little-endian) is then 0x7f or 0xff. A finite one with that top byte is >= 2**127 in size,
     # never in an embedding, so those are checked one by one only when the bytes say maybe.
+    # (An int needle: ``bytes in bytes`` first tries the needle as an int and clears the TypeError.)
     top = raw[3::4]
-    if (b"\x7f" in top or b"\xff" in top) and not all(map(math.isfinite, vector)):
+    if (0x7F in top or 0xFF in top) and not all(map(math.isfinite, vector)):
         raise NonFiniteVector("embeddings reply: a vector has a NaN or an infinity")
     return vector
 
@@ -167,7 +169,7 @@ def _lift_base64(body: bytes) -> tuple[bytes, str, list[bytes]] | None:
         start = key + len(_KEY)
         while start < size and body[start] in _SPACE:
             start += 1
-        end = find(b'"', start + 1) if body[start : start + 1] == b'"' else -1
+        end = find(b'"', start + 1) if start < size and body[start] == 0x22 else -1  # 0x22: a quote
         if end < 0:
             key = find(_KEY, start)
             continue
@@ -214,16 +216,23 @@ def parse_embeddings(body: bytes, count: int, dimensions: int) -> Embeddings:
     return Embeddings(vectors, tokens if type(tokens) is int else None)
 
 
+def _components(vector: array[float]) -> tuple[float, ...]:
+    """The vector's values as one tuple, made by struct in one C loop (``*vector`` and iteration make
+    them one float object at a time: most of a length's cost)."""
+    return struct.unpack(f"{len(vector)}{vector.typecode}", vector)
+
+
 def unit(vectors: list[array[float]]) -> list[array[float]]:
     """The vectors at unit length, as the providers promise. A server normalises all its embeddings
     or none (OpenAI's are unit length), so one length is measured per reply and the others are
     scaled only when that one is off."""
     if not vectors:
         return vectors
-    if abs(math.hypot(*vectors[0]) - 1.0) <= UNIT_TOLERANCE:  # hypot: one C loop, no products list
+    if abs(math.hypot(*_components(vectors[0])) - 1.0) <= UNIT_TOLERANCE:  # hypot: one C loop
         return vectors
     out: list[array[float]] = []
     for vector in vectors:
-        norm = math.hypot(*vector)
-        out.append(array("f", map(operator.mul, vector, repeat(1.0 / norm))) if norm > 0 else vector)
+        values = _components(vector)
+        norm = math.hypot(*values)
+        out.append(array("f", map(operator.mul, values, repeat(1.0 / norm))) if norm > 0 else vector)
     return out
