@@ -9,6 +9,7 @@ import json
 import math
 import operator
 import struct
+import sys
 from array import array
 from collections.abc import Callable
 from itertools import repeat
@@ -296,3 +297,84 @@ def test_base64_is_lifted_out_as_before(body: bytes) -> None:
     assert new[0].replace(new[1].replace("\x00", "\\u0000").encode(), b"P") == old[0].replace(
         old[1].replace("\x00", "\\u0000").encode(), b"P"
     )
+
+
+# --- loads: json.loads, parsed by pydantic-core first ---------------------------------------------
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.floats()
+    | st.integers()
+    | st.integers(-(10**40), 10**40)
+    | st.text(alphabet=st.characters(codec="utf-8") | st.sampled_from('\\"\x00\x1f\u2028\ufeff')),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    max_leaves=12,
+)
+DUMPED = st.builds(
+    lambda value, style: [
+        json.dumps(value),
+        json.dumps(value, ensure_ascii=False),
+        json.dumps(value, indent=1),
+        json.dumps(value, separators=(",", ":")),
+    ][style],
+    JSON_VALUES,
+    st.integers(0, 3),
+)
+TOKENS = st.lists(
+    st.sampled_from(
+        [
+            *'{}[],:"\\ 0123456789.-+eE\t\n\r',
+            "true",
+            "null",
+            "NaN",
+            "Infinity",
+            '"a"',
+            "\\u00e9",
+            "\\ud800",
+            "x",
+        ]
+    ),
+    max_size=14,
+).map("".join)
+NUMBER_TEXT = st.builds(
+    lambda digits, fraction, exponent: f"{digits}{fraction}{exponent}",
+    st.sampled_from(["0", "-0", "1", "9" * 17, "1" * 400, "9" * 4300, "9" * 4301, "-" + "7" * 5000]),
+    st.sampled_from(["", ".5", ".000000000000000000001", "." + "3" * 800]),
+    st.sampled_from(["", "e5", "E-400", "e+309", "e-324", "e0"]),
+)
+ODD_DOCUMENTS = [
+    '"\\ud800"', '{"a": "\udcff"}', "\ufeff{}", '{"a": 1, "b": 2, "a": 3}', "[" * 300 + "]" * 300,
+    "[" * 3000 + "]" * 3000, '{"a": NaN, "b": -Infinity}', "1e400", "  [1]  ", "[1,]", "{} x", "",
+]  # fmt: skip
+
+
+def read(parse: Callable[[Any], Any], text: Any) -> Any:
+    try:
+        return ("value", repr(parse(text)))
+    except (ValueError, RecursionError) as exc:
+        return ("raised", type(exc), str(exc))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(DUMPED | TOKENS | NUMBER_TEXT | st.sampled_from(ODD_DOCUMENTS), st.booleans())
+def test_loads_reads_every_text_as_json_loads_does(text: str, as_bytes: bool) -> None:
+    subject: Any = text.encode("utf-8", "surrogatepass") if as_bytes else text
+    assert read(wire.loads, subject) == read(json.loads, subject)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-32-be"])
+def test_loads_reads_other_encodings_as_json_loads_does(encoding: str) -> None:
+    body = json.dumps({"data": [1.5, "\u00e9"]}).encode(encoding)
+    assert wire.loads(body) == json.loads(body) == {"data": [1.5, "\u00e9"]}
+
+
+def test_under_a_lower_digit_limit_json_loads_alone_reads() -> None:
+    text = "[" + "9" * 1000 + "]"
+    before = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(640)
+    try:
+        assert read(wire.loads, text) == read(json.loads, text)
+        assert read(json.loads, text)[0] == "raised"
+    finally:
+        sys.set_int_max_str_digits(before)

@@ -7,7 +7,6 @@ whichever is configured; each only supplies the call for one chunk (``ChunkedExt
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from datetime import datetime
@@ -22,6 +21,7 @@ from memproc.llm.schema import (
     Extraction,
     MemoryOperation,
 )
+from memproc.llm.wire import loads
 
 # A line that starts a message: "user: ...", "[assistant]: ...". Chunks are cut before such lines.
 ROLE_PREFIX_RE = re.compile(
@@ -37,7 +37,7 @@ def _parse_json_turns(transcript: str) -> list[tuple[str, str]] | None:
     if not stripped.startswith(("[", "{")):
         return None
     try:
-        data = json.loads(stripped)
+        data = loads(stripped)
     except ValueError:
         return None
     if isinstance(data, dict):

@@ -7,7 +7,6 @@ structural errors still fail validation so the caller can ask again.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from typing import Any, get_args
@@ -23,6 +22,7 @@ from memproc.llm.schema import (
     Extraction,
     OperationKind,
 )
+from memproc.llm.wire import loads
 from memproc.records import MEMORY_TYPES
 
 logger = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ def parse_extraction(
     """Parse a model's JSON reply into an ``Extraction``; raises ValueError/ValidationError when malformed."""
     if not content or content.isspace():  # not content.strip(), without copying the content
         raise ValueError("empty response content")
-    data = json.loads(content)
+    data = loads(content)
     if not isinstance(data, dict):
         raise ValueError(f"expected a JSON object, got {type(data).__name__}")
     return Extraction.model_validate(
