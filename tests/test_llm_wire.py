@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from memproc import jsontext
 from memproc.llm import wire
 from memproc.llm.wire import MalformedReply, NonFiniteVector, WrongDimensions, parse_embeddings
 
@@ -360,13 +361,13 @@ def read(parse: Callable[[Any], Any], text: Any) -> Any:
 @given(DUMPED | TOKENS | NUMBER_TEXT | st.sampled_from(ODD_DOCUMENTS), st.booleans())
 def test_loads_reads_every_text_as_json_loads_does(text: str, as_bytes: bool) -> None:
     subject: Any = text.encode("utf-8", "surrogatepass") if as_bytes else text
-    assert read(wire.loads, subject) == read(json.loads, subject)
+    assert read(jsontext.loads, subject) == read(json.loads, subject)
 
 
 @pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-32-be"])
 def test_loads_reads_other_encodings_as_json_loads_does(encoding: str) -> None:
     body = json.dumps({"data": [1.5, "\u00e9"]}).encode(encoding)
-    assert wire.loads(body) == json.loads(body) == {"data": [1.5, "\u00e9"]}
+    assert jsontext.loads(body) == json.loads(body) == {"data": [1.5, "\u00e9"]}
 
 
 def test_under_a_lower_digit_limit_json_loads_alone_reads() -> None:
@@ -374,7 +375,7 @@ def test_under_a_lower_digit_limit_json_loads_alone_reads() -> None:
     before = sys.get_int_max_str_digits()
     sys.set_int_max_str_digits(640)
     try:
-        assert read(wire.loads, text) == read(json.loads, text)
+        assert read(jsontext.loads, text) == read(json.loads, text)
         assert read(json.loads, text)[0] == "raised"
     finally:
         sys.set_int_max_str_digits(before)

@@ -8,14 +8,13 @@ half-erased under our feet, still maps to something the API can show instead of 
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar, cast, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, create_model
-from pydantic_core import from_json
 
+from memproc.jsontext import loads
 from memproc.request_body import unstorable
 
 RawStatus = Literal["queued", "processing", "processed", "error"]
@@ -76,17 +75,11 @@ def _number_or_none(v: Any) -> Any:
 
 
 def _json_value(v: Any) -> Any:
-    """JSON text as its value, None if it is not JSON. Read by pydantic-core's parser (~3x faster
-    than json's); where that refuses a text (a lone surrogate, deep nesting), json decides: whatever
-    both read, they read alike (tests/test_records.py)."""
+    """JSON text as its value, None if it is not JSON."""
     v = _blank_none(v)
     if isinstance(v, str):
         try:
-            return from_json(v)
-        except Exception:  # the parser's refusals are ValueErrors, a str it cannot encode a TypeError
-            pass
-        try:
-            return json.loads(v)
+            return loads(v)
         except ValueError:
             return None
     return v

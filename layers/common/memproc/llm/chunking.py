@@ -11,6 +11,7 @@ import re
 from collections.abc import Sequence
 from datetime import datetime
 
+from memproc.jsontext import loads
 from memproc.llm.base import Usage
 from memproc.llm.safety import sanitize
 from memproc.llm.schema import (
@@ -21,7 +22,6 @@ from memproc.llm.schema import (
     Extraction,
     MemoryOperation,
 )
-from memproc.llm.wire import loads
 
 # A line that starts a message: "user: ...", "[assistant]: ...". Chunks are cut before such lines.
 ROLE_PREFIX_RE = re.compile(

@@ -11,6 +11,7 @@ import logging
 import math
 from typing import Any, get_args
 
+from memproc.jsontext import loads
 from memproc.llm.schema import (
     MAX_MEMORIES_PER_CALL,
     MAX_MEMORY_CHARS,
@@ -22,7 +23,6 @@ from memproc.llm.schema import (
     Extraction,
     OperationKind,
 )
-from memproc.llm.wire import loads
 from memproc.records import MEMORY_TYPES
 
 logger = logging.getLogger(__name__)

@@ -7,14 +7,13 @@ handling unchanged) and validates the body with the models here, in one pass of 
 Embeddings replies are the large ones (~8 KB of base64 per vector): ``parse_embeddings`` decodes
 each base64 vector with pybase64 (SIMD, ~20x binascii) straight from the body's bytes into an
 ``array("f")`` (whose bytes are what VADD / VSIM / FT.SEARCH take), parses the rest (the vectors
-lifted out, see ``_lift_base64``; ``loads``, which is json.loads made faster), and checks the
+lifted out, see ``_lift_base64``; ``jsontext.loads``, which is json.loads made faster), and checks the
 shape by hand (count, order, dimension, finite), no model per item.
 """
 
 from __future__ import annotations
 
 import binascii
-import json
 import math
 import operator
 import secrets
@@ -26,8 +25,9 @@ from itertools import repeat
 from typing import Any, TypeVar
 
 import pybase64
-import pydantic_core
 from pydantic import BaseModel, Field, ValidationError
+
+from memproc.jsontext import loads
 
 __all__ = [
     "ChatReply",
@@ -35,7 +35,6 @@ __all__ = [
     "MalformedReply",
     "NonFiniteVector",
     "WrongDimensions",
-    "loads",
     "parse_embeddings",
     "parse_reply",
     "unit",
@@ -46,24 +45,6 @@ M = TypeVar("M", bound=BaseModel)
 # A vector whose length is this close to 1 is left as the server sent it (float32 rounding of a
 # unit vector already moves its length by ~1e-7).
 UNIT_TOLERANCE = 1e-4
-
-
-# pydantic-core's parser stops at 4300 digits, Python's at sys.get_int_max_str_digits() (0: none).
-_JITER_DIGITS = 4300
-
-
-def loads(text: str | bytes) -> Any:
-    """``json.loads(text)``, parsed by pydantic-core's parser (jiter: about twice as fast) when it
-    can. It reads every document json.loads reads as json.loads does (values, floats to the last bit,
-    a repeated key's last value: tests/test_llm_wire.py); what it refuses (lone surrogates, a BOM,
-    UTF-16, deep nesting, 4300 digits) is json.loads's to parse or to fail with its own error. Under
-    a lower digit limit than jiter's, json.loads alone reads."""
-    if 0 < sys.get_int_max_str_digits() < _JITER_DIGITS:
-        return json.loads(text)
-    try:
-        return pydantic_core.from_json(text)
-    except (ValueError, TypeError):  # TypeError: a str that is not UTF-8 (lone surrogates)
-        return json.loads(text)
 
 
 class MalformedReply(ValueError):
