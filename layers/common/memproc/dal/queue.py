@@ -131,10 +131,10 @@ class ClaimBatch:
 
 CLAIM_INPUT_BYTES = 1024 * 1024
 """What one claim's reply may carry of its items' inputs (transcripts as stored, metadata and
-summaries) before it stops taking items; it always takes one. A drain's first claim at concurrency
-64 (72 items of 1-8 KB) stays below it; larger sessions are claimed fewer at a time (at worst one a
-claim, the round trips of a separate read per item), so no reply, nor the Lua table Redis builds for
-it while it serves nobody else, grows with the batch (1 MB transcripts unbounded: 440 ms for 256)."""
+summaries) before it stops taking items (it always takes one). A drain's first claim at concurrency
+64 (72 items of 1-8 KB) stays below it; larger sessions are claimed fewer at a time (at worst one
+per claim: no more round trips than a read per item), so neither the reply nor the Lua table Redis
+builds for it, serving nobody else meanwhile, grows with the batch (256 sessions of 1 MB: 440 ms)."""
 
 
 def claim(store: Store, settings: Settings, limit: int, reap_limit: int = 100) -> ClaimBatch:
