@@ -416,12 +416,12 @@ def test_round_trips_per_session_do_not_grow_with_the_vectorstore(fake_llm: Any,
     assert stored_memories(r, "big") > 150
     large = requests_per_session(8, 100)
     assert large == small
-    # Per session, each one round trip: the load (transcript, summary and the vectorstore's memory
-    # state), the related memories' lookup (the state read again, and every user turn's VSIM or KNN
-    # query), their records (one read-only library call on vector sets, a pipeline on the Query
-    # Engine), the new memories' backstop lookup, the commit and a claim (one item of a vectorstore
-    # at a time); per drain: two heartbeats and the final empty claim.
-    assert small == (8 * 6 + 3) / 8
+    # Per session, each one round trip: a claim (one item of a vectorstore at a time), which also
+    # reads the item's input (transcript, summary and the vectorstore's memory state), the related
+    # memories' lookup (the state read again, and every user turn's VSIM or KNN query), their
+    # records (one read-only library call on vector sets, a pipeline on the Query Engine), the new
+    # memories' backstop lookup and the commit; per drain: two heartbeats and the final empty claim.
+    assert small == (8 * 5 + 3) / 8
 
 
 @pytest.mark.one_backend

@@ -271,7 +271,9 @@ def drain_loop(
                     workers.put(item, len(running))
                 if batch.items:
                     next_renewal = min(next_renewal, claimed_at + renew_after)
-                empty_at = report.handled if len(batch.items) < want else None
+                empty_at = report.handled if len(batch.items) < want and not batch.more else None
+                if batch.more:
+                    continue  # the reply's byte budget cut the claim short: claim the rest at once
             if not running:
                 if empty_at is None and may_claim():
                     continue
