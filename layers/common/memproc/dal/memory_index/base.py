@@ -56,7 +56,8 @@ STATE_REPLIES = 2  # what queue_state queues: HMGET of the config, ZCARD of the 
 
 def queue_state(pipe: Any, vectorstore: str) -> Callable[[Iterator[Any]], MemoryState]:
     """Queue the reads of the vectorstore's memory state on a pipeline or a batch (the library's
-    processing_input reads the same fields); the returned function turns their replies into it."""
+    claim reads the same fields with each item it hands out); the returned function turns their
+    replies into it."""
     vk = VectorstoreKeys(vectorstore)
     pipe.execute_command("HMGET", vk.config, *STATE_FIELDS)
     pipe.execute_command("ZCARD", vk.memory_index)
