@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from memproc import __version__
 from memproc import events as ev
+from memproc.dal import batch
 from memproc.dal import queue as q
 from memproc.llm import Usage, gate
 
@@ -145,6 +146,10 @@ class Workers:
         self._inbox.put((item, time.monotonic()))
 
     def _run(self) -> None:
+        with batch.held_connections():  # one Redis connection per worker for the drain
+            self._loop()
+
+    def _loop(self) -> None:
         while (entry := self._inbox.get()) is not None:
             item, put_at = entry
             queued = time.monotonic() - put_at
