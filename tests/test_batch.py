@@ -12,7 +12,7 @@ import redis
 
 from memproc import settings as settings_module
 from memproc.dal import connection
-from memproc.dal.batch import Client
+from memproc.dal.batch import Client, held_connections
 from memproc.dal.connection import get_store
 from memproc.dal.memory_index.vectorset import vsim_hits
 from tests.redis_server import RedisServer
@@ -89,6 +89,61 @@ def test_a_timeout_is_not_retried_and_its_unread_replies_never_reach_another_bat
     assert r.get("n") == "1"  # sent once: a write in it may have run
     assert pool_state(client) == before
     assert run(client, ("ECHO", "next")) == ["next"]  # not BLPOP's late nil, nor the PONG
+
+
+def test_a_thread_in_held_connections_keeps_one_connection_and_gives_it_back(r: redis.Redis) -> None:
+    client = get_store().r
+    run(client, ("PING",))
+    created, in_use = pool_state(client)
+    with held_connections():
+        (own,) = run(client, ("CLIENT", "ID"))
+        assert pool_state(client) == (created, in_use + 1)  # taken at the first batch, kept
+        assert [run(client, ("CLIENT", "ID")) for _ in range(3)] == [[own]] * 3
+        # A connection lost between batches: the next one reconnects on the same held connection.
+        assert r.client_kill_filter(_id=own) == 1
+        (again,) = run(client, ("CLIENT", "ID"))
+        assert again != own
+    assert pool_state(client) == (created, in_use)  # given back when the thread leaves
+    assert run(client, ("CLIENT", "ID")) == [again]  # the pool's now, as any other
+
+
+def test_a_held_connection_whose_batch_timed_out_never_answers_the_next_batch(
+    env: pytest.MonkeyPatch, r: redis.Redis
+) -> None:
+    env.setenv("REDIS_SOCKET_TIMEOUT_SECONDS", "0.2")
+    settings_module.get_settings.cache_clear()
+    connection._store.cache_clear()
+    client = get_store().r
+    with held_connections():
+        run(client, ("PING",))
+        with pytest.raises(redis.TimeoutError):
+            run(client, ("BLPOP", "nothing", 1), ("PING",))
+        assert run(client, ("ECHO", "next")) == ["next"]  # not BLPOP's late nil, nor the PONG
+
+
+def test_a_held_connection_whose_batch_was_interrupted_is_closed(r: redis.Redis) -> None:
+    """Anything that stops a batch between its send and its last reply (here an exception raised
+    from inside the read, as an interrupt would be) leaves its connection closed, not with replies
+    unread that the thread's next batch would take for its own."""
+    client = get_store().r
+    with held_connections():
+        (own,) = run(client, ("CLIENT", "ID"))
+        batch = client.batch()
+        batch.execute_command("PING")
+        batch.execute_command("ECHO", "late")
+        conn = client.connection_pool._in_use_connections.copy().pop()  # type: ignore[attr-defined]
+        reads = conn.read_response
+
+        def interrupted(*args: Any, **kwargs: Any) -> Any:
+            conn.read_response = reads  # the first reply is read, then the read is interrupted
+            reads(*args, **kwargs)
+            raise KeyboardInterrupt
+
+        conn.read_response = interrupted
+        with pytest.raises(KeyboardInterrupt):
+            batch.execute()
+        (again,) = run(client, ("CLIENT", "ID"))
+        assert isinstance(again, int) and again != own  # a new connection's id, not "late"
 
 
 def test_an_argument_redis_cannot_take_is_a_data_error(r: redis.Redis) -> None:

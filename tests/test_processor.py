@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import threading
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -391,6 +392,40 @@ def test_a_bug_in_processing_ends_the_drain_once_the_other_items_are_done(fake_l
         processor.drain()
     assert sorted(finished) == ["s-0", "s-1", "s-3"]
     assert not [t for t in threading.enumerate() if t.name.startswith("memproc_")]
+    # Each worker held a Redis connection for its batches (dal/batch.held_connections): all given back.
+    for client in (processor.store.r, processor.store.rb):
+        assert not client.connection_pool._in_use_connections  # type: ignore[attr-defined]
+
+
+def test_each_worker_checks_out_one_connection_per_pool_for_the_whole_drain(
+    fake_llm: Any, backend: str
+) -> None:
+    from memproc.processor import build_processor
+
+    for i in range(24):  # the second session of each vectorstore looks its memories up too
+        store(f"vs{i % 12}", f"user: I keep notebook {i} on shelf {i}.", f"s-{i}")
+    processor = build_processor(load_settings(concurrency=4, batch_size=4))
+    checkouts: Counter[str] = Counter()
+    for client in (processor.store.r, processor.store.rb):
+        pool = client.connection_pool
+        take = pool.get_connection
+
+        def counted(pool: Any = pool, take: Any = take) -> Any:
+            checkouts[threading.current_thread().name] += 1
+            return take()
+
+        pool.get_connection = counted  # type: ignore[method-assign]  # counted, not changed
+    assert processor.drain().processed == 24
+    # Without held connections each batch checks a connection out (a readiness probe of three system
+    # calls) and back in: 15 per worker here. Every hot-path command of the vector-set backend is in
+    # a batch; the search backend's lookups are redis-py pipelines, which still check out their own.
+    workers = {name: n for name, n in checkouts.items() if name.startswith("memproc_")}
+    if backend == "vectorset":
+        assert workers and all(n <= 2 for n in workers.values()), workers  # one per pool, kept
+    else:
+        assert workers and sum(workers.values()) < 2 * 24, workers  # fewer than its batches
+    for client in (processor.store.r, processor.store.rb):
+        assert not client.connection_pool._in_use_connections  # type: ignore[attr-defined]
 
 
 def test_round_trips_per_session_do_not_grow_with_the_vectorstore(fake_llm: Any, r: redis.Redis) -> None:
@@ -416,12 +451,12 @@ def test_round_trips_per_session_do_not_grow_with_the_vectorstore(fake_llm: Any,
     assert stored_memories(r, "big") > 150
     large = requests_per_session(8, 100)
     assert large == small
-    # Per session, each one round trip: the load (transcript, summary and the vectorstore's memory
-    # state), the related memories' lookup (the state read again, and every user turn's VSIM or KNN
-    # query), their records (one read-only library call on vector sets, a pipeline on the Query
-    # Engine), the new memories' backstop lookup, the commit and a claim (one item of a vectorstore
-    # at a time); per drain: two heartbeats and the final empty claim.
-    assert small == (8 * 6 + 3) / 8
+    # Per session, each one round trip: a claim (one item of a vectorstore at a time), which also
+    # reads the item's input (transcript, summary and the vectorstore's memory state), the related
+    # memories' lookup (the state read again, and every user turn's VSIM or KNN query), their
+    # records (one read-only library call on vector sets, a pipeline on the Query Engine), the new
+    # memories' backstop lookup and the commit; per drain: two heartbeats and the final empty claim.
+    assert small == (8 * 5 + 3) / 8
 
 
 @pytest.mark.one_backend

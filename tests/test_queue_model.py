@@ -5,13 +5,17 @@ a lease running out, redrive, cleanup, erasure of a session, and stale workers (
 out and was reclaimed, or whose item was dead-lettered and redriven) trying to commit or fail.
 After every step: each submission is in exactly one state, in the Redis sets that state implies;
 a session never has two submissions in flight and they are claimed in submission order; fencing
-tokens never repeat; the counts the API reports equal the model's.
+tokens never repeat; the counts the API reports equal the model's. Each claim hands out its items'
+processing input (transcript, session summary, memory state) as the model holds them, and what a
+claim read of the summary is still the summary when that claim commits (so a worker may run an
+item claimed ahead on it).
 
 `make test` runs a modest number of examples; `make chaos` sets MEMPROC_MODEL_EXAMPLES higher.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 
@@ -44,6 +48,7 @@ class Item:
     vs: str
     sid: str
     order: int  # submission order within its session
+    text: str
     state: str = "queued"  # queued | processing | processed | dead | erased
     attempts: int = 0
     tokens: list[str] = field(default_factory=list)
@@ -73,6 +78,8 @@ class QueueModel(RuleBasedStateMachine):
         self.items: dict[str, Item] = {}
         self.held: list[Held] = []
         self.transcripts: dict[tuple[str, str], str] = {}
+        # Each session's summary as the commits left it: (processed_length, processed_sha256).
+        self.summaries: dict[tuple[str, str], tuple[int, str]] = {}
         self.submitted = 0
 
     # -- helpers -----------------------------------------------------------------------------
@@ -93,11 +100,22 @@ class QueueModel(RuleBasedStateMachine):
 
     # -- rules ---------------------------------------------------------------------------------
 
-    @rule(vs=st.sampled_from(VECTORSTORES), sid=st.sampled_from(SESSIONS), repost=st.booleans())
-    def submit(self, vs: str, sid: str, repost: bool) -> None:
+    def summary_of(self, claim: queue.Claim) -> tuple[int, str] | None:
+        """The summary a claim's input holds, as the model tracks it."""
+        summary = claim.input().summary
+        return None if summary is None else (summary.processed_length or 0, summary.processed_sha256 or "")
+
+    @rule(
+        vs=st.sampled_from(VECTORSTORES),
+        sid=st.sampled_from(SESSIONS),
+        repost=st.booleans(),
+        big=st.booleans(),
+    )
+    def submit(self, vs: str, sid: str, repost: bool, big: bool) -> None:
         text = self.transcripts.get((vs, sid), "")
         if not (repost and text):
-            text += f"user: fact number {self.submitted}.\n"
+            # A big one is stored compressed (from COMPRESS_MIN_BYTES): the claim hands it out as stored.
+            text += f"user: fact number {self.submitted}.\n" + ("user: and so on.\n" * 600 if big else "")
         self.transcripts[(vs, sid)] = text
         self.submitted += 1
         res = submissions.submit(
@@ -108,7 +126,7 @@ class QueueModel(RuleBasedStateMachine):
             assert res.duplicate
             return
         assert not res.duplicate and res.status == "queued"
-        self.items[res.raw_memory_id] = Item(res.raw_memory_id, vs, sid, self.submitted)
+        self.items[res.raw_memory_id] = Item(res.raw_memory_id, vs, sid, self.submitted, text)
 
     @rule(n=st.integers(1, 4))
     def claim(self, n: int) -> None:
@@ -130,6 +148,9 @@ class QueueModel(RuleBasedStateMachine):
             item.tokens.append(c.token)
             item.attempts += 1
             assert c.attempt == item.attempts
+            loaded = c.input()
+            assert (loaded.transcript, loaded.state.memories, loaded.state.seq) == (item.text, 0, 0)
+            assert self.summary_of(c) == self.summaries.get((item.vs, item.sid))
             item.state = "processing"
             self.held.append(Held(c))
 
@@ -139,12 +160,18 @@ class QueueModel(RuleBasedStateMachine):
         held = self.held.pop(data.draw(st.integers(0, len(self.held) - 1)))
         item = self.items[held.claim.raw_id]
         payload, _ = commit_payload()
-        payload.update(ops=[], processed_length=0)
-        result = queue.commit(self.store, held.claim, payload, [])
+        sha = hashlib.sha256(item.text.encode()).hexdigest()
+        payload.update(ops=[], processed_length=len(item.text), processed_sha256=sha)
         current = item.state == "processing" and item.tokens[-1] == held.claim.token
+        if current:  # what the claim read is what a worker decides on: nothing changed it since
+            assert self.summary_of(held.claim) == self.summaries.get((item.vs, item.sid))
+        result = queue.commit(self.store, held.claim, payload, [])
         assert result.outcome == ("ok" if current else "stale"), (result, item, held)
         if current:
             item.state = "processed"
+            done = self.summaries.get((item.vs, item.sid))
+            if done is None or len(item.text) >= done[0]:  # a session's summary never moves backwards
+                self.summaries[(item.vs, item.sid)] = (len(item.text), sha)
 
     @precondition(lambda self: self.held)
     @rule(data=st.data(), retryable=st.booleans())
@@ -208,6 +235,7 @@ class QueueModel(RuleBasedStateMachine):
         for item in items:
             item.state = "erased"
         self.transcripts.pop((vs, sid), None)
+        self.summaries.pop((vs, sid), None)
 
     # -- invariants ------------------------------------------------------------------------------
 

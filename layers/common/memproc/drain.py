@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from memproc import __version__
 from memproc import events as ev
+from memproc.dal import batch
 from memproc.dal import queue as q
 from memproc.llm import Usage, gate
 
@@ -145,6 +146,10 @@ class Workers:
         self._inbox.put((item, time.monotonic()))
 
     def _run(self) -> None:
+        with batch.held_connections():  # one Redis connection per worker for the drain
+            self._loop()
+
+    def _loop(self) -> None:
         while (entry := self._inbox.get()) is not None:
             item, put_at = entry
             queued = time.monotonic() - put_at
@@ -271,7 +276,9 @@ def drain_loop(
                     workers.put(item, len(running))
                 if batch.items:
                     next_renewal = min(next_renewal, claimed_at + renew_after)
-                empty_at = report.handled if len(batch.items) < want else None
+                empty_at = report.handled if len(batch.items) < want and not batch.more else None
+                if batch.more:
+                    continue  # the reply's byte budget cut the claim short: claim the rest at once
             if not running:
                 if empty_at is None and may_claim():
                     continue

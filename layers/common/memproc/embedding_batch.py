@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from memproc.llm.base import LLMError, Usage, Vector
 
@@ -23,11 +24,20 @@ MAX_INPUTS = 2048
 MAX_CHARS = 400_000
 
 
+def _latch() -> Any:
+    """A held lock: its caller waits by acquiring it and is woken once by its release. A C lock
+    costs a fraction of a `threading.Event` (a Python Condition and a waiter lock per wait), and a
+    worker waits on one twice per session."""
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
 @dataclass(eq=False)
 class _Request:
     texts: list[str]
     chars: int
-    ready: threading.Event = field(default_factory=threading.Event)
+    ready: Any = field(default_factory=_latch)  # released when delivered or promoted
     lead: bool = False  # promoted: this caller sends the next request
     done: bool = False
     vectors: list[Vector] = field(default_factory=list)
@@ -50,6 +60,7 @@ class EmbeddingBatcher:
         self.max_chars = max_chars
         self._lock = threading.Lock()
         self._queued = threading.Condition(self._lock)  # notified as a caller starts waiting
+        self._watchers = 0  # callers of wait_for_waiting: only they need the notification
         self._waiting: list[_Request] = []
         self._busy = False  # a caller is sending; invariant: callers waiting implies busy
 
@@ -61,10 +72,10 @@ class EmbeddingBatcher:
             self._waiting.append(request)
             if not self._busy:
                 self._busy = request.lead = True
-            else:
+            elif self._watchers:
                 self._queued.notify_all()
         if not request.lead:
-            request.ready.wait()  # delivered, or promoted to send the next request
+            request.ready.acquire()  # delivered, or promoted to send the next request
         if not request.done:
             self._send()
         if request.error is not None:
@@ -75,7 +86,11 @@ class EmbeddingBatcher:
         """Whether `n` callers came to wait for the next request within `timeout` (tests use it to
         know a request is coalescing callers, without sleeping)."""
         with self._queued:
-            return self._queued.wait_for(lambda: len(self._waiting) >= n, timeout)
+            self._watchers += 1
+            try:
+                return self._queued.wait_for(lambda: len(self._waiting) >= n, timeout)
+            finally:
+                self._watchers -= 1
 
     def _take(self) -> list[_Request]:
         """The waiting callers (the leader first) that fit one request; at least the leader."""
@@ -115,12 +130,12 @@ class EmbeddingBatcher:
             if self._waiting:
                 nxt = self._waiting[0]
                 nxt.lead = True
-                nxt.ready.set()
+                nxt.ready.release()
             else:
                 self._busy = False
         for r in batch:
             r.done = True
-            r.ready.set()
+            r.ready.release()  # the leader's own: held since it was made, as nobody waited on it
 
     def _alone(self, r: _Request) -> None:
         """One caller's texts in a request of their own (after a shared request was refused)."""

@@ -1,12 +1,12 @@
 """Turns queued raw memories into the memory hierarchy: claim, reconcile, extract, embed, commit.
 
-Per session: one load (one call), the related memories (an embeddings call over the user's turns
-and two lookup round trips), one LLM call (per chunk) that decides new memories and what happens to
-related ones, one embeddings call for new and changed texts, and one commit (an atomic call that
-writes everything and acks). Claims and heartbeats are shared by a batch, so Redis round trips per
-session stay constant however large the vectorstore grows; the workers' embeddings calls are
-coalesced (``embedding_batch``), so HTTP requests per session fall as concurrency grows.
-"""
+Per session: its input (transcript, summary, memory state: read by the claim that hands it out),
+the related memories (an embeddings call over the user's turns and two lookup round trips), one
+LLM call (per chunk) that decides new memories and what happens to related ones, one embeddings
+call for new and changed texts, and one commit (an atomic call that writes everything and acks).
+Claims and heartbeats are shared by a batch, so Redis round trips per session stay constant
+however large the vectorstore grows; the workers' embeddings calls are coalesced
+(``embedding_batch``), so HTTP requests per session fall as concurrency grows."""
 
 from __future__ import annotations
 
@@ -133,9 +133,9 @@ class Processor:
         return Outcome(item, result, usage=usage or Usage(), error=error)
 
     def _process(self, item: q.Claim, started: float) -> Outcome:
-        loaded = reads.processing_input(self.store, item.vectorstore, item.raw_id, item.session_id)
+        loaded = item.input()  # read by the claim: no round trip of its own
         if loaded.transcript is None:
-            return Outcome(item, "stale")  # erased while we held it; nothing to write
+            return Outcome(item, "stale")  # a record without its transcript: nothing to write
         work = self.plan(item, loaded)
         if not work.text.strip():  # covered, or nothing new: no LLM call, no memory operation
             extraction = Extraction.model_construct(memories=[], operations=[], summary="", topics=[])
@@ -236,7 +236,8 @@ class Processor:
     def plan(self, item: q.Claim, loaded: reads.ProcessingInput) -> Work:
         """Full, delta or nothing: a re-posted, longer version of a processed session costs only its
         new part; an older, shorter one processed after it (a late redrive) costs nothing when the
-        processed transcript starts with it."""
+        processed transcript starts with it. The summary is the claim's read: no other submission of
+        the session can commit while this one holds its claim (reads.ProcessingInput)."""
         transcript, summary = loaded.transcript or "", loaded.summary
         when = session_time(loaded.metadata, loaded.created_at)
         if summary and summary.processed_length:

@@ -238,31 +238,40 @@ def transcript(store: Store, vectorstore: str, raw_id: str) -> str | None:
 
 @dataclass(frozen=True)
 class ProcessingInput:
-    """What the processor reads for one claimed item: the transcript and the session so far."""
+    """What the processor starts from for one claimed item: the transcript and the session so far.
 
-    transcript: str | None  # None: erased while the item was held
+    The claim reads it with the item (dal/queue.py), so it is as old as the claim when the item
+    runs, after waiting for a worker. Nothing in it can change under a held item in a way the
+    item's commit would keep: the raw hash's fields are written once (an erasure deletes the
+    record, and the commit, fenced by the token, is then stale); the session's summary changes only
+    by commits of that session's submissions, which run one at a time (the next is claimable only
+    once this one is done, and whoever reclaims this one fences this worker out); the memory state's
+    seq fences the commit ('moved': decided again), and the lookup reads the state again with the
+    memories it shows."""
+
+    transcript: str | None  # None: the record has none (store_raw always writes one)
     created_at: float
     metadata: dict[str, Any]
     summary: SummaryRecord | None
     state: MemoryState  # the vectorstore's memories: whether the session's turns need embedding
 
-
-def processing_input(store: Store, vectorstore: str, raw_id: str, session_id: str) -> ProcessingInput:
-    """One read-only library call on the binary client (transcripts may be stored compressed)."""
-    data, encoding, created, metadata, summary, *state = fcall(
-        store.rb, "processing_input", [], [vectorstore, raw_id, session_id], readonly=True
-    )
-    try:
-        meta = json.loads(metadata or b"{}")
-    except ValueError:
-        meta = {}
-    return ProcessingInput(
-        transcript=None if data is None else decode_transcript(data, (encoding or b"").decode()),
-        created_at=float(created or 0),
-        metadata=meta if isinstance(meta, dict) else {},
-        summary=SummaryRecord.from_json(session_id, summary),
-        state=MemoryState.from_reply(*state),
-    )
+    @classmethod
+    def from_reply(
+        cls, session_id: str, data: Any, encoding: Any, created: Any, metadata: Any, summary: Any, *state: Any
+    ) -> ProcessingInput:
+        """From the fields of the claim's reply for one item (bytes: a transcript may be stored
+        compressed)."""
+        try:
+            meta = json.loads(metadata or b"{}")
+        except ValueError:
+            meta = {}
+        return cls(
+            transcript=None if data is None else decode_transcript(data, (encoding or b"").decode()),
+            created_at=float(created or 0),
+            metadata=meta if isinstance(meta, dict) else {},
+            summary=SummaryRecord.from_json(session_id, summary),
+            state=MemoryState.from_reply(*state),
+        )
 
 
 # -- re-embedding (memproc.reembed): its progress lives in the vectorstore's config ---------------

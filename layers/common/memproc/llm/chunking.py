@@ -7,11 +7,11 @@ whichever is configured; each only supplies the call for one chunk (``ChunkedExt
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from datetime import datetime
 
+from memproc.jsontext import loads
 from memproc.llm.base import Usage
 from memproc.llm.safety import sanitize
 from memproc.llm.schema import (
@@ -37,7 +37,7 @@ def _parse_json_turns(transcript: str) -> list[tuple[str, str]] | None:
     if not stripped.startswith(("[", "{")):
         return None
     try:
-        data = json.loads(stripped)
+        data = loads(stripped)
     except ValueError:
         return None
     if isinstance(data, dict):
@@ -51,8 +51,8 @@ def _parse_json_turns(transcript: str) -> list[tuple[str, str]] | None:
         content = item.get("content")
         if isinstance(content, list):
             content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-        if isinstance(content, str) and content.strip():
-            turns.append((str(item.get("role", "")).lower(), content.strip()))
+        if isinstance(content, str) and (content := content.strip()):
+            turns.append((str(item.get("role", "")).lower(), content))
     return turns
 
 
@@ -61,18 +61,16 @@ def parse_turns(transcript: str) -> list[tuple[str, str]]:
     structured = _parse_json_turns(transcript)
     if structured is not None:
         return structured
-    lines = [line for line in transcript.splitlines() if line.strip()]
+    lines = [line for line in transcript.splitlines() if line and not line.isspace()]  # line.strip()
     matches = [ROLE_PREFIX_RE.match(line) for line in lines]
-    if not any(m and m.group("role").lower() in USER_ROLES for m in matches):
+    roles = [m["role"].lower() if m else "" for m in matches]
+    if USER_ROLES.isdisjoint(roles):
         # No user turns marked: every plain line is the user's; lines labelled with another role are not.
-        return [
-            ("other", line.strip()) if m else ("user", line.strip())
-            for line, m in zip(lines, matches, strict=True)
-        ]
+        return [("other" if role else "user", line.strip()) for line, role in zip(lines, roles, strict=True)]
     turns: list[list[str]] = []
-    for line, m in zip(lines, matches, strict=True):
+    for line, m, role in zip(lines, matches, roles, strict=True):
         if m:
-            turns.append([m.group("role").lower(), m.group("text").strip()])
+            turns.append([role, m["text"].strip()])
         elif turns:
             turns[-1][1] += "\n" + line.strip()
         else:
@@ -82,7 +80,8 @@ def parse_turns(transcript: str) -> list[tuple[str, str]]:
 
 def user_turns(transcript: str) -> list[str]:
     """What the user said, one text per message: the texts the related memories are looked up by."""
-    return [text for role, text in parse_turns(transcript) if role in USER_ROLES and text.strip()]
+    # (a turn's text is stripped, or a stripped text and lines: it is blank only when empty)
+    return [text for role, text in parse_turns(transcript) if role in USER_ROLES and text]
 
 
 def _hard_split(text: str, max_chars: int) -> list[str]:
@@ -150,10 +149,14 @@ _ASCII_WORDS = bytes(c if _WORD_RE.match(chr(c)) and c < 128 else 0x20 for c in 
 def norm_key(text: str) -> str:
     """What two memory texts are duplicates by: their words (runs of word characters), lowercased.
     ASCII text, the common case, is split by a byte table instead of the regex engine (a third of
-    the time: ~12 memories a reply)."""
+    the time: ~12 memories a reply); what is left between its words is spaces, whose runs are
+    halved until none is left (a split into word objects and a join cost twice that)."""
     lowered = text.lower()
     if lowered.isascii():
-        return " ".join(lowered.encode().translate(_ASCII_WORDS).decode().split())
+        spaced = lowered.encode().translate(_ASCII_WORDS).decode()
+        while "  " in spaced:
+            spaced = spaced.replace("  ", " ")
+        return spaced.strip(" ")
     return " ".join(_WORD_RE.findall(lowered))
 
 

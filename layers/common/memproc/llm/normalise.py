@@ -157,6 +157,9 @@ def matching_forms(text: str) -> tuple[str, ...]:
     """The folded forms of ``text`` to match patterns against: invisible characters removed
     ("ad\u200bmin" reads "admin") and, when there are any, also read as spaces
     ("ignore\u200bprevious\u200binstructions" reads as three words)."""
+    if text.isascii() and text.isprintable() and "&" not in text and "%" not in text:
+        # most text, and what the steps below make of it: nothing to decode, nothing invisible
+        return (_spaced(text.lower()),)
     text = _decoded(text)
     joined, spaced = _ascii_forms(text) if text.isascii() else _unicode_forms(text)
     return (joined,) if spaced == joined else (joined, spaced)

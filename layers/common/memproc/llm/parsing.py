@@ -7,11 +7,11 @@ structural errors still fail validation so the caller can ask again.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from typing import Any, get_args
 
+from memproc.jsontext import loads
 from memproc.llm.schema import (
     MAX_MEMORIES_PER_CALL,
     MAX_MEMORY_CHARS,
@@ -27,6 +27,7 @@ from memproc.records import MEMORY_TYPES
 
 logger = logging.getLogger(__name__)
 OPERATION_KINDS = frozenset(get_args(OperationKind))
+_MEMORY_TYPES = frozenset(MEMORY_TYPES)
 
 
 def truncate(text: str, limit: int) -> str:
@@ -49,7 +50,8 @@ def _clean_labels(values: list[Any], max_items: int, max_chars: int) -> list[Any
         if len(out) == max_items:
             break
         if isinstance(value, str):
-            value = " ".join(value.split()).lower()
+            # one word (most labels) has no white space to collapse: no character is both
+            value = value.lower() if value.isalnum() else " ".join(value.split()).lower()
             if len(value) > max_chars:
                 value = truncate(value, max_chars)
             if not value or value in out:
@@ -60,13 +62,16 @@ def _clean_labels(values: list[Any], max_items: int, max_chars: int) -> list[Any
 
 def _repair_kind_confidence_tags(item: dict[str, Any]) -> None:
     """What memories and operations share: a memory type outside the list is a fact, confidence is
-    clamped to 0..1 (NaN: 0.5), tags are cleaned."""
+    clamped to 0..1 (NaN: 0.5), tags are cleaned. A value already as it would become (the common
+    case) is left in place."""
     kind = item.get("memory_type")
-    if isinstance(kind, str):
+    if isinstance(kind, str) and kind not in _MEMORY_TYPES:
         kind = kind.strip().lower()
-        item["memory_type"] = kind if kind in MEMORY_TYPES else "fact"
+        item["memory_type"] = kind if kind in _MEMORY_TYPES else "fact"
     conf = item.get("confidence")
-    if isinstance(conf, (int, float)) and not isinstance(conf, bool):
+    if type(conf) is float and 0.0 < conf <= 1.0:
+        pass  # (0 itself is not: -0.0 becomes 0.0)
+    elif isinstance(conf, (int, float)) and not isinstance(conf, bool):
         item["confidence"] = 0.5 if math.isnan(conf) else min(1.0, max(0.0, float(conf)))
     tags = item.get("tags")
     if isinstance(tags, list):
@@ -139,9 +144,9 @@ def parse_extraction(
     max_memories: int = MAX_MEMORIES_PER_CALL,
 ) -> Extraction:
     """Parse a model's JSON reply into an ``Extraction``; raises ValueError/ValidationError when malformed."""
-    if content is None or not content.strip():
+    if not content or content.isspace():  # not content.strip(), without copying the content
         raise ValueError("empty response content")
-    data = json.loads(content)
+    data = loads(content)
     if not isinstance(data, dict):
         raise ValueError(f"expected a JSON object, got {type(data).__name__}")
     return Extraction.model_validate(

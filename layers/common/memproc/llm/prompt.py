@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from memproc.llm.safety import sanitize_summary
 from memproc.llm.schema import Candidate
+from memproc.records import MemoryRecord
 
 TRANSCRIPT_TAG = "transcript"
 SUMMARY_TAG = "previous_summary"
@@ -60,6 +61,8 @@ _DELIMITER_RE = re.compile(
 
 def _neutralise_delimiters(text: str) -> str:
     """Turn any ``<transcript>``-like tag inside data into ``[transcript]`` so data cannot close its block."""
+    if "<" not in text:  # no tag (most text): a find in C instead of a regex search
+        return text
     return _DELIMITER_RE.sub(lambda m: f"[{m.group(1)}{m.group(2).lower()}]", text)
 
 
@@ -67,10 +70,28 @@ def as_utc_aware(ts: datetime) -> datetime:
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
 
 
+# How a memory reads in the prompt, by (type, valid_from, text): all it depends on (the date is
+# valid_from's). The same memories are shown again and again (~30 a session, of a few per user),
+# and the date's formatting is most of a line's cost; cleared when full.
+_SHOWN: dict[tuple[str | None, float | None, str], str] = {}
+_SHOWN_MAX = 4096
+
+
+def _shown(memory: MemoryRecord) -> str:
+    key = (memory.memory_type, memory.valid_from, memory.text)
+    shown = _SHOWN.get(key)
+    if shown is None:
+        date = memory.valid_from_date
+        since = f", since {date}" if date else ""
+        shown = f"({memory.memory_type or 'fact'}{since}) {_neutralise_delimiters(memory.text)}"
+        if len(_SHOWN) >= _SHOWN_MAX:
+            _SHOWN.clear()
+        _SHOWN[key] = shown
+    return shown
+
+
 def _candidate_line(c: Candidate) -> str:
-    date = c.memory.valid_from_date  # a property that formats the date: read once
-    since = f", since {date}" if date else ""
-    return f"[{c.short_id}] ({c.memory.memory_type or 'fact'}{since}) {_neutralise_delimiters(c.memory.text)}"
+    return f"[{c.short_id}] {_shown(c.memory)}"
 
 
 def build_messages(

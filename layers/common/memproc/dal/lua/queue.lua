@@ -94,15 +94,21 @@ end
 -- reset, not even by a redrive), which the worker's later calls must present. Claiming is also
 -- the processor's heartbeat. A vectorstore with `per_vs` items in flight gets no more: its
 -- sessions are reconciled against each other's memories, so they are decided one after another.
--- ARGV: max items, lease seconds, max attempts, max leases to reap, per_vs.
--- Returns {{vs, id, token, session id, attempt, seconds since submission (or redrive)}...},
--- reaped, buried, lost, and the items it dead-lettered {{vs, id, session id, error, attempts}...}
--- (for the SessionFailed events).
+-- Each item comes with what the processor reads first (its processing input): the raw hash's
+-- transcript (as stored: it may be compressed), its encoding, created_at and metadata, the
+-- session's summary, and the vectorstore's memory state (mem.state, read once per vectorstore:
+-- nothing here changes it). The claim stops taking items once those inputs pass `budget` bytes
+-- (always taking one), so its reply stays bounded whatever the transcripts' size.
+-- ARGV: max items, lease seconds, max attempts, max leases to reap, per_vs, budget.
+-- Returns {{vs, id, token, session id, attempt, seconds since submission (or redrive),
+-- transcript, encoding, created_at, metadata, summary, then mem.state's four}...}, reaped,
+-- buried, lost, the items it dead-lettered {{vs, id, session id, error, attempts}...} (for the
+-- SessionFailed events), and 1 when the budget ended it (more may be eligible), else 0.
 redis.register_function{function_name = 'claim___VERSION__', flags = {'allow-cross-slot-keys'},
   callback = function(keys, argv)
   local now = now_s()
   local n, lease, max_attempts = tonumber(argv[1]), tonumber(argv[2]), tonumber(argv[3])
-  local per_vs = tonumber(argv[5])
+  local per_vs, budget = tonumber(argv[5]), tonumber(argv[6])
   redis.call('HSET', STATUS, 'last_heartbeat', string.format('%.6f', now))
   local reaped, buried, lost_count = 0, 0, 0
   local dead = {}
@@ -136,17 +142,17 @@ redis.register_function{function_name = 'claim___VERSION__', flags = {'allow-cro
     end
   end
 
-  local claimed = {}
+  local claimed, states, bytes, full = {}, {}, 0, 0
   -- Vectorstores at their in-flight limit keep their turn, so they may head the ready set: look
   -- past as many of them as there can be (each holds at least one in-flight item).
   local vss = redis.call('ZRANGE', READY, '-inf', now, 'BYSCORE', 'LIMIT', 0, n + redis.call('ZCARD', INFLIGHT))
   local open, served = {}, {}
   for i = 1, #vss do open[i] = true end
   local progress = true
-  while #claimed < n and progress do
+  while #claimed < n and progress and full == 0 do
     progress = false
     for i, vs in ipairs(vss) do
-      if #claimed >= n then break end
+      if #claimed >= n or full == 1 then break end
       if open[i] then
         local head = redis.call('ZRANGE', k.pending(vs), 0, 0, 'WITHSCORES')
         if #head == 0 or tonumber(head[2]) > now or redis.call('ZCARD', k.inflight(vs)) >= per_vs then
@@ -165,10 +171,17 @@ redis.register_function{function_name = 'claim___VERSION__', flags = {'allow-cro
             redis.call('HDEL', key, 'next_attempt_at')
             redis.call('ZADD', INFLIGHT, deadline, key)
             redis.call('ZADD', k.inflight(vs), deadline, id)
-            local h = redis.call('HMGET', key, 'session_id', 'created_at', 'redriven_at')
+            local h = redis.call('HMGET', key, 'session_id', 'created_at', 'redriven_at',
+              'session_data', 'session_data_encoding', 'metadata')
             local since = math.max(tonumber(h[2]) or now, tonumber(h[3]) or 0)
-            claimed[#claimed + 1] = {vs, id, token, h[1], attempt, string.format('%.3f', now - since)}
+            local summary = h[1] and redis.call('GET', k.session_summary(vs, h[1]))
+            local state = states[vs] or mem.state(vs)
+            states[vs] = state
+            claimed[#claimed + 1] = {vs, id, token, h[1], attempt, string.format('%.3f', now - since),
+              h[4], h[5], h[2], h[6], summary, state[1], state[2], state[3], state[4]}
             served[i] = true
+            bytes = bytes + #(h[4] or '') + #(h[6] or '') + #(summary or '')
+            if bytes >= budget then full = 1 end
           else
             lost(vs, id, now)
             buried_item(vs, id)
@@ -195,20 +208,7 @@ redis.register_function{function_name = 'claim___VERSION__', flags = {'allow-cro
       redis.call('ZADD', READY, due, vs)
     end
   end
-  return {claimed, reaped, buried, lost_count, dead}
-end}
-
--- What the processor reads for one claimed item, in one read-only call: the raw hash's transcript
--- (as stored: it may be compressed), its encoding, created_at and metadata, the session's summary,
--- and the vectorstore's memory state (whether the session's turns need embedding at all).
--- ARGV: vs, raw id, session id.  Returns those five (nil where absent), then mem.state's four.
-redis.register_function{function_name = 'processing_input___VERSION__', flags = {'no-writes', 'allow-cross-slot-keys'},
-  callback = function(keys, argv)
-  local vs, id, sid = argv[1], argv[2], argv[3]
-  local out = redis.call('HMGET', k.raw(vs, id), 'session_data', 'session_data_encoding', 'created_at', 'metadata')
-  out[5] = redis.call('GET', k.session_summary(vs, sid))
-  for i, v in ipairs(mem.state(vs)) do out[5 + i] = v end
-  return out
+  return {claimed, reaped, buried, lost_count, dead, full}
 end}
 
 -- Extend the leases a live worker still holds, so long work is never reaped and paid for twice.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Protocol
 
 from memproc.dal.replies import as_text
@@ -55,7 +56,8 @@ STATE_REPLIES = 2  # what queue_state queues: HMGET of the config, ZCARD of the 
 
 def queue_state(pipe: Any, vectorstore: str) -> Callable[[Iterator[Any]], MemoryState]:
     """Queue the reads of the vectorstore's memory state on a pipeline or a batch (the library's
-    processing_input reads the same fields); the returned function turns their replies into it."""
+    claim reads the same fields with each item it hands out); the returned function turns their
+    replies into it."""
     vk = VectorstoreKeys(vectorstore)
     pipe.execute_command("HMGET", vk.config, *STATE_FIELDS)
     pipe.execute_command("ZCARD", vk.memory_index)
@@ -83,11 +85,12 @@ def rank(hits: list[list[Hit]], limit: int) -> tuple[list[Hit], int]:
     best first), a tie in order of first appearance, and how many different memories the hits
     were."""
     best: dict[str, float] = {}
+    seen = best.get
     for query_hits in hits:
         for memory_id, sim in query_hits:
-            best[memory_id] = max(sim, best.get(memory_id, -1.0))
-    ranked = sorted(best, key=lambda memory_id: best[memory_id], reverse=True)[:limit]
-    return [(memory_id, best[memory_id]) for memory_id in ranked], len(best)
+            known = seen(memory_id, -1.0)
+            best[memory_id] = known if known > sim else sim  # max(sim, known), without the call
+    return sorted(best.items(), key=itemgetter(1), reverse=True)[:limit], len(best)
 
 
 class IndexUnavailable(Exception):

@@ -182,18 +182,22 @@ def queue_vsim(
         pipe.execute_command("VSIM", vectorstore, "FP32", vector, *tail)
 
 
+_SIMILARITY = itemgetter(1)
+
+
 def vsim_hits(reply: Any) -> list[Hit]:
     """A VSIM ... WITHSCORES reply as it arrives (the base client registers no callback for VSIM,
     unlike redis-py's `vset()` commands): under RESP3, redis-py 8's default, a map hiredis builds
     as {id: score}; under RESP2 a flat [id, score, ...]. Hits best first; a vector of another
-    size than the set's is a mismatch."""
-    if isinstance(_ok(reply), dict):
+    size than the set's is a mismatch. (~20 replies a session: a map is taken without a call to
+    `_ok`, an id already text without one to `as_text`.)"""
+    if type(reply) is dict or isinstance(_ok(reply), dict):
         pairs: Any = reply.items()
     else:
         flat = iter(reply or ())
         pairs = zip(flat, flat, strict=True)
-    hits = [(as_text(mid), 2 * float(score) - 1) for mid, score in pairs]
-    hits.sort(key=itemgetter(1), reverse=True)
+    hits = [(mid if type(mid) is str else as_text(mid), 2 * float(score) - 1) for mid, score in pairs]
+    hits.sort(key=_SIMILARITY, reverse=True)
     return hits
 
 
