@@ -281,20 +281,3 @@ def test_http_client_is_lean_without_a_proxy_and_honours_one_from_the_environmen
     ).post("/chat/completions", cast_to=httpx.Response, body={})
     assert reply.content == b"via the proxy"
     assert targets == [b"http://llm.invalid/v1/chat/completions"]
-
-
-def test_http_client_parses_a_url_string_once_and_builds_each_request_as_httpx_does(
-    serve: Callable[..., Server],
-) -> None:
-    server = serve(answering(ok(b"one"), ok(b"two")))
-    url = server.url("/v1/embeddings?x=1")
-    with http_client() as client:
-        first, second = (client.build_request("POST", url, content=b"{}") for _ in range(2))
-        assert first.url._uri_reference is second.url._uri_reference  # parsed once, then copied
-        reference = httpx.Client().build_request("POST", url, content=b"{}")
-        assert first.url == reference.url and first.headers.raw == reference.headers.raw
-        assert [client.send(r).content for r in (first, second)] == [b"one", b"two"]
-        relative = httpx.Client(base_url=server.url("/v1/")).build_request("GET", "models")
-        with http_client() as based:
-            based.base_url = server.url("/v1/")
-            assert based.build_request("GET", "models").url == relative.url == server.url("/v1/models")
