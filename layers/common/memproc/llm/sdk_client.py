@@ -35,7 +35,13 @@ class RequestTemplate:
     def __init__(self, request: Any) -> None:
         self.method: str = request.method
         self.url: Any = request.url  # immutable: one serves every request
-        self.headers = [(k, v) for k, v in request.headers.raw if k.lower() not in _PER_REQUEST]
+        # Normalised once; each request copies the list (httpx's copy of a Headers).
+        self.headers = httpx.Headers(
+            [(k, v) for k, v in request.headers.raw if k.lower() not in _PER_REQUEST]
+        )
+        # The charset httpx finds by decoding every header (on first use, per request), also that of
+        # these headers with a Content-Length added; a Cookie header may change it.
+        self.encoding: str = self.headers.encoding
         self.extensions: dict[str, Any] = dict(request.extensions)
 
     def build(self, body: bytes, cookies: Any) -> Any:
@@ -50,6 +56,8 @@ class RequestTemplate:
         )
         if cookies:
             cookies.set_cookie_header(request)
+        else:
+            request.headers.encoding = self.encoding
         request.headers["Content-Length"] = str(len(body))
         request.read()
         return request
