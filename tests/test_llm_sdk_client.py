@@ -180,3 +180,16 @@ def test_a_client_without_templates_is_the_sdks_client(fake: FakeOpenAI) -> None
         reply = client.post("/embeddings", cast_to=httpx.Response, body={"input": ["x"], "model": "m"})
     assert reply.status_code == 200
     assert fake.requests[0].headers["user-agent"].startswith("OpenAI/Python ")
+
+
+def test_idempotency_keys_are_fresh_per_call_where_a_header_sends_them(
+    fake: FakeOpenAI, provider: OpenAIProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider.embed(["one"])
+    monkeypatch.setattr(provider._client, "_idempotency_header", "Idempotency-Key")
+    fake.fail_next("500", path="embeddings", retry_after_ms=1)
+    provider.embed(["two"])  # two attempts, one key
+    provider.embed(["three"])
+    keys = [q.headers.get("idempotency-key") for q in fake.requests]
+    assert keys[0] is None and keys[1] == keys[2] != keys[3]
+    assert all(key.startswith("stainless-python-retry-") for key in keys[1:])

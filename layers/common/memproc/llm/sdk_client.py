@@ -84,6 +84,11 @@ def client_type(openai: Any) -> Any:
             self._endpoints = {url: fixed(options) for url, options in endpoints.items()}
             self._templates = {}
 
+        def _idempotency_key(self) -> str:
+            """A fresh key (a uuid4: a getrandom system call) only where it is sent: in the
+            idempotency header, which the OpenAI client has none of."""
+            return super()._idempotency_key() if self._idempotency_header else "unsent"
+
         def _build_request(self, options: Any, *, retries_taken: int = 0) -> Any:
             body = options.content
             endpoint = self._endpoints.get(options.url)
