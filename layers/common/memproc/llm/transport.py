@@ -230,7 +230,7 @@ class LeanTransport(httpx.BaseTransport):
                 conn = self._connect(origin, request, timeouts.get("connect"))
             sock = conn.sock
             try:
-                sock.settimeout(timeouts.get("write"))
+                conn.settimeout(timeouts.get("write"))
                 self._send(sock, head, request.stream, chunked)
             except TimeoutError as exc:
                 raise _mapped(exc, httpx.WriteTimeout, httpx.WriteError, request) from exc
@@ -239,7 +239,7 @@ class LeanTransport(httpx.BaseTransport):
                 # request, so its answer is read, and the connection is not reused.
                 close = True
             try:
-                sock.settimeout(timeouts.get("read"))
+                conn.settimeout(timeouts.get("read"))
                 minor, status, reason, headers = _read_head(conn.reader, request)
             except OSError as exc:
                 raise _mapped(exc, httpx.ReadTimeout, httpx.ReadError, request) from exc
