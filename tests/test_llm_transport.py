@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import gzip
 import io
+import re
 import socket
 import ssl
 import string
@@ -136,21 +137,26 @@ def test_connection_refused_is_a_connect_error() -> None:
 
 
 @pytest.mark.parametrize(
-    "header",
+    ("headers", "refused"),
     [
-        ("X-Evil", "a\r\nInjected: yes"),
-        ("X-Evil", "a\nb"),
-        ("X-Evil", "a\rb"),
-        ("X-Evil", "a\x00"),
-        ("X: y", "z"),
+        ([("X-Evil", "a\r\nInjected: yes")], "value"),
+        ([("X-Evil", "a\nb")], "value"),
+        ([("X-Evil", "a\rb")], "value"),
+        ([("X-Evil", "a\x00")], "value"),
+        ([("X: y", "z")], "name: b'X: y'"),  # as a line, "X" and a value "y: z"
+        ([("X-Evil", "a\nb"), ("Bad\r\nName", "z")], "name: b'Bad\\r\\nName'"),
+        ([("X-A", "1"), ("", "z")], "name: b''"),
     ],
 )
 def test_an_illegal_header_is_refused_before_sending(
-    serve: Callable[..., Server], header: tuple[str, str]
+    serve: Callable[..., Server], headers: list[tuple[str, str]], refused: str
 ) -> None:
     server = serve(answering(ok()))
-    with lean_client() as client, pytest.raises(httpx.LocalProtocolError):
-        client.get(server.url(), headers=[header])
+    with (
+        lean_client() as client,
+        pytest.raises(httpx.LocalProtocolError, match="illegal (header )?" + re.escape(refused)),
+    ):
+        client.get(server.url(), headers=headers)
     assert server.connections == 0
 
 

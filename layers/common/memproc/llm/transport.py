@@ -145,6 +145,14 @@ def _framing(fields: list[Field]) -> dict[bytes, list[bytes]]:
     return found
 
 
+def _refused(names: list[bytes], request: Any) -> Exception:
+    """Why a request's head is not sent: its first illegal header name, else an illegal value."""
+    for name in names:
+        if not _TOKEN.fullmatch(name):
+            return httpx.LocalProtocolError(f"an illegal header name: {name[:100]!r}", request=request)
+    return httpx.LocalProtocolError("a request header with an illegal value", request=request)
+
+
 def _headers(fields: list[Field]) -> Any:
     """``httpx.Headers`` of `fields` as they are: what ``Headers(pairs)`` makes of the pairs,
     without checking, encoding and lower-casing each name again."""
@@ -282,23 +290,28 @@ class LeanTransport(httpx.BaseTransport):
     @staticmethod
     def _head(request: Any) -> tuple[bytes, bool, bool]:
         """The request line and headers, checked as h11 checks them (no header injection), and
-        whether the body goes chunked and the request asks to close the connection."""
+        whether the body goes chunked and the request asks to close the connection. The names are
+        checked joined, in one match (tokens joined make a token), the lines in another (where an
+        empty name leaves its line malformed)."""
+        fields = request.headers._list
         lines = [request.method.encode("ascii"), b" ", request.url.raw_path, b" HTTP/1.1\r\n"]
+        names = []
         chunked = close = False
-        raw = request.headers.raw
-        for name, value in raw:
-            if not _TOKEN.fullmatch(name):
-                raise httpx.LocalProtocolError(f"an illegal header name: {name[:100]!r}", request=request)
+        for name, lower, value in fields:
             lines += (name, b": ", value, b"\r\n")
-            lower = name.lower()
+            names.append(name)
             if lower == b"transfer-encoding":
                 chunked = True
             elif lower == b"connection":
                 close = close or b"close" in value.lower()
         lines.append(b"\r\n")
         block = b"".join(lines[4:])  # a line break in a value would add a line: counted, refused
-        if block.count(b"\n") != len(raw) + 1 or not _REQUEST_HEADERS.fullmatch(block):
-            raise httpx.LocalProtocolError("a request header with an illegal value", request=request)
+        if (
+            (names and not _TOKEN.fullmatch(b"".join(names)))
+            or block.count(b"\n") != len(fields) + 1
+            or not _REQUEST_HEADERS.fullmatch(block)
+        ):
+            raise _refused(names, request)
         return b"".join(lines), chunked, close
 
     @staticmethod
