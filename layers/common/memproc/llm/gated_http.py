@@ -86,16 +86,19 @@ def http_client(gate: Gate | None = None, *, lean: bool = True) -> Any:
     network need what only httpx does), the client keeps httpx's own transports."""
     import openai
 
+    from memproc.llm import httpx_send
     from memproc.llm.transport import LeanTransport, httpx
 
     class GatedHttpClient(openai.DefaultHttpxClient):
         def send(self, request: Any, **kwargs: Any) -> Any:
+            """httpx's send (``httpx_send``'s shorter way to it), through the gate for the requests
+            it limits."""
             kind = request_kind(request.url.path) if gate is not None else None
             scope = gate.scopes.get(kind) if gate is not None and kind else None
             if gate is None or kind is None or scope is None:
-                return super().send(request, **kwargs)
+                return httpx_send.send(super().send, self, request, **kwargs)
             with gate.request(scope, estimate_tokens(kind, request.content)) as ticket:
-                response = super().send(request, **kwargs)
+                response = httpx_send.send(super().send, self, request, **kwargs)
                 read = not kwargs.get("stream") and ticket.booking is not None and response.is_success
                 ticket.answered(response.status_code, used_tokens(response.content) if read else None)
                 return response
