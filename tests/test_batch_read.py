@@ -24,7 +24,14 @@ from redis._parsers import _RESP2Parser, _RESP3Parser
 from redis._parsers.hiredis import NOT_ENOUGH_DATA
 
 from memproc.dal import batch as batch_module
-from memproc.dal.batch import VERIFIED_REDIS, Client, RefusalConnection, read_replies, reads_directly
+from memproc.dal.batch import (
+    VERIFIED_REDIS,
+    Client,
+    RefusalConnection,
+    _read_each,
+    read_replies,
+    reads_directly,
+)
 from memproc.dal.primary import PrimaryConnection, PrimarySSLConnection
 from tests.redis_server import RedisServer
 
@@ -33,17 +40,8 @@ pytestmark = pytest.mark.one_backend  # replies never depend on the memory-index
 Read = Callable[[Any, int], list[Any]]
 
 
-def by_read_response(conn: Any, n: int) -> list[Any]:
-    """The code path read_replies replaces: read_response per reply, an error reply in its place."""
-    replies: list[Any] = []
-    for _ in range(n):
-        try:
-            replies.append(conn.read_response())
-        except redis.ResponseError as exc:
-            replies.append(exc)
-    return replies
-
-
+# The code path read_replies replaces, which stays its fallback: read_response per reply.
+by_read_response = _read_each
 READS = pytest.mark.parametrize("read", [read_replies, by_read_response], ids=["direct", "read_response"])
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import openai
@@ -15,32 +15,14 @@ from memproc.llm.http_pool import httpx
 from memproc.llm.openai_provider import OpenAIProvider
 from memproc.llm.sdk_client import client_type
 from memproc.llm.transport import LeanTransport
-from memproc.settings import load_settings
 from tests.fake_openai import FakeOpenAI
 
-DIMS = 8
 ENDPOINTS = ("/chat/completions", "/embeddings")
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture
-def provider(fake: FakeOpenAI) -> Iterator[OpenAIProvider]:
-    provider = OpenAIProvider(
-        load_settings(
-            openai_api_key="test",
-            openai_base_url=fake.base_url,
-            embedding_dimensions=DIMS,
-            llm_timeout_seconds=5.0,
-            llm_max_retries=2,
-        )
-    )
-    yield provider
-    provider.close()
+def provider(provider_factory: Callable[..., OpenAIProvider]) -> OpenAIProvider:
+    return provider_factory()
 
 
 @pytest.fixture
