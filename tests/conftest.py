@@ -198,6 +198,42 @@ def r(env: pytest.MonkeyPatch, redis_server: RedisServer) -> redis.Redis:
     return redis_server.client()
 
 
+@pytest.fixture
+def fake() -> Iterator[Any]:
+    """A fake OpenAI server of the test's own (its failures and records start empty)."""
+    from tests.fake_openai import FakeOpenAI
+
+    with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+def provider_factory(fake: Any) -> Iterator[Any]:
+    """OpenAIProvider(settings) against `fake`: 64 dimensions, a 5 s timeout, 2 retries, unless the
+    test's keyword arguments say otherwise; each is closed after the test."""
+    from memproc.llm.openai_provider import OpenAIProvider
+    from memproc.settings import load_settings
+
+    created: list[OpenAIProvider] = []
+
+    def factory(**overrides: Any) -> OpenAIProvider:
+        values: dict[str, Any] = {
+            "openai_api_key": "test",
+            "openai_base_url": fake.base_url,
+            "embedding_dimensions": 64,
+            "llm_timeout_seconds": 5.0,
+            "llm_max_retries": 2,
+            **overrides,
+        }
+        provider = OpenAIProvider(load_settings(**values))
+        created.append(provider)
+        return provider
+
+    yield factory
+    for provider in created:
+        provider.close()
+
+
 @pytest.fixture(scope="session")
 def fake_llm_server() -> Iterator[Any]:
     from tests.fake_openai import FakeOpenAI

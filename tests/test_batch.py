@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import redis
+from redis._parsers.hiredis import NOT_ENOUGH_DATA
 
 from memproc import settings as settings_module
 from memproc.dal import connection
@@ -121,6 +122,24 @@ def test_a_held_connection_whose_batch_timed_out_never_answers_the_next_batch(
         assert run(client, ("ECHO", "next")) == ["next"]  # not BLPOP's late nil, nor the PONG
 
 
+class Interrupted:
+    """A connection's hiredis reader that gives its first reply, then is interrupted."""
+
+    def __init__(self, reader: Any) -> None:
+        self._reader = reader
+        self._given = False
+
+    def feed(self, *args: Any) -> None:
+        self._reader.feed(*args)
+
+    def gets(self) -> Any:
+        if self._given:
+            raise KeyboardInterrupt
+        reply = self._reader.gets()
+        self._given = reply is not NOT_ENOUGH_DATA
+        return reply
+
+
 def test_a_held_connection_whose_batch_was_interrupted_is_closed(r: redis.Redis) -> None:
     """Anything that stops a batch between its send and its last reply (here an exception raised
     from inside the read, as an interrupt would be) leaves its connection closed, not with replies
@@ -132,14 +151,7 @@ def test_a_held_connection_whose_batch_was_interrupted_is_closed(r: redis.Redis)
         batch.execute_command("PING")
         batch.execute_command("ECHO", "late")
         conn = client.connection_pool._in_use_connections.copy().pop()  # type: ignore[attr-defined]
-        reads = conn.read_response
-
-        def interrupted(*args: Any, **kwargs: Any) -> Any:
-            conn.read_response = reads  # the first reply is read, then the read is interrupted
-            reads(*args, **kwargs)
-            raise KeyboardInterrupt
-
-        conn.read_response = interrupted
+        conn._parser._reader = Interrupted(conn._parser._reader)  # batches read from it (read_replies)
         with pytest.raises(KeyboardInterrupt):
             batch.execute()
         (again,) = run(client, ("CLIENT", "ID"))

@@ -7,7 +7,7 @@ the tests know which callers share a request without timing anything.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -18,7 +18,6 @@ from memproc.dal.memory_index import MemoryFilter
 from memproc.embedding_batch import EmbeddingBatcher
 from memproc.llm import LLMError, OpenAIProvider, PermanentLLMError, Usage
 from memproc.reconcile import fp32
-from memproc.settings import load_settings
 from tests.fake_openai import FakeOpenAI, embedding
 from tests.memory_helpers import drain, memory_records, store
 
@@ -29,24 +28,8 @@ WAIT = 10.0  # seconds a test waits for a condition before failing
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture
-def provider(fake: FakeOpenAI) -> Iterator[OpenAIProvider]:
-    provider = OpenAIProvider(
-        load_settings(
-            openai_api_key="test",
-            openai_base_url=fake.base_url,
-            embedding_dimensions=DIMS,
-            llm_timeout_seconds=10.0,
-            llm_max_retries=0,
-        )
-    )
-    yield provider
-    provider.close()
+def provider(provider_factory: Callable[..., OpenAIProvider]) -> OpenAIProvider:
+    return provider_factory(embedding_dimensions=DIMS, llm_timeout_seconds=10.0, llm_max_retries=0)
 
 
 def hold_first(fake: FakeOpenAI, gate: str, refuse: str = "") -> tuple[threading.Event, threading.Event]:

@@ -3,6 +3,7 @@ timeout), against real local servers (tests/local_http.py)."""
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 from collections.abc import Callable
@@ -103,4 +104,53 @@ def test_pool_timeout_when_every_connection_is_taken(serve: Callable[..., Server
         held.read()
         held.close()
         assert client.get(server.url(), timeout=httpx.Timeout(5.0, pool=0.05)).json() == {"ok": True}
+    assert server.connections == 1
+
+
+def test_bytes_past_a_response_keep_its_connection_from_reuse(serve: Callable[..., Server]) -> None:
+    # Each answer comes with a stray line in the same write: the reader holds it, unread, once the
+    # answer is read (no system call sees it), and the next request must not start with it.
+    server = serve(answering(ok(b"answer") + b"HTTP/1.1 200 OK\r\n"))
+    with lean_client() as client:
+        assert [client.get(server.url()).content for _ in range(3)] == [b"answer"] * 3
+    assert server.connections == 3
+
+
+def test_an_idle_connection_the_server_wrote_to_is_not_reused(serve: Callable[..., Server]) -> None:
+    wrote = threading.Event()
+
+    def handler(sock: socket.socket, server: Server) -> None:
+        read_request(sock.makefile("rb"))
+        sock.sendall(ok(b"answer"))
+        server.event.wait(10)  # the client has its answer: what follows arrives while it is idle
+        sock.sendall(b"HTTP/1.1 200 OK\r\n")
+        wrote.set()
+        server.done.wait(30)
+
+    server = serve(handler)
+    with lean_client() as client:
+        assert client.get(server.url()).content == b"answer"
+        (idle,) = [c for conns in client._transport._pool._idle.values() for c in conns]
+        server.event.set()
+        assert wrote.wait(10) and select.select([idle.sock], [], [], 10)[0]  # arrived
+        assert client.get(server.url()).content == b"answer"
+    assert server.connections == 2
+
+
+@pytest.mark.parametrize("connect", [None, 0.1])
+def test_a_kept_connection_takes_each_requests_timeouts(serve: Callable[..., Server], connect: Any) -> None:
+    # The socket starts with the connect timeout; a timeout left unset would leave it, or None,
+    # and the client would wait on the silent server until the test times out.
+    def handler(sock: socket.socket, server: Server) -> None:  # answers once, then stays silent
+        reader = sock.makefile("rb")
+        read_request(reader)
+        sock.sendall(ok())
+        read_request(reader)
+        server.done.wait(30)
+
+    server = serve(handler)
+    with lean_client() as client:
+        assert client.get(server.url(), timeout=httpx.Timeout(None, connect=connect)).json() == {"ok": True}
+        with pytest.raises(httpx.ReadTimeout):
+            client.get(server.url(), timeout=httpx.Timeout(None, connect=connect, read=0.1))
     assert server.connections == 1

@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import datetime
 import gzip
+import io
+import re
 import socket
 import ssl
+import string
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from memproc.llm import transport
 from memproc.llm.gated_http import http_client
 from memproc.llm.transport import LeanTransport, httpx
 from tests.local_http import Server, answering, lean_client, ok, read_request, sdk, serve
@@ -47,7 +54,7 @@ def test_replies_read_as_the_default_transport_reads_them(serve: Callable[..., S
         server = serve(answering(REPLIES[kind], close_after=True))
         with client:
             response = client.get(server.url())
-            seen.append((response.status_code, response.content, response.headers.get("x-long")))
+            seen.append((response.status_code, response.content, response.headers.raw))
     assert seen[0] == seen[1]
 
 
@@ -130,21 +137,26 @@ def test_connection_refused_is_a_connect_error() -> None:
 
 
 @pytest.mark.parametrize(
-    "header",
+    ("headers", "refused"),
     [
-        ("X-Evil", "a\r\nInjected: yes"),
-        ("X-Evil", "a\nb"),
-        ("X-Evil", "a\rb"),
-        ("X-Evil", "a\x00"),
-        ("X: y", "z"),
+        ([("X-Evil", "a\r\nInjected: yes")], "value"),
+        ([("X-Evil", "a\nb")], "value"),
+        ([("X-Evil", "a\rb")], "value"),
+        ([("X-Evil", "a\x00")], "value"),
+        ([("X: y", "z")], "name: b'X: y'"),  # as a line, "X" and a value "y: z"
+        ([("X-Evil", "a\nb"), ("Bad\r\nName", "z")], "name: b'Bad\\r\\nName'"),
+        ([("X-A", "1"), ("", "z")], "name: b''"),
     ],
 )
 def test_an_illegal_header_is_refused_before_sending(
-    serve: Callable[..., Server], header: tuple[str, str]
+    serve: Callable[..., Server], headers: list[tuple[str, str]], refused: str
 ) -> None:
     server = serve(answering(ok()))
-    with lean_client() as client, pytest.raises(httpx.LocalProtocolError):
-        client.get(server.url(), headers=[header])
+    with (
+        lean_client() as client,
+        pytest.raises(httpx.LocalProtocolError, match="illegal (header )?" + re.escape(refused)),
+    ):
+        client.get(server.url(), headers=headers)
     assert server.connections == 0
 
 
@@ -283,18 +295,80 @@ def test_http_client_is_lean_without_a_proxy_and_honours_one_from_the_environmen
     assert targets == [b"http://llm.invalid/v1/chat/completions"]
 
 
-def test_http_client_parses_a_url_string_once_and_builds_each_request_as_httpx_does(
-    serve: Callable[..., Server],
+# --- the head of a reply: two regular expressions for the usual head, line by line otherwise ------
+
+
+def former_read_head(reader: Any) -> tuple[int, int, bytes, list[tuple[bytes, bytes]]]:
+    """transport._read_head as it was before the regular expressions: the reference."""
+    while True:
+        buffered = reader.peek(1)
+        if not buffered:
+            raise transport._remote("Server disconnected without sending a response.", None)
+        end = buffered.find(b"\r\n\r\n")
+        if 0 <= end < transport.MAX_HEAD and buffered.count(b"\n", 0, end) == buffered.count(b"\r\n", 0, end):
+            lines = reader.read(end + 4).split(b"\r\n")[:-2]
+        else:
+            lines = transport._head_lines(reader, None)
+        status_line = transport._STATUS.fullmatch(lines[0])
+        if status_line is None:
+            raise transport._remote(f"not an HTTP/1.x status line: {lines[0][:100]!r}", None)
+        headers: list[tuple[bytes, bytes]] = []
+        for line in lines[1:]:
+            if line[:1] in (b" ", b"\t") and headers:
+                name, value = headers[-1]
+                headers[-1] = (name, value + b" " + line.strip(b" \t"))
+                continue
+            name, colon, value = line.partition(b":")
+            if not colon or not transport._TOKEN.fullmatch(name) or transport._BAD_VALUE.search(value):
+                raise transport._remote(f"a malformed response header: {line[:100]!r}", None)
+            headers.append((name, value.strip(b" \t")))
+        status = int(status_line.group(2))
+        if 100 <= status < 200 and status != 101:
+            continue
+        return int(status_line.group(1)), status, status_line.group(3) or b"", headers
+
+
+TOKEN = st.text("!#$%&'*+-.^_`|~" + string.ascii_letters + string.digits, min_size=1, max_size=8)
+NAME = TOKEN.map(str.encode) | st.sampled_from([b"Content-Length", b"X-A", b"bad name", b""])
+VALUE = st.binary(max_size=12) | st.sampled_from([b"", b" ", b"\t", b" a b ", b"\tv\t", b"\xc3\xa9", b"\x7f"])
+LINE = st.builds(lambda name, value: name + b":" + value, NAME, VALUE) | st.sampled_from(
+    [b" folded", b"\tfolded ", b"no colon", b""]
+)
+FINAL = [b"HTTP/1.1 200 OK", b"HTTP/1.0 404 Not Found", b"HTTP/1.1 204", b"HTTP/1.1 500 ", b"HTTP/1.1 101 Up"]
+LINE_END = st.sampled_from([b"\r\n"] * 6 + [b"\n"])
+STATUS_LINE = st.sampled_from([*FINAL, b"HTTP/1.1 100 Continue", b"HTTP/2 200 OK", b"HTTP/1.1 200 OK\n"])
+
+
+@settings(max_examples=1500, deadline=None)
+@given(STATUS_LINE, st.lists(st.tuples(LINE, LINE_END), max_size=6), st.binary(max_size=40))
+def test_a_head_parses_as_the_former_reading_parsed_it(
+    status_line: bytes, lines: list[tuple[bytes, bytes]], rest: bytes
 ) -> None:
-    server = serve(answering(ok(b"one"), ok(b"two")))
-    url = server.url("/v1/embeddings?x=1")
-    with http_client() as client:
-        first, second = (client.build_request("POST", url, content=b"{}") for _ in range(2))
-        assert first.url._uri_reference is second.url._uri_reference  # parsed once, then copied
-        reference = httpx.Client().build_request("POST", url, content=b"{}")
-        assert first.url == reference.url and first.headers.raw == reference.headers.raw
-        assert [client.send(r).content for r in (first, second)] == [b"one", b"two"]
-        relative = httpx.Client(base_url=server.url("/v1/")).build_request("GET", "models")
-        with http_client() as based:
-            based.base_url = server.url("/v1/")
-            assert based.build_request("GET", "models").url == relative.url == server.url("/v1/models")
+    head = status_line + b"\r\n" + b"".join(line + end for line, end in lines) + b"\r\n"
+
+    def parsed(read: Callable[[Any], Any]) -> Any:
+        reader = io.BufferedReader(io.BytesIO(head + rest))
+        try:
+            return read(reader), reader.read()
+        except httpx.RemoteProtocolError as exc:
+            return str(exc)
+
+    got = parsed(lambda reader: transport._read_head(reader, None))
+    expected = parsed(former_read_head)
+    if isinstance(got, str):
+        assert got == expected
+    else:
+        (minor, status, reason, fields), left = got
+        assert ((minor, status, reason, [(name, value) for name, _, value in fields]), left) == expected
+        assert all(lower == name.lower() for name, lower, _ in fields)
+        crlf_lines = all(end == b"\r\n" and not re.search(rb"^[ \t]|[\r\n]", line) for line, end in lines)
+        assert transport._HEAD.match(head) or not (status_line in FINAL and crlf_lines)  # the usual head
+
+
+def test_headers_are_httpxs_headers_of_the_same_fields() -> None:
+    pairs = [(b"Content-Type", b"application/json"), (b"X-Twice", b"1"), (b"x-twice", b"caf\xc3\xa9")]
+    built = transport._headers([(name, name.lower(), value) for name, value in pairs])
+    reference = httpx.Headers(pairs)
+    assert built._list == reference._list
+    assert built.multi_items() == reference.multi_items() and built.encoding == reference.encoding
+    assert httpx.Response(200, headers=built).headers.raw == pairs

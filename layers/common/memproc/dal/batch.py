@@ -4,24 +4,126 @@ A session's processing sends ~30 commands (its input, a VSIM per user turn with 
 the memories' attributes, a VSIM per new memory, the commit). redis-py's Pipeline spends ~25 us of
 client CPU on each (argument filtering, packing, response callbacks, pid checks) and its single
 commands ~25 us more than the exchange itself; a `Batch` packs its commands with hiredis into one
-buffer and reads the replies with the connection's own `read_response`, so the connection's
-decoding and `PrimaryConnection`'s MOVED/READONLY handling stay. No redis-py response callback
-runs: queue only commands that have none (FCALL, FCALL_RO, HMGET, ZCARD, VSIM, VGETATTR).
+buffer and takes the replies straight from the connection's hiredis reader (`read_replies`), with
+the connection's decoding, redis-py's error classes and `RefusalConnection`'s MOVED/READONLY
+handling. No redis-py response callback runs: queue only commands that have none (FCALL,
+FCALL_RO, HMGET, ZCARD, VSIM, VGETATTR).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import hiredis
 import redis
+from redis._parsers.hiredis import NOT_ENOUGH_DATA, _HiredisParser
+from redis._parsers.socket import SERVER_CLOSED_CONNECTION_ERROR
+from redis.connection import AbstractConnection, Connection
 from redis.exceptions import MovedError, ReadOnlyError
 
 # Replies of a node that is no longer the primary: the command did not run there.
 REFUSED = (MovedError, ReadOnlyError)
+
+# The redis-py releases whose hiredis parser and read_response `read_replies` mirrors (checked, and
+# pinned by tests/test_batch_read.py): on any other, batches read their replies with read_response.
+VERIFIED_REDIS = ("8.1.0",)
+
+
+class RefusalConnection(Connection):
+    """A connection told by `refused()` of each reply that refuses its command (MOVED, READONLY):
+    by read_response for single commands, by `read_replies` for a batch's."""
+
+    def refused(self) -> None:
+        """The node that answered is not the primary (dal/primary.py asks for it again)."""
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().read_response(*args, **kwargs)
+        except REFUSED:
+            self.refused()
+            raise
+
+
+# The read_response methods that do nothing read_replies does not do itself.
+_PLAIN_READS = (AbstractConnection.read_response, RefusalConnection.read_response)
+_DIRECT = redis.__version__ in VERIFIED_REDIS
+
+
+def read_replies(conn: Any, n: int) -> list[Any]:
+    """The next n replies on `conn`, as n calls of its `read_response` would give them, but an error
+    reply in its place (as redis-py's exception for it) instead of raised; like read_response, any
+    failure closes the connection, whose unread replies would answer its next command.
+
+    From a connection parsed by hiredis, they come straight from its reader, fed from the socket as
+    redis-py's _HiredisParser feeds it: read_response's per-reply layers (host formatting, protocol
+    dispatch, the parser's own read_response, the health-check clock) cost ~3 us a reply alone and
+    more among many threads. Push messages (RESP3) go to the parser's handlers and are skipped, as
+    there; a close by the server or a socket error is a ConnectionError, a timeout a TimeoutError."""
+    if not reads_directly(conn):
+        return _read_each(conn, n)
+    try:
+        replies = _read_hiredis(conn, conn._parser, n)
+    except BaseException:
+        conn.disconnect()
+        raise
+    if conn.health_check_interval:
+        conn.next_health_check = time.monotonic() + conn.health_check_interval
+    return replies
+
+
+def reads_directly(conn: Any) -> bool:
+    """Whether read_replies takes conn's replies from its hiredis reader (else by read_response)."""
+    return _DIRECT and type(conn).read_response in _PLAIN_READS and type(conn._parser) is _HiredisParser
+
+
+def _read_hiredis(conn: Any, parser: _HiredisParser, n: int) -> list[Any]:
+    reader, sock, buffer = parser._reader, parser._sock, parser._buffer
+    if reader is None or sock is None:  # closed by another thread: as _HiredisParser reports it
+        raise redis.ConnectionError(SERVER_CLOSED_CONNECTION_ERROR)
+    push = parser._hiredis_PushNotificationType
+    replies: list[Any] = []
+    while len(replies) < n:
+        reply = reader.gets()
+        if reply is NOT_ENOUGH_DATA:
+            try:
+                size = sock.recv_into(buffer)
+            except TimeoutError:  # socket.timeout
+                raise redis.TimeoutError("Timeout reading from socket") from None
+            except OSError as exc:
+                raise redis.ConnectionError(f"Error while reading from socket: {exc.args}") from None
+            if size == 0:
+                raise redis.ConnectionError(SERVER_CLOSED_CONNECTION_ERROR)
+            reader.feed(buffer, 0, size)
+            continue
+        if isinstance(reply, list):
+            if push is not None and isinstance(reply, push):
+                parser.handle_push_response(reply)
+                continue
+            if reply and isinstance(reply[0], redis.ConnectionError):
+                raise reply[0]
+        elif isinstance(reply, redis.RedisError):
+            if isinstance(reply, redis.ConnectionError):  # "max number of clients reached"
+                raise reply
+            if isinstance(reply, REFUSED) and isinstance(conn, RefusalConnection):
+                conn.refused()
+        replies.append(reply)
+    return replies
+
+
+def _read_each(conn: Any, n: int) -> list[Any]:
+    """read_replies by read_response, for any other parser, connection class or redis-py release."""
+    replies: list[Any] = []
+    for _ in range(n):
+        try:
+            replies.append(conn.read_response())
+        except redis.ResponseError as exc:
+            replies.append(exc)
+    return replies
+
 
 _thread = threading.local()  # .held: {pool: connection} while the thread is in held_connections()
 
@@ -54,8 +156,9 @@ class Batch:
     `raise_on_error=False`), but a refusal (MOVED, READONLY) fails the batch once every reply is
     read. A refusal or a connection error closes the connection and sends the whole batch again
     (connect() then reaches the primary found again, see dal/primary.py); a timeout is not retried
-    (a write may have run). A read that fails closes its connection (`read_response` does), so the
-    pool never hands out a socket that would answer someone else's command."""
+    (a write may have run). A read that fails closes its connection (`read_replies` does, and
+    `_exchange` on anything else), so the pool never hands out a socket that would answer someone
+    else's command."""
 
     def __init__(self, pool: redis.ConnectionPool) -> None:
         self._pool = pool
@@ -83,23 +186,30 @@ class Batch:
             self._pool.release(conn)
 
     def _send(self, conn: Any) -> list[Any]:
-        replies: list[Any] = conn.retry.call_with_retry(
-            lambda: self._exchange(conn), lambda _error: conn.disconnect()
-        )
+        # The first attempt runs outside the Retry policy (whose setup costs ~0.2 us a batch); its
+        # error, if any, is handed to the policy as the policy's own first attempt would raise it.
+        try:
+            return self._exchange(conn)
+        except Exception as exc:
+            failed: Exception | None = exc
+
+        def attempt() -> list[Any]:
+            nonlocal failed
+            if failed is not None:
+                error, failed = failed, None
+                raise error
+            return self._exchange(conn)
+
+        replies: list[Any] = conn.retry.call_with_retry(attempt, lambda _error: conn.disconnect())
         return replies
 
     def _exchange(self, conn: Any) -> list[Any]:
-        replies: list[Any] = []
         try:
             conn.send_packed_command([b"".join(self._packed)])
-            for _ in self._packed:
-                try:  # any other error (a timeout, a lost or interrupted read) closes the connection
-                    replies.append(conn.read_response())
-                except redis.ResponseError as exc:
-                    replies.append(exc)
+            replies = read_replies(conn, len(self._packed))
         except BaseException:
-            # Replies left unread would answer the connection's next batch: close it (read_response
-            # does on its own errors; this covers the rest, an interrupt among them).
+            # Replies left unread would answer the connection's next batch: close it (whatever the
+            # error: a timeout, a lost or interrupted read, an interrupt among them).
             conn.disconnect()
             raise
         for reply in replies:

@@ -18,9 +18,8 @@ from urllib.parse import urlparse
 
 import redis
 from redis.connection import Connection, SSLConnection
-from redis.exceptions import MovedError, ReadOnlyError
 
-from memproc.dal.batch import Client
+from memproc.dal.batch import Client, RefusalConnection
 
 
 class UnsupportedStoreError(RuntimeError):
@@ -107,7 +106,7 @@ class Primary:
                 self._found = False
 
 
-class PrimaryConnection(Connection):
+class PrimaryConnection(RefusalConnection):
     """A connection to the current primary (the configured address on a standalone store)."""
 
     def __init__(self, *, primary: Primary, **kwargs: Any) -> None:
@@ -142,12 +141,8 @@ class PrimaryConnection(Connection):
             self.disconnect()  # connected to an address found before the last failover
         super().send_packed_command(command, check_health)
 
-    def read_response(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return super().read_response(*args, **kwargs)
-        except (MovedError, ReadOnlyError):
-            self._primary.stale(self._generation)
-            raise
+    def refused(self) -> None:
+        self._primary.stale(self._generation)
 
 
 class PrimarySSLConnection(PrimaryConnection, SSLConnection):

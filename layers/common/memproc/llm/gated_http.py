@@ -22,8 +22,6 @@ if TYPE_CHECKING:
 # extraction schema allows ~15,000 output tokens, answers use a few hundred to ~2,000. The booking
 # is corrected to the real usage when the answer arrives.
 OUTPUT_TOKENS = 2048
-# URL strings a client keeps parsed: the provider sends two; a few more for any other caller.
-PARSED_URLS = 16
 _MAX_TOKENS_RE = re.compile(rb'"max_(?:completion_)?tokens"\s*:\s*(\d+)')
 
 
@@ -83,37 +81,24 @@ def used_tokens(body: bytes) -> int | None:
 
 def http_client(gate: Gate | None = None, *, lean: bool = True) -> Any:
     """An `openai.DefaultHttpxClient` over `transport.LeanTransport` (the SDK's connection limits)
-    whose chat and embeddings requests pass `gate` when there is one, and which parses a URL string
-    once (`build_request`). When the environment names a proxy, or `lean` is off
-    (LLM_HTTP_TRANSPORT=httpx: the operator's way back should a provider or network need what only
-    httpx does), the client keeps httpx's own transports."""
+    whose chat and embeddings requests pass `gate` when there is one. When the environment names a
+    proxy, or `lean` is off (LLM_HTTP_TRANSPORT=httpx: the operator's way back should a provider or
+    network need what only httpx does), the client keeps httpx's own transports."""
     import openai
 
+    from memproc.llm import httpx_send
     from memproc.llm.transport import LeanTransport, httpx
 
-    parsed_urls: dict[str, Any] = {}
-
     class GatedHttpClient(openai.DefaultHttpxClient):
-        def build_request(self, method: str, url: Any, **kwargs: Any) -> Any:
-            """httpx's, but a URL string seen before is not parsed again: the SDK hands over the
-            same string per endpoint on every request, and parsing it is a third of building the
-            request. A URL is immutable, so one serves every request."""
-            if isinstance(url, str):
-                parsed = parsed_urls.get(url)
-                if parsed is None:
-                    parsed = httpx.URL(url)
-                    if len(parsed_urls) < PARSED_URLS:
-                        parsed_urls[url] = parsed
-                url = parsed
-            return super().build_request(method, url, **kwargs)
-
         def send(self, request: Any, **kwargs: Any) -> Any:
+            """httpx's send (``httpx_send``'s shorter way to it), through the gate for the requests
+            it limits."""
             kind = request_kind(request.url.path) if gate is not None else None
             scope = gate.scopes.get(kind) if gate is not None and kind else None
             if gate is None or kind is None or scope is None:
-                return super().send(request, **kwargs)
+                return httpx_send.send(super().send, self, request, **kwargs)
             with gate.request(scope, estimate_tokens(kind, request.content)) as ticket:
-                response = super().send(request, **kwargs)
+                response = httpx_send.send(super().send, self, request, **kwargs)
                 read = not kwargs.get("stream") and ticket.booking is not None and response.is_success
                 ticket.answered(response.status_code, used_tokens(response.content) if read else None)
                 return response

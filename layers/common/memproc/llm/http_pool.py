@@ -22,32 +22,60 @@ except ImportError:  # pragma: no cover - openai 2.x
 Origin = tuple[bytes, str, int]  # scheme, host, port
 
 
-class Connection:
-    """One socket, its buffered reader, and when it went idle."""
+class _SocketStream(io.RawIOBase):
+    """The socket as the raw stream under a connection's buffered reader. It reads with
+    ``recv_into`` and nothing else (``socket.makefile``'s ``SocketIO`` checks its state and
+    catches timeouts around each read), and counts what it received, so that the reader's
+    ``tell()`` (that count less what the reader holds) says whether bytes wait unread."""
 
-    __slots__ = ("idle_since", "origin", "reader", "sock")
+    def __init__(self, sock: socket.socket) -> None:
+        self._recv_into = sock.recv_into
+        self.received = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n: int = self._recv_into(buffer)
+        self.received += n
+        return n
+
+    def tell(self) -> int:
+        return self.received
+
+
+class Connection:
+    """One socket, its buffered reader, its timeout, and when it went idle."""
+
+    __slots__ = ("_poller", "_raw", "_tls", "idle_since", "origin", "reader", "sock", "timeout")
 
     def __init__(self, origin: Origin, sock: socket.socket) -> None:
         self.origin = origin
         self.sock = sock
-        self.reader: io.BufferedReader = sock.makefile("rb", buffering=65536)  # type: ignore[assignment]
+        self.timeout = sock.gettimeout()
+        self._raw = _SocketStream(sock)
+        self.reader = io.BufferedReader(self._raw, 65536)
+        self._tls = isinstance(sock, ssl.SSLSocket)
+        self._poller = select.poll()  # POLLHUP and POLLERR are reported whatever is registered
+        self._poller.register(sock, select.POLLIN)
         self.idle_since = 0.0
 
+    def settimeout(self, timeout: float | None) -> None:
+        """The socket's timeout, set only when it changes (each setting is a system call)."""
+        if timeout != self.timeout:
+            self.sock.settimeout(timeout)
+            self.timeout = timeout
+
     def reusable(self) -> bool:
-        """Whether an idle connection can take a request. A readable idle socket means the server
-        closed it (or sent what nobody asked for), as httpcore's ``has_expired`` checks; bytes left
-        in the reader past the last response mean the same."""
-        poller = select.poll()
-        poller.register(self.sock, select.POLLIN)
-        if poller.poll(0) or (isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()):
-            return False
-        self.sock.settimeout(0)  # peek returns what is buffered, and reads nothing that has not arrived
-        try:
-            return not self.reader.peek(1)
-        except (BlockingIOError, ssl.SSLWantReadError):
-            return True
-        except OSError:
-            return False
+        """Whether an idle connection can take a request: nothing to read on it (readable, hung up
+        or in error means the server closed it or sent what nobody asked for, as httpcore's
+        ``has_expired`` checks), nothing left in the reader past the last response, nor in TLS's
+        own buffer."""
+        return not (
+            self._poller.poll(0)
+            or self.reader.tell() != self._raw.received
+            or (self._tls and self.sock.pending())  # type: ignore[attr-defined]
+        )
 
     def close(self) -> None:
         try:

@@ -21,7 +21,6 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
@@ -38,6 +37,7 @@ from memproc.llm.chunking import ChunkedExtractor
 from memproc.llm.parsing import parse_extraction
 from memproc.llm.prompt import build_messages
 from memproc.llm.schema import EXTRACTION_JSON_SCHEMA, Candidate, Extraction
+from memproc.llm.sdk_client import client_type
 from memproc.llm.wire import ChatReply, WrongDimensions, parse_embeddings, parse_reply, unit
 
 if TYPE_CHECKING:
@@ -126,21 +126,6 @@ class _JsonBody:
         return self._head + _dumps(value).encode() + b"}"
 
 
-@functools.cache
-def _client_type(openai: Any) -> Any:
-    """``openai.OpenAI``, but the provider's endpoint URLs, absolute, are parsed once: the SDK
-    parses the URL of every request (httpx's parser, ~15 us) before it sends it as it is."""
-
-    class OpenAI(openai.OpenAI):  # the name: the SDK sends it in its User-Agent
-        parsed_urls: Mapping[str, Any] = MappingProxyType({})  # the provider sets its own
-
-        def _prepare_url(self, url: str) -> Any:
-            parsed = self.parsed_urls.get(url)
-            return parsed if parsed is not None else super()._prepare_url(url)
-
-    return OpenAI
-
-
 class OpenAIProvider(ChunkedExtractor):
     """OpenAI (or any compatible server) through the official SDK, retries included. The model is
     shown the user's related memories and decides what the session does to them.
@@ -176,7 +161,7 @@ class OpenAIProvider(ChunkedExtractor):
 
         self._response_type = httpx.Response
         telemetry_off: Any = dict.fromkeys(_TELEMETRY_HEADERS, openai.Omit())  # Omit: not sent
-        self._client = _client_type(openai)(
+        self._client = client_type(openai)(
             api_key=api_key,
             base_url=settings.openai_base_url,
             timeout=settings.llm_timeout_seconds,
@@ -186,17 +171,15 @@ class OpenAIProvider(ChunkedExtractor):
             http_client=http_client(gate, lean=settings.llm_http_transport == "lean"),
         )
         # What `post` builds per call (a pydantic model_construct, its defaults copied), built once
-        # per endpoint; `request` copies the options it is given before it touches them. The URL is
-        # the SDK's own merge of its base URL and the path, made once and given absolute, which the
-        # SDK sends as it is (a path it would parse and merge with the base URL on every request).
-        urls = {path: self._client._prepare_url(path) for path in ("/chat/completions", "/embeddings")}
-        self._client.parsed_urls = {str(url): url for url in urls.values()}
+        # per endpoint; `request` copies the options it is given before it touches them. The client
+        # builds these endpoints' requests from copies of the first it builds (llm/sdk_client.py).
         self._options = {
             path: FinalRequestOptions.construct(
-                method="post", url=str(url), json_data=None, content=None, files=None, **_BEARER_AUTH
+                method="post", url=path, json_data=None, content=None, files=None, **_BEARER_AUTH
             )
-            for path, url in urls.items()
+            for path in ("/chat/completions", "/embeddings")
         }
+        self._client.use_templates(self._options)
         # The bodies' fixed fields, encoded once (the extraction schema is most of a chat body's
         # JSON outside the prompt); each request encodes only the field that varies.
         self._chat_body = _JsonBody(

@@ -4,8 +4,10 @@ timeouts and errors above it, ~a fifth of the CPU below it.
 httpx's default transport (httpcore with h11) validates and rebuilds every header several times
 and reads a body in 64 KiB events joined twice: ~0.6 ms of CPU per request, ~2.5 ms for an
 embeddings reply of a megabyte. This one writes a request in one ``sendall`` and reads the reply
-with a buffered reader: the head split in one go, the body by its ``Content-Length`` in one read
-(or chunked, or up to the close). It keeps what the SDK's default transport does:
+with a buffered reader: the head parsed by two regular expressions, the body by its
+``Content-Length`` in one read (or chunked, or up to the close), the response's ``httpx.Headers``
+made of the parsed fields as they are (its private ``_list``, which tests/test_llm_transport.py
+pins). It keeps what the SDK's default transport does:
 
 - connect/read/write/pool timeouts from the request's ``timeout`` extension, per socket
   operation as httpcore does (connect covers the TLS handshake);
@@ -40,10 +42,20 @@ READ_CHUNK = 4 * 1024 * 1024
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _STATUS = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([^\r\n]*))?")
+# A head as servers send it (CRLF line ends, no folded lines), and each header line in it.
+_HEAD = re.compile(
+    rb"HTTP/1\.([01]) ([0-9]{3})(?: ([^\r\n]*))?\r\n"
+    rb"((?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*)\r\n"
+)
+_FIELD = re.compile(
+    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x20\x7f])?)[ \t]*\r\n"
+)
 _REQUEST_HEADERS = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+: [^\x00-\x08\x0a-\x1f\x7f]*\r\n)*\r\n")
 _FRAMING = frozenset((b"connection", b"transfer-encoding", b"content-length"))
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]+)[ \t]*(?:;[^\r\n]*)?\r?\n")
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
+
+Field = tuple[bytes, bytes, bytes]  # a response header: name, lower-case name, value
 
 
 def _mapped(
@@ -67,15 +79,8 @@ def _read_line(reader: Any, request: Any) -> bytes:
 
 
 def _head_lines(reader: Any, request: Any) -> list[bytes]:
-    """The status line and header lines of a response, without their line ends. Usually the whole
-    head is already buffered (``peek`` reads once when nothing is) and is split in one go; a head
-    split across reads, or with bare LF line ends, is read line by line."""
-    buffered = reader.peek(1)
-    if not buffered:
-        raise _remote("Server disconnected without sending a response.", request)
-    end = buffered.find(b"\r\n\r\n")
-    if 0 <= end < MAX_HEAD and buffered.count(b"\n", 0, end) == buffered.count(b"\r\n", 0, end):
-        return reader.read(end + 4).split(b"\r\n")[:-2]
+    """The status line and header lines of a response, without their line ends, read line by line
+    (a head split across reads, with bare LF line ends or folded lines, or a malformed one)."""
     lines: list[bytes] = []
     size = 0
     while True:
@@ -91,37 +96,69 @@ def _head_lines(reader: Any, request: Any) -> list[bytes]:
         lines.append(line)
 
 
-def _read_head(reader: Any, request: Any) -> tuple[int, int, bytes, list[tuple[bytes, bytes]]]:
-    """The final response's HTTP minor version, status, reason and headers (1xx ones skipped)."""
+def _parsed_lines(lines: list[bytes], request: Any) -> tuple[re.Match[bytes], list[Field]]:
+    """The status line and header fields of a head read line by line, folded lines unfolded, as
+    h11 parses them (and refuses what it refuses)."""
+    status_line = _STATUS.fullmatch(lines[0])
+    if status_line is None:
+        raise _remote(f"not an HTTP/1.x status line: {lines[0][:100]!r}", request)
+    headers: list[tuple[bytes, bytes]] = []
+    for line in lines[1:]:
+        if line[:1] in (b" ", b"\t") and headers:  # obs-fold: a continuation of the previous value
+            name, value = headers[-1]
+            headers[-1] = (name, value + b" " + line.strip(b" \t"))
+            continue
+        name, colon, value = line.partition(b":")
+        if not colon or not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+            raise _remote(f"a malformed response header: {line[:100]!r}", request)
+        headers.append((name, value.strip(b" \t")))
+    return status_line, [(name, name.lower(), value) for name, value in headers]
+
+
+def _read_head(reader: Any, request: Any) -> tuple[int, int, bytes, list[Field]]:
+    """The final response's HTTP minor version, status, reason and header fields (1xx ones
+    skipped). Usually the whole head is already buffered (``peek`` reads once when nothing is),
+    well formed, and parsed by two regular expressions; otherwise it is read line by line."""
     while True:
-        lines = _head_lines(reader, request)
-        status_line = _STATUS.fullmatch(lines[0])
-        if status_line is None:
-            raise _remote(f"not an HTTP/1.x status line: {lines[0][:100]!r}", request)
-        headers: list[tuple[bytes, bytes]] = []
-        for line in lines[1:]:
-            if line[:1] in (b" ", b"\t") and headers:  # obs-fold: a continuation of the previous value
-                name, value = headers[-1]
-                headers[-1] = (name, value + b" " + line.strip(b" \t"))
-                continue
-            name, colon, value = line.partition(b":")
-            if not colon or not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
-                raise _remote(f"a malformed response header: {line[:100]!r}", request)
-            headers.append((name, value.strip(b" \t")))
+        buffered = reader.peek(1)
+        if not buffered:
+            raise _remote("Server disconnected without sending a response.", request)
+        head = _HEAD.match(buffered)  # within the reader's buffer, 64 KiB: less than MAX_HEAD
+        if head is not None:
+            reader.read(head.end())
+            fields = [(name, name.lower(), value) for name, value in _FIELD.findall(head.group(4))]
+            status_line: re.Match[bytes] = head
+        else:
+            status_line, fields = _parsed_lines(_head_lines(reader, request), request)
         status = int(status_line.group(2))
         if 100 <= status < 200 and status != 101:  # interim (100 Continue, 103 Early Hints)
             continue
-        return int(status_line.group(1)), status, status_line.group(3) or b"", headers
+        return int(status_line.group(1)), status, status_line.group(3) or b"", fields
 
 
-def _framing(headers: list[tuple[bytes, bytes]]) -> dict[bytes, list[bytes]]:
+def _framing(fields: list[Field]) -> dict[bytes, list[bytes]]:
     """The comma-separated tokens of the headers that frame a message, by lower-case name."""
     found: dict[bytes, list[bytes]] = {}
-    for name, value in headers:
-        lower = name.lower()
+    for _, lower, value in fields:
         if lower in _FRAMING:
             found.setdefault(lower, []).extend(v.strip().lower() for v in value.split(b","))
     return found
+
+
+def _refused(names: list[bytes], request: Any) -> Exception:
+    """Why a request's head is not sent: its first illegal header name, else an illegal value."""
+    for name in names:
+        if not _TOKEN.fullmatch(name):
+            return httpx.LocalProtocolError(f"an illegal header name: {name[:100]!r}", request=request)
+    return httpx.LocalProtocolError("a request header with an illegal value", request=request)
+
+
+def _headers(fields: list[Field]) -> Any:
+    """``httpx.Headers`` of `fields` as they are: what ``Headers(pairs)`` makes of the pairs,
+    without checking, encoding and lower-casing each name again."""
+    headers = httpx.Headers()
+    headers._list = fields
+    return headers
 
 
 class _Body(httpx.SyncByteStream):
@@ -230,7 +267,7 @@ class LeanTransport(httpx.BaseTransport):
                 conn = self._connect(origin, request, timeouts.get("connect"))
             sock = conn.sock
             try:
-                sock.settimeout(timeouts.get("write"))
+                conn.settimeout(timeouts.get("write"))
                 self._send(sock, head, request.stream, chunked)
             except TimeoutError as exc:
                 raise _mapped(exc, httpx.WriteTimeout, httpx.WriteError, request) from exc
@@ -239,37 +276,42 @@ class LeanTransport(httpx.BaseTransport):
                 # request, so its answer is read, and the connection is not reused.
                 close = True
             try:
-                sock.settimeout(timeouts.get("read"))
-                minor, status, reason, headers = _read_head(conn.reader, request)
+                conn.settimeout(timeouts.get("read"))
+                minor, status, reason, fields = _read_head(conn.reader, request)
             except OSError as exc:
                 raise _mapped(exc, httpx.ReadTimeout, httpx.ReadError, request) from exc
-            body = self._body(conn, request, status, headers, close or minor == 0)
+            body = self._body(conn, request, status, fields, close or minor == 0)
         except BaseException:
             self._pool.discard(conn)
             raise
         extensions = {"http_version": b"HTTP/1.1" if minor else b"HTTP/1.0", "reason_phrase": reason}
-        return httpx.Response(status, headers=headers, stream=body, extensions=extensions)
+        return httpx.Response(status, headers=_headers(fields), stream=body, extensions=extensions)
 
     @staticmethod
     def _head(request: Any) -> tuple[bytes, bool, bool]:
         """The request line and headers, checked as h11 checks them (no header injection), and
-        whether the body goes chunked and the request asks to close the connection."""
+        whether the body goes chunked and the request asks to close the connection. The names are
+        checked joined, in one match (tokens joined make a token), the lines in another (where an
+        empty name leaves its line malformed)."""
+        fields = request.headers._list
         lines = [request.method.encode("ascii"), b" ", request.url.raw_path, b" HTTP/1.1\r\n"]
+        names = []
         chunked = close = False
-        raw = request.headers.raw
-        for name, value in raw:
-            if not _TOKEN.fullmatch(name):
-                raise httpx.LocalProtocolError(f"an illegal header name: {name[:100]!r}", request=request)
+        for name, lower, value in fields:
             lines += (name, b": ", value, b"\r\n")
-            lower = name.lower()
+            names.append(name)
             if lower == b"transfer-encoding":
                 chunked = True
             elif lower == b"connection":
                 close = close or b"close" in value.lower()
         lines.append(b"\r\n")
         block = b"".join(lines[4:])  # a line break in a value would add a line: counted, refused
-        if block.count(b"\n") != len(raw) + 1 or not _REQUEST_HEADERS.fullmatch(block):
-            raise httpx.LocalProtocolError("a request header with an illegal value", request=request)
+        if (
+            (names and not _TOKEN.fullmatch(b"".join(names)))
+            or block.count(b"\n") != len(fields) + 1
+            or not _REQUEST_HEADERS.fullmatch(block)
+        ):
+            raise _refused(names, request)
         return b"".join(lines), chunked, close
 
     @staticmethod
@@ -286,11 +328,9 @@ class LeanTransport(httpx.BaseTransport):
                 sock.sendall(b"%x\r\n%b\r\n" % (len(part), part))
         sock.sendall(b"0\r\n\r\n")
 
-    def _body(
-        self, conn: Connection, request: Any, status: int, headers: list[tuple[bytes, bytes]], close: bool
-    ) -> _Body:
+    def _body(self, conn: Connection, request: Any, status: int, fields: list[Field], close: bool) -> _Body:
         """How the body is framed (RFC 9112 section 6.3) and whether the connection stays open."""
-        framing = _framing(headers)
+        framing = _framing(fields)
         close = close or b"close" in framing.get(b"connection", ())
         if request.method == "HEAD" or status in (101, 204, 304):
             return _Body(self._pool, conn, request, 0, False, not close and status != 101)
