@@ -10,9 +10,9 @@ their texts: a leader/follower scheme, with no timer.
 There is one slot while the provider answers fast, as a local or near model does: coalescing costs
 nothing then. After an answer that took SLOW_SECONDS or more, as a hosted model's do (100-300 ms),
 there are MAX_IN_FLIGHT: with one, a caller would wait for the request in flight before its own
-(1.5 answers on average, three times per session with the chat call between its two embeddings
-calls), which halved a drain's sessions/s with embeddings as slow as chat; with four, a caller waits
-~1.1 answers and the requests stay a few per answer time.
+(~1.5 answer times for each of a session's two embeddings calls), which held a drain with
+embeddings as slow as chat to 40-70% of what the latency allows (bench process, config ii); with
+four, a caller waits ~1.1 answer times and the requests stay a few per answer time.
 """
 
 from __future__ import annotations
