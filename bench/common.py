@@ -169,12 +169,20 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+# The environment the benchmarks started in: each section's configure_env starts from it.
+_STARTING_ENV = dict(os.environ)
+
+
 def configure_env(redis_url: str, openai_base_url: str | None = None, **extra: str) -> None:
     """Point memproc at this section's Redis (and fake LLM) and drop cached settings/clients,
-    as tests/conftest.py does."""
+    as tests/conftest.py does. The environment is first reset to the one the run started with, so
+    no setting of an earlier section (the backends section's VECTOR_BACKEND=search, say) reaches
+    this one or the processes it starts."""
     from memproc import settings as settings_module
     from memproc.dal import connection
 
+    os.environ.clear()
+    os.environ.update(_STARTING_ENV)
     os.environ["REDIS_URL"] = redis_url
     os.environ["AUTH_MODE"] = "NONE"  # the benchmarks call the handlers as an unauthenticated local client
     if openai_base_url:
@@ -183,8 +191,6 @@ def configure_env(redis_url: str, openai_base_url: str | None = None, **extra: s
     else:
         os.environ.pop("OPENAI_API_KEY", None)
         os.environ.pop("OPENAI_BASE_URL", None)
-    for name in ("EMBEDDING_DIMENSIONS", "COMPRESS_MIN_BYTES", "LLM_TIMEOUT_SECONDS"):
-        os.environ.pop(name, None)
     os.environ.update(extra)
     settings_module.get_settings.cache_clear()
     connection._store.cache_clear()

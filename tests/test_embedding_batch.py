@@ -126,8 +126,10 @@ def test_requests_are_capped_by_inputs_and_characters(fake: FakeOpenAI, provider
     c, d = "c" * 6_000, "d" * 6_000
     groups = [["first"], ["a1", "a2"], ["b1"], [c], [d]]
     futures = coalesced(batcher, fake, groups)
-    # a and b make 3 inputs (c would be a 4th); c and d would make 12,000 characters.
-    assert [q.body["input"] for q in fake.requests] == [["first"], ["a1", "a2", "b1"], [c], [d]]
+    # a and b make 3 inputs (c would be a 4th); c and d would make 12,000 characters. (The held
+    # request was slow: the three may go out together, in any order.)
+    inputs = [q.body["input"] for q in fake.requests]
+    assert inputs[0] == ["first"] and sorted(inputs[1:]) == sorted([["a1", "a2", "b1"], [c], [d]])
     assert all(len(f.result()[0]) == len(g) for f, g in zip(futures, groups, strict=True))
 
 
@@ -135,6 +137,42 @@ def test_a_lone_caller_is_sent_at_once(fake: FakeOpenAI, provider: OpenAIProvide
     vectors, usage = EmbeddingBatcher(provider.embed).embed(["alone", "together"])
     assert fake.embedding_calls == 1 and len(vectors) == 2 and usage.tokens_in == fake.tokens_in
     assert EmbeddingBatcher(provider.embed).embed([]) == ([], Usage())
+
+
+def test_after_a_slow_answer_requests_go_out_together_and_the_rest_coalesce(
+    fake: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    batcher = EmbeddingBatcher(provider.embed, max_in_flight=3, slow_seconds=0.0)  # every answer is slow
+    batcher.embed(["first"])
+    entered = {f"held {i}": threading.Event() for i in range(3)}
+    release = threading.Event()
+
+    def embedding_for(text: str) -> list[float] | None:
+        if text in entered:
+            entered[text].set()
+            assert release.wait(WAIT)
+        return embedding(text, DIMS)
+
+    fake.embedding_for = embedding_for
+    pool = ThreadPoolExecutor(5)
+    held = [pool.submit(batcher.embed, [text]) for text in entered]
+    assert all(event.wait(WAIT) for event in entered.values())  # three requests out at once
+    queued = [pool.submit(batcher.embed, [f"queued {i}"]) for i in range(2)]
+    assert batcher.wait_for_waiting(2, WAIT)  # every slot is taken: these two wait
+    release.set()
+    pool.shutdown(wait=True)
+    inputs = [q.body["input"] for q in fake.requests]
+    assert inputs[0] == ["first"] and sorted(inputs[1:4]) == [["held 0"], ["held 1"], ["held 2"]]
+    assert sorted(inputs[4]) == ["queued 0", "queued 1"] and len(inputs) == 5
+    for future, text in zip(held + queued, [*entered, "queued 0", "queued 1"], strict=True):
+        assert list(future.result()[0][0]) == pytest.approx(embedding(text, DIMS), abs=1e-6)
+
+
+def test_after_fast_answers_one_request_is_out_at_a_time(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
+    batcher = EmbeddingBatcher(provider.embed, max_in_flight=3, slow_seconds=float("inf"))
+    batcher.embed(["warm"])
+    coalesced(batcher, fake, [["first"], ["a"], ["b"]])  # a and b wait behind the held request
+    assert [q.body["input"] for q in fake.requests] == [["warm"], ["first"], ["a", "b"]]
 
 
 @pytest.mark.one_backend  # the batcher is above the memory index
