@@ -396,7 +396,7 @@ def _markdown(cfg: Config, data: dict[str, Any]) -> str:
             table(head, rows),
             "",
             f"Query latency, p50 / p95 ms ({cfg.repeats} repeats pooled; 128 dimensions; search includes the "
-            "query's embeddings call to the fake LLM; search+filter adds memory_type=preference). Other "
+            "query's embeddings call to the fake LLM; search+filter adds category=preference). Other "
             "vectorstores are loaded in memproc's layout (bench.query's FILLER_LUA, 20 memories each); on "
             "the search backend their memories are hashes in the one shared index, so the store holds more "
             "keys ("

@@ -278,7 +278,7 @@ def _endpoints(rng: random.Random, session_ids: list[str], queries: list[str]) -
         "search": lambda: (mem_path(VS, "/search"), {"q": rng.choice(queries), "k": 10}),
         "search+filter": lambda: (
             mem_path(VS, "/search"),
-            {"q": rng.choice(queries), "k": 10, "memory_type": "preference"},
+            {"q": rng.choice(queries), "k": 10, "category": "preference"},
         ),
     }
 
@@ -549,7 +549,7 @@ def _markdown(data: dict[str, Any]) -> str:
             "through `tests.api_client.call` (the real query handler with an API Gateway event); search "
             "includes the query's embeddings call to the fake LLM over HTTP (0 ms latency). "
             f"{data['calls_per_repeat']} calls per endpoint and repeat, {data['repeats']} repeats, pooled. "
-            "search+filter adds `memory_type=preference` (a vector-set FILTER matching about a quarter of "
+            "search+filter adds `category=preference` (a vector-set FILTER matching about a quarter of "
             "the bulk-loaded memories).",
             "",
             table(headers, rows),
