@@ -348,8 +348,7 @@ def test_only_redis_pys_own_reads_over_hiredis_are_taken_directly(redis_server: 
 
 # sha256 (first 16 hex digits) of the source of each redis-py function read_replies mirrors or
 # relies on, as of VERIFIED_REDIS. A new redis-py fails here: read the new source of each changed
-# one, bring read_replies (and Batch._send, which replays a first error into call_with_retry) in
-# line, then add the release to VERIFIED_REDIS and the new digests here.
+# one, bring read_replies in line, then add the release to VERIFIED_REDIS and the new digests here.
 MIRRORED = {
     "redis._parsers.hiredis:_HiredisParser.__init__": "efb63586c00a9141",
     "redis._parsers.hiredis:_HiredisParser.on_connect": "d4bdd994b8fbe5ca",
@@ -357,7 +356,6 @@ MIRRORED = {
     "redis._parsers.hiredis:_HiredisParser.read_from_socket": "005671392a8db6e0",
     "redis._parsers.hiredis:_HiredisParser.read_response": "ab1e7485a786202c",
     "redis.connection:AbstractConnection.read_response": "695c899843302e31",
-    "redis.retry:Retry.call_with_retry": "d2c33b28cb5ae7e2",
 }
 
 
