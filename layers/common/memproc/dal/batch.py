@@ -25,6 +25,8 @@ from redis._parsers.socket import SERVER_CLOSED_CONNECTION_ERROR
 from redis.connection import AbstractConnection, Connection
 from redis.exceptions import MovedError, ReadOnlyError
 
+from memproc.socket_timeouts import TIMED_OUT, kernel_timeouts, python_timeout, set_timeout
+
 # Replies of a node that is no longer the primary: the command did not run there.
 REFUSED = (MovedError, ReadOnlyError)
 
@@ -91,7 +93,7 @@ def _read_hiredis(conn: Any, parser: _HiredisParser, n: int) -> list[Any]:
         if reply is NOT_ENOUGH_DATA:
             try:
                 size = sock.recv_into(buffer)
-            except TimeoutError:  # socket.timeout
+            except TIMED_OUT:  # socket.timeout, or a held connection's kernel timeout
                 raise redis.TimeoutError("Timeout reading from socket") from None
             except OSError as exc:
                 raise redis.ConnectionError(f"Error while reading from socket: {exc.args}") from None
@@ -125,7 +127,17 @@ def _read_each(conn: Any, n: int) -> list[Any]:
     return replies
 
 
-_thread = threading.local()  # .held: {pool: connection} while the thread is in held_connections()
+class _Held:
+    """A thread's held connection of one pool, and its socket that `Batch` set to kernel timeouts."""
+
+    __slots__ = ("conn", "sock")
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.sock: Any = None
+
+
+_thread = threading.local()  # .held: {pool: _Held} while the thread is in held_connections()
 
 
 @contextmanager
@@ -135,15 +147,25 @@ def held_connections() -> Iterator[None]:
     return of a pooled connection cost ~10 us alone and ~40 among 64 threads: a lock, observability
     counters, and a readiness probe that is three system calls (a non-blocking recv between two
     changes of the socket's mode). A held connection needs no probe: only its thread uses it, and a
-    batch that does not read every reply closes it (`_exchange`)."""
-    held: dict[Any, Any] = {}
+    batch that does not read every reply closes it (`_exchange`).
+
+    A held connection read by `read_replies` keeps its socket's timeout in the kernel
+    (memproc/socket_timeouts.py: a read or a write is one system call, not two). It goes back to
+    Python's timeout before the pool has it again, for redis-py's own reads, which would take an
+    expired kernel timeout for a lost connection."""
+    held: dict[Any, _Held] = {}
     _thread.held = held
     try:
         yield
     finally:
         _thread.held = None
-        for pool, conn in held.items():
-            pool.release(conn)
+        for pool, h in held.items():
+            if h.sock is not None and h.conn._sock is h.sock:
+                try:
+                    python_timeout(h.sock, h.conn.socket_timeout)
+                except OSError:  # a socket that failed meanwhile: redis-py reconnects it
+                    h.conn.disconnect()
+            pool.release(h.conn)
 
 
 class Batch:
@@ -175,9 +197,14 @@ class Batch:
             return []
         held = getattr(_thread, "held", None)
         if held is not None:
-            conn = held.get(self._pool)
-            if conn is None:
-                conn = held[self._pool] = self._pool.get_connection()
+            h = held.get(self._pool)
+            if h is None:
+                h = held[self._pool] = _Held(self._pool.get_connection())
+            conn = h.conn
+            sock = conn._sock
+            if sock is not h.sock and sock is not None and reads_directly(conn) and kernel_timeouts(sock):
+                set_timeout(sock, conn.socket_timeout)  # a new socket (the first, or reconnected)
+                h.sock = sock
             return self._send(conn)
         conn = self._pool.get_connection()
         try:
@@ -193,7 +220,14 @@ class Batch:
 
     def _exchange(self, conn: Any) -> list[Any]:
         try:
-            conn.send_packed_command([b"".join(self._packed)])
+            try:
+                conn.send_packed_command([b"".join(self._packed)])
+            except redis.ConnectionError as exc:
+                # redis-py reports an OSError while writing as a lost connection; a kernel
+                # timeout's EAGAIN is a timeout (not retried: part of the batch may have run).
+                if isinstance(exc.__context__, BlockingIOError):
+                    raise redis.TimeoutError("Timeout writing to socket") from None
+                raise
             replies = read_replies(conn, len(self._packed))
         except BaseException:
             # Replies left unread would answer the connection's next batch: close it (whatever the

@@ -14,6 +14,8 @@ import threading
 import time
 from typing import Any
 
+from memproc.socket_timeouts import set_timeout
+
 try:  # the SDK's HTTP client: httpx2 from openai 3.0 on, httpx before (the one place that chooses)
     import httpx2 as httpx
 except ImportError:  # pragma: no cover - openai 2.x
@@ -61,9 +63,11 @@ class Connection:
         self.idle_since = 0.0
 
     def settimeout(self, timeout: float | None) -> None:
-        """The socket's timeout, set only when it changes (each setting is a system call)."""
+        """The socket's timeout, kept by the kernel on a plain socket (memproc/socket_timeouts.py:
+        an expiry raises one of its TIMED_OUT), set only when it changes (each setting is a system
+        call)."""
         if timeout != self.timeout:
-            self.sock.settimeout(timeout)
+            set_timeout(self.sock, timeout)
             self.timeout = timeout
 
     def reusable(self) -> bool:

@@ -10,7 +10,8 @@ made of the parsed fields as they are (its private ``_list``, which tests/test_l
 pins). It keeps what the SDK's default transport does:
 
 - connect/read/write/pool timeouts from the request's ``timeout`` extension, per socket
-  operation as httpcore does (connect covers the TLS handshake);
+  operation as httpcore does (connect covers the TLS handshake), kept by the kernel on a plain
+  socket (``memproc.socket_timeouts``: one system call per read or write instead of two);
 - TLS through ``create_ssl_context()`` (certifi, ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``), hostname
   checked, ALPN ``http/1.1``;
 - a keep-alive pool (``http_pool``) shared by every thread: ``max_connections`` open at most (a
@@ -32,6 +33,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from memproc.llm.http_pool import Connection, Origin, Pool, httpx
+from memproc.socket_timeouts import TIMED_OUT
 
 # Limits on what a server may send before the body (h11's, as httpcore configures it).
 MAX_LINE = 64 * 1024
@@ -62,7 +64,7 @@ def _mapped(
     exc: OSError, timeout: type[httpx.RequestError], error: type[httpx.RequestError], request: Any
 ) -> Exception:
     """A socket error as the httpx exception httpcore raises for the same step."""
-    if isinstance(exc, TimeoutError):  # socket.timeout
+    if isinstance(exc, TIMED_OUT):  # socket.timeout, or a kernel timeout's EAGAIN
         return timeout(str(exc) or "timed out", request=request)
     return error(str(exc) or type(exc).__name__, request=request)  # ssl.SSLError among them
 
@@ -269,7 +271,7 @@ class LeanTransport(httpx.BaseTransport):
             try:
                 conn.settimeout(timeouts.get("write"))
                 self._send(sock, head, request.stream, chunked)
-            except TimeoutError as exc:
+            except TIMED_OUT as exc:
                 raise _mapped(exc, httpx.WriteTimeout, httpx.WriteError, request) from exc
             except OSError:
                 # As httpcore: a server may answer (a 413, say) and close before reading the whole
