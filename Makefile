@@ -62,7 +62,7 @@ dev-reset: $(STAMP) ## Delete make dev's Redis data (.dev/redis, BACKEND=search:
 	@echo "dev-reset: deleted $${MEMPROC_DEV_DATA:-$(DEV_DATA)}; the next make dev starts empty"
 
 # Both memory backends: Redis 8 (vector sets) and Redis Stack (the Query Engine), each provisioned first.
-bench: $(STAMP) ## Benchmarks vs real Redis 8 and Redis Stack (both backends) + fake LLM -> bench/results/<date>/ (~28 min; FULL=1: larger)
+bench: $(STAMP) ## Benchmarks vs real Redis 8 and Redis Stack (both backends) + fake LLM -> bench/results/<date>/ (~13 min; FULL=1: larger)
 	redis=$$(scripts/provision_redis.sh --binary) && stack=$$(scripts/provision_engines.sh stack) && \
 	MEMPROC_REDIS_SERVER=$$redis MEMPROC_STACK_SERVER=$$stack $(PY) -m bench.run $(if $(FULL),--full,)
 
