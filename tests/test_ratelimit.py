@@ -191,8 +191,10 @@ def test_a_full_gate_gives_up_when_the_budget_is_spent() -> None:
         gate.acquire(spent)
     stopped = threading.Event()
     stopped.set()
+    halted = Budget(stop=stopped)
     with pytest.raises(RateLimitedLLMError):
-        gate.acquire(Budget(stop=stopped))
+        gate.acquire(halted)
+    assert spent.stats.deferred == halted.stats.deferred == 1  # each item sent back is counted
 
 
 # --- the queue ----------------------------------------------------------------------------------
@@ -295,6 +297,7 @@ def test_a_stopped_drain_gives_its_booking_back(fake_llm: Any, r: redis.Redis) -
         raise AssertionError("a stopped drain sends nothing")
     assert info.value.retry_after is not None and info.value.retry_after > 55
     assert list(booked(r, scope)) == ["other"]  # the booking it made was given back
+    assert budget.stats.deferred == 1
 
 
 def test_a_429_costs_no_attempt_and_is_counted(fake_llm: Any, r: redis.Redis) -> None:

@@ -64,7 +64,7 @@ class RateStats:
 
     waits: int = 0  # requests that waited for the shared limiter
     wait_seconds: float = 0.0
-    deferred: int = 0  # items sent back to the queue: the wait would have outlasted the budget
+    deferred: int = 0  # items the gate sent back to the queue (Budget.defer)
     throttled: int = 0  # 429s the provider answered (the SDK's retries included)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -95,6 +95,13 @@ class Budget:
 
     def exhausted(self) -> bool:
         return self.stop.is_set() or (self.remaining is not None and self.remaining() <= self.reserve)
+
+    def defer(self, message: str, retry_after: float) -> RateLimitedLLMError:
+        """The error that sends an item back to the queue (costing it no attempt) because the
+        limits leave it no room within this budget, counted as deferred: every way the gate gives
+        up goes through here."""
+        self.stats.count(deferred=1)
+        return RateLimitedLLMError(message, retry_after=retry_after)
 
 
 _budget: ContextVar[Budget | None] = ContextVar("memproc_llm_budget", default=None)
@@ -134,7 +141,7 @@ class AIMD:
         with self._cond:
             while self.limit is not None and self.in_flight >= self.limit:
                 if budget.exhausted():
-                    raise RateLimitedLLMError(
+                    raise budget.defer(
                         f"{self.name}: no in-flight slot before the end of this invocation "
                         f"(in-flight limit {self.limit} after the provider's 429s)",
                         retry_after=0.0,
@@ -250,8 +257,7 @@ class Gate:
         wide = replace(limits, window=limits.window + self.margin)
         booking = ratelimit.reserve(self.store, scope, booking_id, tokens, wide, budget.max_wait())
         if not booking.booked:
-            budget.stats.count(deferred=1)
-            raise RateLimitedLLMError(
+            raise budget.defer(
                 f"{scope}: the shared rate limit has room in {booking.wait:.1f}s, after this "
                 "invocation's time budget",
                 retry_after=booking.wait,
@@ -263,7 +269,7 @@ class Gate:
             budget.stats.waited(waited)
             if stopped:
                 ratelimit.cancel(self.store, scope, booking_id)
-                raise RateLimitedLLMError(
+                raise budget.defer(
                     f"{scope}: stopped while waiting for the shared rate limit",
                     retry_after=max(0.0, booking.wait - waited),
                 )
