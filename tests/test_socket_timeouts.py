@@ -10,7 +10,7 @@ import signal
 import socket
 import ssl
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -21,8 +21,12 @@ from redis.retry import Retry
 
 from memproc.dal import batch
 from memproc.dal.batch import Client, held_connections
+from memproc.llm.transport import httpx
 from memproc.socket_timeouts import TIMED_OUT, kernel_timeouts, python_timeout, set_timeout
+from tests.local_http import Server, answering, lean_client, ok, serve
 from tests.redis_server import RedisServer
+
+__all__ = ["serve"]  # a fixture: imported to be used, not called
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -106,6 +110,18 @@ def test_a_tls_socket_keeps_pythons_timeout() -> None:
         set_timeout(tls, 0.25)
         assert tls.gettimeout() == 0.25
         assert kernel(tls) == (0.0, 0.0)
+
+
+def test_an_llm_connection_keeps_the_sdks_single_timeout_in_the_kernel(serve: Callable[..., Server]) -> None:
+    # The SDK gives connect, read, write and pool one value: the socket's connect timeout already.
+    server = serve(answering(ok()))
+    with lean_client() as client:
+        for _ in range(2):
+            assert client.get(server.url(), timeout=httpx.Timeout(5.0)).json() == {"ok": True}
+        (conn,) = [c for conns in client._transport._pool._idle.values() for c in conns]
+        assert conn.sock.gettimeout() is None
+        assert all(5.0 <= t < 5.01 for t in kernel(conn.sock))
+    assert server.connections == 1
 
 
 # --- held Redis connections -----------------------------------------------------------------------

@@ -22,6 +22,7 @@ except ImportError:  # pragma: no cover - openai 2.x
     import httpx  # type: ignore[no-redef]
 
 Origin = tuple[bytes, str, int]  # scheme, host, port
+_UNSET = object()
 
 
 class _SocketStream(io.RawIOBase):
@@ -54,7 +55,9 @@ class Connection:
     def __init__(self, origin: Origin, sock: socket.socket) -> None:
         self.origin = origin
         self.sock = sock
-        self.timeout = sock.gettimeout()
+        # Unset: the first request sets its timeouts even when they equal the connect timeout the
+        # socket has (the SDK gives all four one value), so they are the kernel's from then on.
+        self.timeout: float | object | None = _UNSET
         self._raw = _SocketStream(sock)
         self.reader = io.BufferedReader(self._raw, 65536)
         self._tls = isinstance(sock, ssl.SSLSocket)
