@@ -159,15 +159,21 @@ def held_socket(c: Client) -> Any:
     return batch._thread.held[c.connection_pool].conn._sock
 
 
+@contextmanager
+def holding(c: Client) -> Iterator[Any]:
+    """Within held_connections, the connection held by a first batch: a PING, yielded to send again."""
+    with held_connections():
+        b = c.batch()
+        b.execute_command("PING")
+        assert b.execute() == ["PONG"]
+        yield b
+
+
 def test_a_held_connection_keeps_its_timeout_in_the_kernel_and_gives_pythons_back(
     server: RedisServer,
 ) -> None:
     c = client(server)
-    with held_connections():
-        c.batch().execute()  # nothing queued: no connection yet
-        b = c.batch()
-        b.execute_command("PING")
-        assert b.execute() == ["PONG"]
+    with holding(c):
         sock = held_socket(c)
         assert sock.gettimeout() is None
         assert all(0.2 <= t < 0.21 for t in kernel(sock))
@@ -178,10 +184,7 @@ def test_a_held_connection_keeps_its_timeout_in_the_kernel_and_gives_pythons_bac
 
 def test_a_read_timeout_on_a_held_connection_is_a_timeout_and_is_not_retried(server: RedisServer) -> None:
     c = client(server)
-    with held_connections():
-        b = c.batch()
-        b.execute_command("PING")
-        b.execute()
+    with holding(c) as b:
         before = connections(server)
         with stopped(server), pytest.raises(redis.TimeoutError, match="reading"):
             b.execute()
@@ -194,10 +197,7 @@ def test_a_read_timeout_on_a_held_connection_is_a_timeout_and_is_not_retried(ser
 
 def test_a_write_timeout_on_a_held_connection_is_a_timeout_and_is_not_retried(server: RedisServer) -> None:
     c = client(server)
-    with held_connections():
-        b = c.batch()
-        b.execute_command("PING")
-        b.execute()
+    with holding(c):
         big = c.batch()
         big.execute_command("SET", "big", b"x" * (64 << 20))  # more than the socket buffers hold
         before = connections(server)
@@ -210,10 +210,8 @@ def test_a_write_timeout_on_a_held_connection_is_a_timeout_and_is_not_retried(se
 
 def test_redis_pys_own_reads_see_a_timeout_after_the_hold(server: RedisServer) -> None:
     c = client(server, retries=0)
-    with held_connections():
-        b = c.batch()
-        b.execute_command("PING")
-        b.execute()
+    with holding(c):
+        pass
     with stopped(server), pytest.raises(redis.TimeoutError):
         c.ping()  # the connection the hold gave back: a kernel timeout left would read as a lost one
     c.close()
