@@ -77,7 +77,7 @@ def test_back_to_pythons_timeout_no_kernel_timeout_is_left(pair: tuple[socket.so
         sock.recv(1)
 
 
-@pytest.mark.parametrize("seconds", [None, float("inf")])
+@pytest.mark.parametrize("seconds", [None, float("inf"), 1e30])
 def test_no_timeout_leaves_no_kernel_timeout_behind(
     pair: tuple[socket.socket, socket.socket], seconds: float | None
 ) -> None:

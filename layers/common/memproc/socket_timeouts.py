@@ -26,8 +26,9 @@ _KERNEL = sys.platform == "linux"
 
 
 def _timeval(seconds: float | None) -> bytes:
-    """A struct timeval of `seconds`; zero (wait without end) for None or infinity."""
-    if seconds is None or math.isinf(seconds):
+    """A struct timeval of `seconds`; zero (wait without end) for None, infinity, or a wait
+    longer than a timeval's seconds hold on every platform (2**31: 68 years)."""
+    if seconds is None or math.isinf(seconds) or seconds >= 2**31:
         return struct.pack("@ll", 0, 0)
     whole, fraction = divmod(seconds, 1.0)
     micros = int(fraction * 1_000_000)
