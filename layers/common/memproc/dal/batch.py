@@ -25,7 +25,7 @@ from redis._parsers.socket import SERVER_CLOSED_CONNECTION_ERROR
 from redis.connection import AbstractConnection, Connection
 from redis.exceptions import MovedError, ReadOnlyError
 
-from memproc.socket_timeouts import TIMED_OUT, kernel_timeouts, python_timeout, set_timeout
+from memproc.socket_timeouts import TIMED_OUT, python_timeout, set_timeout
 
 # Replies of a node that is no longer the primary: the command did not run there.
 REFUSED = (MovedError, ReadOnlyError)
@@ -128,7 +128,7 @@ def _read_each(conn: Any, n: int) -> list[Any]:
 
 
 class _Held:
-    """A thread's held connection of one pool, and its socket that `Batch` set to kernel timeouts."""
+    """A thread's held connection of one pool, and the socket whose timeout `Batch` set."""
 
     __slots__ = ("conn", "sock")
 
@@ -202,9 +202,10 @@ class Batch:
                 h = held[self._pool] = _Held(self._pool.get_connection())
             conn = h.conn
             sock = conn._sock
-            if sock is not h.sock and sock is not None and reads_directly(conn) and kernel_timeouts(sock):
-                set_timeout(sock, conn.socket_timeout)  # a new socket (the first, or reconnected)
+            if sock is not h.sock and sock is not None:  # a new socket (the first, or reconnected)
                 h.sock = sock
+                if reads_directly(conn):  # set_timeout keeps Python's where the kernel cannot
+                    set_timeout(sock, conn.socket_timeout)
             return self._send(conn)
         conn = self._pool.get_connection()
         try:
